@@ -1,0 +1,225 @@
+"""Audio input: decode anything, resample to 16 kHz mono float32, chunk, count tokens.
+
+Decoding goes through libsndfile (wav, flac, ogg, mp3, ...) first and falls back to
+ffmpeg through pydub for containers libsndfile cannot read (m4a, aac, webm, mp4 video).
+Every failure is an :class:`AudioError` whose message starts with the file's name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from stepaudio_cli.errors import AudioError
+
+SAMPLE_RATE = 16_000
+HOP_LENGTH = 160
+N_FFT = 400
+MEL_PADDING = 479
+# The encoder has learned positions for 1500 frames (30 s); the official client uses 25 s.
+CHUNK_SECONDS = 25
+CHUNK_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE
+STDIN_NAME = "<stdin>"
+
+# Extensions offered to directory scans (batch). Decoding itself never trusts the suffix.
+AUDIO_EXTENSIONS = frozenset(
+    ".wav .wave .flac .ogg .oga .opus .mp3 .m4a .aac .mp4 .m4b .webm .mka .mkv .wma .aif .aiff .au .caf".split()
+)
+
+
+def mel_frames(n_samples: int) -> int:
+    """Number of log-mel frames the front end produces for ``n_samples`` at 16 kHz."""
+    return (n_samples + MEL_PADDING) // HOP_LENGTH
+
+
+def encoder_frames(n_mel_frames: int) -> int:
+    """Frames after the encoder's stride-2 conv and 2x average pool (25 Hz)."""
+    return (n_mel_frames + 1) // 2 // 2
+
+
+def adapter_frames(n_encoder_frames: int) -> int:
+    """Frames after the adapter's Conv1d(k=3, s=2, p=1) (12.5 Hz)."""
+    return (n_encoder_frames - 1) // 2 + 1
+
+
+def chunk_tokens(n_samples: int) -> int:
+    """``<audio_patch>`` embeddings the model produces for one chunk (10 s -> 125)."""
+    return adapter_frames(encoder_frames(mel_frames(n_samples)))
+
+
+def split_chunks(samples: np.ndarray, chunk_samples: int = CHUNK_SAMPLES) -> list[np.ndarray]:
+    """Consecutive chunks of at most ``chunk_samples``; an empty input gives one empty chunk."""
+    if len(samples) == 0:
+        return [samples]
+    return [samples[i : i + chunk_samples] for i in range(0, len(samples), chunk_samples)]
+
+
+def prompt_tokens_for_chunks(chunk_lengths: list[int]) -> int:
+    """Prompt tokens for audio: ``<audio_start>`` + N x ``<audio_patch>`` + ``<audio_end>`` per chunk."""
+    return sum(chunk_tokens(n) + 2 for n in chunk_lengths)
+
+
+@dataclass(frozen=True)
+class Audio:
+    """Decoded audio: mono float32 at 16 kHz."""
+
+    name: str
+    samples: np.ndarray = field(repr=False)
+    source_rate: int = SAMPLE_RATE
+    source_channels: int = 1
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / SAMPLE_RATE
+
+    def chunks(self) -> list[np.ndarray]:
+        return split_chunks(self.samples)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return prompt_tokens_for_chunks([len(c) for c in self.chunks()])
+
+    def wav_bytes(self) -> bytes:
+        return wav_bytes(self.samples)
+
+
+def wav_bytes(samples: np.ndarray) -> bytes:
+    """16-bit PCM WAV at 16 kHz, the most widely decodable payload for servers."""
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(samples, -1.0, 1.0), SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_source(source: str, *, stdin=None) -> tuple[str, bytes]:
+    """Return (display name, raw bytes) for a path or ``-`` (standard input)."""
+    if source == "-":
+        import sys
+
+        stream = stdin if stdin is not None else sys.stdin.buffer
+        data = stream.read()
+        if not data:
+            raise AudioError(f"{STDIN_NAME}: no data on standard input")
+        return STDIN_NAME, data
+    path = Path(source)
+    if not path.exists():
+        raise AudioError(f"{source}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{source}: is a directory (use `stepaudio batch` for folders)")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise AudioError(f"{source}: cannot read file ({e.strerror or e})") from None
+    if not data:
+        raise AudioError(f"{source}: file is empty")
+    return source, data
+
+
+def load_audio(source: str, *, stdin=None) -> Audio:
+    """Load a file path or ``-`` (stdin) into :class:`Audio`."""
+    name, data = read_source(source, stdin=stdin)
+    return decode_bytes(data, name)
+
+
+def decode_bytes(data: bytes, name: str) -> Audio:
+    """Decode an in-memory audio file of any supported format."""
+    try:
+        samples, rate, channels = _decode_soundfile(data)
+    except _NotSoundfile as first:
+        samples, rate, channels = _decode_ffmpeg(data, name, first.reason)
+    if samples.size == 0:
+        raise AudioError(f"{name}: contains no audio samples")
+    if not np.all(np.isfinite(samples)):
+        raise AudioError(f"{name}: contains invalid (NaN or infinite) samples")
+    mono = samples.mean(axis=1) if samples.ndim == 2 else samples
+    mono = np.ascontiguousarray(mono, dtype=np.float32)
+    return Audio(name=name, samples=resample(mono, rate), source_rate=rate, source_channels=channels)
+
+
+def resample(samples: np.ndarray, rate: int) -> np.ndarray:
+    if rate == SAMPLE_RATE:
+        return samples.astype(np.float32, copy=False)
+    import soxr
+
+    return soxr.resample(samples, rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
+
+
+class _NotSoundfile(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _decode_soundfile(data: bytes) -> tuple[np.ndarray, int, int]:
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            samples = f.read(dtype="float32", always_2d=True)
+            return samples, int(f.samplerate), int(f.channels)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        raise _NotSoundfile(_short(str(e))) from None
+
+
+def _decode_ffmpeg(data: bytes, name: str, first_reason: str) -> tuple[np.ndarray, int, int]:
+    if shutil.which("ffmpeg") is None:
+        raise AudioError(
+            f"{name}: not a format libsndfile reads ({first_reason}); install ffmpeg to decode m4a/aac/webm/mp4"
+        )
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pydub import AudioSegment
+        from pydub.exceptions import CouldntDecodeError
+
+    try:
+        seg = AudioSegment.from_file(io.BytesIO(data))
+    except (CouldntDecodeError, IndexError, OSError, ValueError) as e:
+        raise AudioError(f"{name}: not a readable audio file ({_ffmpeg_reason(e)})") from None
+    if seg.frame_count() == 0:
+        raise AudioError(f"{name}: contains no audio samples")
+    channels = seg.channels
+    raw = np.array(seg.get_array_of_samples())
+    scale = float(1 << (8 * seg.sample_width - 1))
+    samples = (raw.astype(np.float32) / scale).reshape(-1, channels)
+    return samples, int(seg.frame_rate), int(channels)
+
+
+def _ffmpeg_reason(e: Exception) -> str:
+    text = str(e)
+    # ffmpeg prints a banner then the real problem on one of the last lines.
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    interesting = [ln for ln in lines if "Invalid data" in ln or "rror" in ln or "not" in ln.lower()]
+    return _short((interesting or lines or ["ffmpeg could not decode it"])[-1])
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"

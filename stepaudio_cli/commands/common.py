@@ -1,0 +1,152 @@
+"""Options and plumbing shared by the commands (engine choice, error handling)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import typer
+
+from stepaudio_cli.errors import UserError
+from stepaudio_cli.prompt import DEFAULT_MAX_MODEL_LEN, DEFAULT_MAX_TOKENS, DEFAULT_MODEL, Sampling
+from stepaudio_cli.terminal import Terminal
+
+ENGINE = "Engine"
+SAMPLING = "Sampling"
+
+ServerOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--server",
+        "-s",
+        envvar="STEPAUDIO_SERVER",
+        help="URL of an OpenAI-compatible server (e.g. http://127.0.0.1:9999). Without it the model runs in-process.",
+        rich_help_panel=ENGINE,
+    ),
+]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option("--api-key", envvar="STEPAUDIO_API_KEY", help="API key for --server.", rich_help_panel=ENGINE),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        envvar="STEPAUDIO_MODEL",
+        help=f"Local path or hub repo id (in-process; default {DEFAULT_MODEL}), or the served model name with --server.",
+        rich_help_panel=ENGINE,
+    ),
+]
+MaxModelLenOpt = Annotated[
+    int,
+    typer.Option(envvar="STEPAUDIO_MAX_MODEL_LEN", min=1024, help="Context length (in-process).", rich_help_panel=ENGINE),
+]
+TPOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--tensor-parallel-size",
+        "-tp",
+        envvar="STEPAUDIO_TENSOR_PARALLEL_SIZE",
+        min=1,
+        help="GPUs to shard over (in-process; default: all visible GPUs).",
+        rich_help_panel=ENGINE,
+    ),
+]
+GpuMemOpt = Annotated[
+    float | None,
+    typer.Option(
+        envvar="STEPAUDIO_GPU_MEMORY_UTILIZATION", min=0.05, max=1.0, help="Fraction of GPU memory for vLLM (default 0.9; on CPU, of RAM: 0.3).",
+        rich_help_panel=ENGINE,
+    ),
+]
+DtypeOpt = Annotated[
+    str,
+    typer.Option(envvar="STEPAUDIO_DTYPE", help="Weights dtype: auto, bfloat16, float16, float32.", rich_help_panel=ENGINE),
+]
+TemperatureOpt = Annotated[
+    float, typer.Option(envvar="STEPAUDIO_TEMPERATURE", min=0.0, help="Sampling temperature.", rich_help_panel=SAMPLING)
+]
+TopPOpt = Annotated[
+    float, typer.Option(envvar="STEPAUDIO_TOP_P", min=0.0, max=1.0, help="Nucleus sampling.", rich_help_panel=SAMPLING)
+]
+MaxTokensOpt = Annotated[
+    int,
+    typer.Option(
+        envvar="STEPAUDIO_MAX_TOKENS", min=1, help="Most tokens to generate (reasoning + answer).",
+        rich_help_panel=SAMPLING,
+    ),
+]
+SeedOpt = Annotated[
+    int | None, typer.Option(envvar="STEPAUDIO_SEED", help="Sampling seed.", rich_help_panel=SAMPLING)
+]
+SystemOpt = Annotated[
+    str | None, typer.Option("--system", envvar="STEPAUDIO_SYSTEM", help="System prompt.", rich_help_panel=SAMPLING)
+]
+
+
+@dataclass
+class EngineSettings:
+    servers: list[str] = field(default_factory=list)
+    api_key: str | None = None
+    model: str = DEFAULT_MODEL
+    model_override: str | None = None  # served model name (remote)
+    max_model_len: int = DEFAULT_MAX_MODEL_LEN
+    tensor_parallel_size: int | None = None
+    gpu_memory_utilization: float | None = None
+    dtype: str = "auto"
+    max_num_seqs: int = 32
+
+    @classmethod
+    def from_options(
+        cls,
+        server: list[str] | None,
+        api_key: str | None,
+        model: str | None,
+        max_model_len: int,
+        tensor_parallel_size: int | None,
+        gpu_memory_utilization: float | None,
+        dtype: str,
+        max_num_seqs: int = 32,
+    ) -> EngineSettings:
+        servers = [u for s in (server or []) for u in s.split(",") if u.strip()]
+        return cls(
+            servers=servers,
+            api_key=api_key,
+            model=model or DEFAULT_MODEL,
+            model_override=model if servers else None,
+            max_model_len=max_model_len,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            dtype=dtype,
+            max_num_seqs=max_num_seqs,
+        )
+
+
+def sampling(temperature: float, top_p: float, max_tokens: int, seed: int | None) -> Sampling:
+    return Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+
+
+DEFAULTS = {"max_model_len": DEFAULT_MAX_MODEL_LEN, "max_tokens": DEFAULT_MAX_TOKENS}
+
+
+@contextlib.contextmanager
+def user_errors(term: Terminal) -> Iterator[None]:
+    """Turn UserError into one line on stderr + its exit code, Ctrl-C into exit 130."""
+    try:
+        yield
+    except UserError as e:
+        term.error(e.message)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        term.err.print()
+        term.error("interrupted")
+        raise typer.Exit(130) from None
+
+
+def run(coro) -> object:
+    """asyncio.run, with Ctrl-C surfacing as KeyboardInterrupt after tasks were cancelled."""
+    return asyncio.run(coro)

@@ -1,0 +1,124 @@
+"""The engine interface: stream a request, get typed deltas, then usage and timings."""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass
+
+from stepaudio_cli.prompt import Delta, ReasoningSplitter, Request
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Timings:
+    """Seconds. ``tokens_per_s`` counts completion tokens after the first one."""
+
+    time_to_first_token: float | None = None
+    total: float = 0.0
+    tokens_per_s: float | None = None
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class Done:
+    model: str
+    usage: Usage
+    timings: Timings
+    finish_reason: str | None = None
+
+
+@dataclass
+class Result:
+    reasoning: str
+    answer: str
+    model: str
+    usage: Usage
+    timings: Timings
+    finish_reason: str | None = None
+
+
+class Clock:
+    """Measures time to first token and decode speed for one request."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.first: float | None = None
+
+    def tick(self) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+
+    def timings(self, completion_tokens: int) -> Timings:
+        end = time.perf_counter()
+        ttft = None if self.first is None else self.first - self.start
+        rate = None
+        if self.first is not None and completion_tokens > 1 and end > self.first:
+            rate = (completion_tokens - 1) / (end - self.first)
+        return Timings(time_to_first_token=ttft, total=end - self.start, tokens_per_s=rate)
+
+
+class Engine(abc.ABC):
+    """Start once, stream many requests (concurrently), close once."""
+
+    #: Model name as reported in results.
+    model: str = ""
+    #: Context length, when known (used to refuse audio that cannot fit).
+    max_model_len: int | None = None
+
+    async def start(self, on_status: Callable[[str], None] | None = None) -> None:  # noqa: B027
+        """Connect or load; raises UserError with a one-line reason."""
+
+    @abc.abstractmethod
+    def stream(self, request: Request) -> AsyncIterator[Delta | Done]:
+        """Yield reasoning/answer deltas as they come, then exactly one Done."""
+
+    async def close(self) -> None:  # noqa: B027
+        """Release everything (processes, sockets). Safe to call twice."""
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+async def collect(
+    engine: Engine, request: Request, on_delta: Callable[[Delta], None] | None = None
+) -> Result:
+    """Run one request to the end, calling ``on_delta`` for each piece of text."""
+    reasoning: list[str] = []
+    answer: list[str] = []
+    done: Done | None = None
+    async for event in engine.stream(request):
+        if isinstance(event, Done):
+            done = event
+            continue
+        (reasoning if event.kind == "reasoning" else answer).append(event.text)
+        if on_delta is not None:
+            on_delta(event)
+    assert done is not None, "engine stream ended without Done"
+    return Result(
+        reasoning="".join(reasoning).strip(),
+        answer="".join(answer).strip(),
+        model=done.model,
+        usage=done.usage,
+        timings=done.timings,
+        finish_reason=done.finish_reason,
+    )
+
+
+__all__ = ["Clock", "Done", "Engine", "ReasoningSplitter", "Result", "Timings", "Usage", "collect"]

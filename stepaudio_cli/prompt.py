@@ -1,0 +1,242 @@
+"""Step-Audio-R1's prompt format, sampling defaults and the reasoning/answer split.
+
+Prompt::
+
+    <|BOT|>system\\n{system}<|EOT|><|BOT|>human\\n{question}<audio_patch>...<|EOT|><|BOT|>assistant\\n<think>\\n
+
+The model continues with its reasoning, ``</think>``, then the answer, and stops on
+``<|EOT|>``. The split happens on the FIRST ``</think>`` only.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from stepaudio_cli.audio import Audio, format_duration
+from stepaudio_cli.errors import AudioError
+
+BOT = "<|BOT|>"
+EOT = "<|EOT|>"
+EOT_TOKEN_ID = 151665
+THINK_START = "<think>"
+THINK_END = "</think>"
+AUDIO_START = "<audio_start>"
+AUDIO_PATCH = "<audio_patch>"
+AUDIO_END = "<audio_end>"
+ASSISTANT_PREFIX = THINK_START + "\n"
+
+DEFAULT_MODEL = "stepfun-ai/Step-Audio-R1"
+DEFAULT_MAX_MODEL_LEN = 16384
+# Reasoning is typically 2,300-2,800 tokens and has a long tail; leave room for the answer.
+DEFAULT_MAX_TOKENS = 8192
+# Below this many tokens of room for generation a request is refused up front.
+MIN_GENERATION_TOKENS = 3072
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Official defaults for open questions: temperature 0.7, top_p 0.9."""
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    seed: int | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Request:
+    audios: tuple[Audio, ...]
+    question: str
+    system: str | None = None
+    sampling: Sampling = Sampling()
+
+    @property
+    def audio_seconds(self) -> float:
+        return sum(a.duration for a in self.audios)
+
+    @property
+    def audio_prompt_tokens(self) -> int:
+        return sum(a.prompt_tokens for a in self.audios)
+
+
+def build_prompt(question: str, audios: Sequence[Audio], system: str | None = None) -> str:
+    """The raw prompt for the in-process engine: one ``<audio_patch>`` per chunk.
+
+    The model's multimodal processor expands each placeholder into
+    ``<audio_start>`` + N x ``<audio_patch>`` + ``<audio_end>``.
+    """
+    parts = []
+    if system:
+        parts.append(f"{BOT}system\n{system}{EOT}")
+    n_chunks = sum(len(a.chunks()) for a in audios)
+    parts.append(f"{BOT}human\n{question}{AUDIO_PATCH * n_chunks}{EOT}")
+    parts.append(f"{BOT}assistant\n{ASSISTANT_PREFIX}")
+    return "".join(parts)
+
+
+def build_messages(question: str, audios: Sequence[Audio], system: str | None = None) -> list[dict]:
+    """OpenAI chat messages: text, then one ``input_audio`` part (16 kHz WAV) per chunk,
+    then an assistant turn ``<think>\\n`` that the server continues."""
+    from stepaudio_cli.audio import wav_bytes
+
+    content: list[dict] = [{"type": "text", "text": question}]
+    for audio in audios:
+        for chunk in audio.chunks():
+            data = base64.b64encode(wav_bytes(chunk)).decode("ascii")
+            content.append({"type": "input_audio", "input_audio": {"data": data, "format": "wav"}})
+    messages: list[dict] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "human", "content": content})
+    messages.append({"role": "assistant", "content": ASSISTANT_PREFIX})
+    return messages
+
+
+def fit_max_tokens(
+    audios: Sequence[Audio], sampling: Sampling, max_model_len: int | None, text_tokens: int = 64
+) -> int:
+    """max_tokens that fits in the model length next to the audio, or an AudioError.
+
+    ``text_tokens`` is a generous allowance for the question and the chat scaffolding.
+    """
+    if not max_model_len:
+        return sampling.max_tokens
+    audio_tokens = sum(a.prompt_tokens for a in audios)
+    room = max_model_len - audio_tokens - text_tokens
+    need = min(sampling.max_tokens, MIN_GENERATION_TOKENS)
+    if room < need:
+        longest = max(audios, key=lambda a: a.prompt_tokens)
+        total = sum(a.duration for a in audios)
+        max_seconds = max(0, (max_model_len - text_tokens - need) // 14)  # ~13.5 tokens/s incl. markers
+        who = longest.name if len(audios) == 1 else f"{longest.name} (and {len(audios) - 1} more)"
+        raise AudioError(
+            f"{who}: {format_duration(total)} of audio needs {audio_tokens} prompt tokens; with max model length "
+            f"{max_model_len} that leaves {max(room, 0)} for reasoning and answer (need {need}). "
+            f"Use audio under about {format_duration(max_seconds)} or raise --max-model-len."
+        )
+    return min(sampling.max_tokens, room)
+
+
+# --- the reasoning / answer split ----------------------------------------------------------
+
+Kind = Literal["reasoning", "answer"]
+
+
+@dataclass(frozen=True)
+class Delta:
+    kind: Kind
+    text: str
+
+
+class ReasoningSplitter:
+    """Turns streamed text into reasoning and answer deltas.
+
+    Raw mode (``feed``): the text starts inside ``<think>`` (the prompt opened it); everything
+    up to the first ``</think>`` is reasoning, everything after is answer, even further
+    ``</think>`` tags. The tag may be cut across deltas: a possible partial tag at the end
+    of a delta is held back until the next delta decides it. Whitespace right around the
+    split is dropped (the model writes ``\\n\\n`` after ``</think>``).
+
+    Pre-split mode (``feed_reasoning``/``feed_answer``): for servers that already separate
+    ``delta.reasoning`` from ``delta.content``.
+    """
+
+    def __init__(self) -> None:
+        self.in_answer = False
+        self._pending = ""  # held-back text that may be the start of </think>
+        self._answer_started = False
+        self._reasoning_ws = ""  # trailing whitespace of reasoning, held until more text comes
+        self.reasoning_parts: list[str] = []
+        self.answer_parts: list[str] = []
+        self.saw_split = False
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self.reasoning_parts)
+
+    @property
+    def answer(self) -> str:
+        return "".join(self.answer_parts)
+
+    def feed(self, text: str) -> list[Delta]:
+        if self.in_answer:
+            return self._emit_answer(text)
+        text = self._pending + text
+        self._pending = ""
+        idx = text.find(THINK_END)
+        if idx >= 0:
+            self.in_answer = self.saw_split = True
+            out = self._emit_reasoning(text[:idx], final=True)
+            return out + self._emit_answer(text[idx + len(THINK_END) :])
+        keep = _partial_suffix(text, THINK_END)
+        if keep:
+            self._pending = text[-keep:]
+            text = text[:-keep]
+        return self._emit_reasoning(text)
+
+    def feed_reasoning(self, text: str) -> list[Delta]:
+        # A server that splits for us: reasoning may still carry a stray tag at its edges.
+        return self._emit_reasoning(text.replace(THINK_START, "", 1) if not self.reasoning_parts else text)
+
+    def feed_answer(self, text: str) -> list[Delta]:
+        if not self.in_answer:
+            self.in_answer = self.saw_split = True
+            self._emit_reasoning("", final=True)
+        return self._emit_answer(text)
+
+    def finish(self) -> list[Delta]:
+        """Flush held-back text at the end of the stream."""
+        out: list[Delta] = []
+        if self._pending:
+            pending, self._pending = self._pending, ""
+            out += self._emit_answer(pending) if self.in_answer else self._emit_reasoning(pending)
+        return out
+
+    def _emit_reasoning(self, text: str, final: bool = False) -> list[Delta]:
+        if not self.reasoning_parts:
+            text = text.lstrip()
+        if final:
+            self._reasoning_ws = ""
+            text = text.rstrip()
+            if not text:
+                return []
+        else:
+            text = self._reasoning_ws + text
+            stripped = text.rstrip()
+            self._reasoning_ws = text[len(stripped) :]
+            text = stripped
+            if not text:
+                return []
+        self.reasoning_parts.append(text)
+        return [Delta("reasoning", text)]
+
+    def _emit_answer(self, text: str) -> list[Delta]:
+        if not self._answer_started:
+            text = text.lstrip()
+            if not text:
+                return []
+            self._answer_started = True
+        self.answer_parts.append(text)
+        return [Delta("answer", text)]
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:n]):
+            return n
+    return 0
+
+
+def split_reasoning(text: str) -> tuple[str, str]:
+    """Split a complete output on the first ``</think>``; no tag means all reasoning."""
+    splitter = ReasoningSplitter()
+    splitter.feed(text)
+    splitter.finish()
+    return splitter.reasoning, splitter.answer

@@ -1,0 +1,107 @@
+"""The one object every command prints through.
+
+Answers go to stdout, everything else (reasoning, progress, stats, errors) to stderr, so
+``stepaudio ask ... > answer.txt`` and ``| jq`` keep working. Rich already honours
+``NO_COLOR``, ``FORCE_COLOR`` and non-TTY streams; spinners and progress bars are only
+shown on an interactive stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
+
+
+class Terminal:
+    def __init__(self, *, stdout=None, stderr=None, quiet: bool = False) -> None:
+        no_color = bool(os.environ.get("NO_COLOR"))
+        self.out = Console(file=stdout or sys.stdout, no_color=no_color, highlight=False, soft_wrap=True)
+        self.err = Console(file=stderr or _own_stderr(), no_color=no_color, highlight=False, soft_wrap=True)
+        self.quiet = quiet
+
+    @property
+    def interactive(self) -> bool:
+        """True when stderr is a terminal: spinners, progress bars and live styling allowed."""
+        return self.err.is_terminal and not self.err.is_dumb_terminal
+
+    # --- one-line messages (stderr) -------------------------------------------------
+    def error(self, message: str) -> None:
+        self.err.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+
+    def warn(self, message: str) -> None:
+        self.err.print(Text.assemble(("warning: ", "yellow"), message), soft_wrap=True)
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self.err.print(Text(message), soft_wrap=True)
+
+    def success(self, message: str) -> None:
+        if not self.quiet:
+            self.err.print(Text(message, style="green"), soft_wrap=True)
+
+    def markup(self, message: str) -> None:
+        """stderr, with Rich markup (caller escapes user text with ``escape``)."""
+        if not self.quiet:
+            self.err.print(message, soft_wrap=True)
+
+    # --- streaming text -------------------------------------------------------------
+    def stream_reasoning(self, text: str) -> None:
+        self.err.print(Text(text, style="dim"), end="")
+        self.err.file.flush()
+
+    def stream_answer(self, text: str) -> None:
+        self.out.print(Text(text), end="")
+        self.out.file.flush()
+
+    def end_stream(self, console: str = "out") -> None:
+        (self.out if console == "out" else self.err).print()
+
+    def print_json(self, obj: Any) -> None:
+        # Plain write: no Rich wrapping or highlighting may touch machine-readable output.
+        self.out.file.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self.out.file.flush()
+
+    def write_out(self, text: str) -> None:
+        self.out.file.write(text)
+        self.out.file.flush()
+
+    # --- spinners -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def status(self, message: str) -> Iterator[None]:
+        """A spinner with elapsed time on a TTY; one plain line otherwise."""
+        if not self.interactive or self.quiet:
+            if not self.quiet:
+                self.err.print(Text(message + " ..."))
+            yield
+            return
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+        with Progress(*columns, console=self.err, transient=True) as progress:
+            progress.add_task(escape(message), total=None)
+            yield
+
+
+def _own_stderr():
+    """A private handle on the process's stderr.
+
+    The in-process engine points file descriptor 2 at a log file while vLLM starts (its
+    worker processes write there for their whole life); our own messages, spinner
+    included, keep reaching the terminal through this duplicate.
+    """
+    try:
+        fd = sys.stderr.fileno()
+        return os.fdopen(os.dup(fd), "w", buffering=1, encoding="utf-8", errors="replace", closefd=True)
+    except (AttributeError, OSError, ValueError):
+        return sys.stderr
+
+
+__all__ = ["Terminal", "escape"]

@@ -1,0 +1,328 @@
+"""Step-Audio-R1 for vLLM: Whisper-style audio encoder -> adapter -> Qwen2 LLM.
+
+Shaped after vLLM's ``qwen2_audio.py``: the audio tower (encoder + adapter) is replicated
+on every tensor-parallel rank, the LLM is vLLM's own tensor-parallel Qwen2.
+
+Checkpoint parameter names: ``encoder.*`` (conv1, conv2, positional_embedding,
+blocks.N.{attn.{query,key,value,out}, attn_ln, mlp.{0,2}, mlp_ln}, after_norm),
+``adapter.*`` (conv, linear1, linear2), ``model.*`` + ``lm_head.*`` (Qwen2).
+
+Inputs: each audio item is cut into chunks of at most 25 s (a client that already sends
+25 s items gets one chunk per item); each chunk becomes
+``<audio_start>`` + N x ``<audio_patch>`` + ``<audio_end>`` with N from
+:func:`stepaudio_cli.audio.chunk_tokens`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BatchFeature
+from vllm.config import VllmConfig
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
+from vllm.multimodal.parse import MultiModalDataItems, MultiModalDataParser
+from vllm.multimodal.processing import (
+    BaseDummyInputsBuilder,
+    BaseMultiModalProcessor,
+    BaseProcessingInfo,
+    PromptReplacement,
+    PromptUpdate,
+    PromptUpdateDetails,
+)
+from vllm.sequence import IntermediateTensors
+
+from stepaudio_cli.audio import CHUNK_SAMPLES, SAMPLE_RATE, adapter_frames, encoder_frames, split_chunks
+from stepaudio_cli.prompt import AUDIO_END, AUDIO_PATCH, AUDIO_START
+from stepaudio_cli.vllm_plugin.config import StepAudio2Config
+from stepaudio_cli.vllm_plugin.frontend import log_mel
+
+from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMultiModal, SupportsPP
+from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper, init_vllm_registered_model, maybe_prefix
+
+# === Audio tower ========================================================================
+
+
+class EncoderAttention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        shape = (b, t, self.heads, d // self.heads)
+        q, k, v = (proj(x).view(shape).transpose(1, 2) for proj in (self.query, self.key, self.value))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.out(y.transpose(1, 2).reshape(b, t, d))
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.attn = EncoderAttention(dim, heads)
+        self.attn_ln = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.mlp_ln = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_ln(x), bias)
+        return x + self.mlp(self.mlp_ln(x))
+
+
+def _length_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, size) True where the position is inside the item."""
+    return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class AudioEncoder(nn.Module):
+    """Mel (B, n_mels, T) -> (B, E, n_state) at 25 Hz, E = (T + 1) // 2 // 2."""
+
+    def __init__(self, n_mels: int, n_ctx: int, n_state: int, n_head: int, n_layer: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(n_mels, n_state, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(n_state, n_state, kernel_size=3, stride=2, padding=1)
+        self.positional_embedding = nn.Embedding(n_ctx, n_state)
+        self.blocks = nn.ModuleList(EncoderBlock(n_state, n_head) for _ in range(n_layer))
+        self.avg_pooler = nn.AvgPool1d(2, stride=2)
+        self.after_norm = nn.LayerNorm(n_state)
+
+    def forward(self, mel: torch.Tensor, mel_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = mel.shape[-1]
+        x = F.gelu(self.conv1(mel))
+        # Zero the padding so a chunk's result does not depend on what it is batched with.
+        x = x * _length_mask(mel_lens, t)[:, None, :].to(x.dtype)
+        x = F.gelu(self.conv2(x)).transpose(1, 2)  # (B, T2, C)
+        t2 = x.shape[1]
+        if t2 > self.positional_embedding.num_embeddings:
+            raise ValueError(f"audio chunk too long for the encoder ({t2} > {self.positional_embedding.num_embeddings})")
+        x = x + self.positional_embedding.weight[:t2].to(x.dtype)
+        lens2 = (mel_lens + 1) // 2
+        bias = torch.zeros(x.shape[0], 1, 1, t2, dtype=x.dtype, device=x.device)
+        bias.masked_fill_(~_length_mask(lens2, t2)[:, None, None, :], torch.finfo(x.dtype).min)
+        for block in self.blocks:
+            x = block(x, bias)
+        x = self.avg_pooler(x.transpose(1, 2)).transpose(1, 2)
+        return self.after_norm(x), lens2 // 2
+
+
+class Adapter(nn.Module):
+    """(B, E, n_state) -> (B, (E - 1) // 2 + 1, llm_dim) at 12.5 Hz."""
+
+    def __init__(self, n_state: int, llm_dim: int, kernel_size: int = 3, stride: int = 2, inner: int = 2048) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(n_state, n_state, kernel_size, stride, padding=(kernel_size - 1) // 2)
+        self.linear1 = nn.Linear(n_state, inner)
+        self.relu = nn.ReLU()
+        self.linear2 = nn.Linear(inner, llm_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.conv(x.transpose(1, 2))).transpose(1, 2)
+        return self.linear2(self.relu(self.linear1(x)))
+
+
+# === Multimodal processing ==============================================================
+
+
+def _chunk_token_count(mel_len: int) -> int:
+    return adapter_frames(encoder_frames(mel_len))
+
+
+class StepAudio2ProcessingInfo(BaseProcessingInfo):
+    def get_hf_config(self) -> StepAudio2Config:
+        return self.ctx.get_hf_config(StepAudio2Config)
+
+    def get_data_parser(self) -> MultiModalDataParser:
+        # soxr, not vLLM's default torchaudio, which is not always importable.
+        return MultiModalDataParser(
+            target_sr=SAMPLE_RATE,
+            target_channels=1,
+            audio_resample_method="soxr",
+            expected_hidden_size=self._get_expected_hidden_size(),
+            allow_missing_mm_embeddings=self.allow_missing_mm_embeddings,
+        )
+
+    def get_supported_mm_limits(self) -> Mapping[str, int | None]:
+        return {"audio": None}
+
+    def get_mm_max_tokens_per_item(self, seq_len: int, mm_counts: Mapping[str, int] | None = None):
+        # One item is at most one 25 s chunk as the client sends it.
+        return {"audio": _chunk_token_count((CHUNK_SAMPLES + 479) // 160) + 2}
+
+    def token_id(self, token: str) -> int:
+        vocab = self.get_tokenizer().get_vocab()
+        if token not in vocab:
+            raise ValueError(f"the tokenizer has no {token} token: not a Step-Audio checkpoint")
+        return vocab[token]
+
+
+class StepAudio2DummyInputsBuilder(BaseDummyInputsBuilder[StepAudio2ProcessingInfo]):
+    def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
+        return AUDIO_PATCH * mm_counts.get("audio", 0)
+
+    def get_dummy_mm_data(self, seq_len: int, mm_counts: Mapping[str, int], mm_options=None):
+        overrides = mm_options.get("audio") if mm_options else None
+        return {
+            "audio": self._get_dummy_audios(
+                length=CHUNK_SAMPLES, num_audios=mm_counts.get("audio", 0), overrides=overrides
+            )
+        }
+
+
+class StepAudio2MultiModalProcessor(BaseMultiModalProcessor[StepAudio2ProcessingInfo]):
+    def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]) -> BatchFeature:
+        n_mels = self.info.get_hf_config().audio_encoder_config.n_mels
+        mels: list[torch.Tensor] = []
+        chunk_lens: list[int] = []
+        chunk_counts: list[int] = []
+        for audio in hf_data.get("audio") or []:
+            chunks = split_chunks(np.asarray(audio, dtype=np.float32).reshape(-1))
+            for chunk in chunks:
+                mel = log_mel(chunk, n_mels)
+                mels.append(mel.T)
+                chunk_lens.append(mel.shape[1])
+            chunk_counts.append(len(chunks))
+        return BatchFeature(
+            {
+                "input_features": torch.cat(mels) if mels else torch.zeros(0, n_mels),
+                "audio_chunk_lens": torch.tensor(chunk_lens, dtype=torch.long),
+                "audio_chunk_counts": torch.tensor(chunk_counts, dtype=torch.long),
+            }
+        )
+
+    def _get_mm_fields_config(self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]):
+        counts = hf_inputs.get("audio_chunk_counts", torch.empty(0, dtype=torch.long))
+        chunk_lens = hf_inputs.get("audio_chunk_lens", torch.empty(0, dtype=torch.long))
+        frames_per_item = torch.stack(
+            [c.sum() for c in torch.split(chunk_lens, counts.tolist())]
+        ) if len(counts) else torch.empty(0, dtype=torch.long)
+        return dict(
+            input_features=MultiModalFieldConfig.flat_from_sizes("audio", frames_per_item),
+            audio_chunk_lens=MultiModalFieldConfig.flat_from_sizes("audio", counts, keep_on_cpu=True),
+            audio_chunk_counts=MultiModalFieldConfig.batched("audio", keep_on_cpu=True),
+        )
+
+    def _get_prompt_updates(
+        self,
+        mm_items: MultiModalDataItems,
+        hf_processor_mm_kwargs: Mapping[str, object],
+        out_mm_kwargs: MultiModalKwargsItems,
+    ) -> Sequence[PromptUpdate]:
+        patch = self.info.token_id(AUDIO_PATCH)
+        start = self.info.token_id(AUDIO_START)
+        end = self.info.token_id(AUDIO_END)
+        data = out_mm_kwargs.get_data()
+        counts = [int(c) for c in data.get("audio_chunk_counts", [])]
+        lens = torch.as_tensor(data.get("audio_chunk_lens", [])).reshape(-1).tolist()
+        offsets = np.cumsum([0, *counts]).tolist()
+
+        def replacement(item_idx: int) -> PromptUpdateDetails:
+            seq: list[int] = []
+            for mel_len in lens[offsets[item_idx] : offsets[item_idx + 1]]:
+                seq += [start] + [patch] * _chunk_token_count(int(mel_len)) + [end]
+            return PromptUpdateDetails.select_token_id(seq, patch)
+
+        return [PromptReplacement(modality="audio", target=[patch], replacement=replacement)]
+
+
+# === The model ==========================================================================
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    StepAudio2MultiModalProcessor, info=StepAudio2ProcessingInfo, dummy_inputs=StepAudio2DummyInputsBuilder
+)
+class StepAudio2ForCausalLM(nn.Module, SupportsMultiModal, SupportsPP):
+    hf_to_vllm_mapper = WeightsMapper(
+        orig_to_new_prefix={"model.": "language_model.model.", "lm_head.": "language_model.lm_head."},
+    )
+
+    @classmethod
+    def get_placeholder_str(cls, modality: str, i: int) -> str | None:
+        if modality.startswith("audio"):
+            return AUDIO_PATCH
+        raise ValueError("Step-Audio-R1 takes audio only")
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__()
+        config: StepAudio2Config = vllm_config.model_config.hf_config
+        enc = config.audio_encoder_config
+        self.config = config
+        self.multimodal_config = vllm_config.model_config.multimodal_config
+        with self._mark_tower_model(vllm_config, "audio"):
+            self.encoder = AudioEncoder(enc.n_mels, enc.n_audio_ctx, enc.n_audio_state, enc.n_audio_head, enc.n_audio_layer)
+            self.adapter = Adapter(enc.n_audio_state, enc.llm_dim, enc.kernel_size, enc.adapter_stride)
+        with self._mark_language_model(vllm_config):
+            self.language_model = init_vllm_registered_model(
+                vllm_config=vllm_config,
+                hf_config=config.text_config,
+                prefix=maybe_prefix(prefix, "language_model"),
+                architectures=["Qwen2ForCausalLM"],
+            )
+        self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
+
+    def _encode(self, features: torch.Tensor, chunk_lens: list[int]) -> list[torch.Tensor]:
+        """Run every chunk through encoder + adapter as one padded batch."""
+        param = self.encoder.conv1.weight
+        chunks = torch.split(features, chunk_lens)
+        t = max(chunk_lens)
+        mel = torch.zeros(len(chunks), features.shape[-1], t, dtype=param.dtype, device=param.device)
+        for i, c in enumerate(chunks):
+            mel[i, :, : c.shape[0]] = c.T.to(param.dtype)
+        mel_lens = torch.tensor(chunk_lens, device=param.device)
+        x, enc_lens = self.encoder(mel, mel_lens)
+        # Zero the padding before the adapter's conv reads across the chunk's end.
+        x = x * _length_mask(enc_lens, x.shape[1])[:, :, None].to(x.dtype)
+        y = self.adapter(x)
+        out_lens = [adapter_frames(int(n)) for n in enc_lens.tolist()]
+        return [y[i, :n] for i, n in enumerate(out_lens)]
+
+    def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
+        features = kwargs.get("input_features")
+        if features is None:
+            return []
+        if isinstance(features, (list, tuple)):
+            features = torch.cat(list(features))
+        lens = kwargs["audio_chunk_lens"]
+        lens = torch.cat(list(lens)) if isinstance(lens, (list, tuple)) else lens
+        counts = kwargs["audio_chunk_counts"]
+        counts = torch.stack(list(counts)) if isinstance(counts, (list, tuple)) else counts
+        chunk_lens = [int(n) for n in lens.reshape(-1).tolist()]
+        per_chunk = self._encode(features.reshape(-1, features.shape[-1]), chunk_lens)
+        items, i = [], 0
+        for n in counts.reshape(-1).tolist():
+            items.append(torch.cat(per_chunk[i : i + n]))
+            i += n
+        return tuple(items)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors: IntermediateTensors | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: object,
+    ) -> torch.Tensor | IntermediateTensors:
+        if intermediate_tensors is not None:
+            inputs_embeds = None
+        return self.language_model.model(input_ids, positions, intermediate_tensors, inputs_embeds=inputs_embeds)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        return self.language_model.compute_logits(hidden_states)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        def renamed():
+            for name, tensor in weights:
+                # Some exports store the learned positions as a bare tensor.
+                if name == "encoder.positional_embedding":
+                    name = "encoder.positional_embedding.weight"
+                yield name, tensor
+
+        loader = AutoWeightsLoader(self)
+        return loader.load_weights(renamed(), mapper=self.hf_to_vllm_mapper)
