@@ -93,9 +93,12 @@ class AskView:
 async def ask(settings, request: Request, view: AskView) -> Result:
     engine = open_engine(settings)
     try:
+        # Refuse audio that cannot fit before spending any compute on it: the in-process
+        # engine knows its length up front, a server tells it when we connect.
+        if engine.max_model_len:
+            fit_max_tokens(request.audios, request.sampling, engine.max_model_len)
         with view.term.status(_starting_message(settings)):
             await engine.start()
-        # Refuse audio that cannot fit before spending any compute on it.
         fit_max_tokens(request.audios, request.sampling, engine.max_model_len)
         result = await collect(engine, request, view.on_delta)
     finally:

@@ -6,6 +6,7 @@ import typer
 
 from stepaudio_cli import __version__
 from stepaudio_cli.commands.ask import ask
+from stepaudio_cli.commands.serve import serve
 
 app = typer.Typer(
     name="stepaudio",
@@ -30,6 +31,7 @@ def _root(
 
 
 app.command(no_args_is_help=True)(ask)
+app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(serve)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import httpx
 
 from stepaudio_cli.engines.base import Clock, Done, Engine, Usage
 from stepaudio_cli.errors import EngineError, UserError
-from stepaudio_cli.prompt import EOT, EOT_TOKEN_ID, Delta, ReasoningSplitter, Request, build_messages, fit_max_tokens
+from stepaudio_cli.prompt import EOT_TOKEN_ID, Delta, ReasoningSplitter, Request, build_messages, fit_max_tokens
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 600.0
@@ -96,12 +96,12 @@ class RemoteEngine(Engine):
             "top_p": s.top_p,
             "max_tokens": max_tokens,
             # vLLM extensions: continue the assistant's "<think>\n", keep special tokens so the
-            # </think> tag survives, and stop on <|EOT|>.
+            # </think> tag survives, and stop on <|EOT|>. (No `stop` string: vLLM holds back
+            # text that could start one, which shifts text against tokens in its reasoning split.)
             "continue_final_message": True,
             "add_generation_prompt": False,
             "skip_special_tokens": False,
             "stop_token_ids": [EOT_TOKEN_ID],
-            "stop": [EOT],
         }
         if s.seed is not None:
             payload["seed"] = s.seed

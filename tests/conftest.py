@@ -1,0 +1,162 @@
+"""Shared fixtures: tiny checkpoints, generated audio, real servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from stepaudio_cli.testing import build_checkpoint
+
+SCRIPT = ("I hear a steady tone", "A beep.")
+SR = 16_000
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tone(seconds: float, sr: int = SR, freq: float = 440.0, channels: int = 1, amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(round(seconds * sr))) / sr
+    x = (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return np.stack([x] * channels, axis=1) if channels > 1 else x
+
+
+def noise(seconds: float, sr: int = SR, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).normal(0, 0.2, int(seconds * sr))).astype(np.float32)
+
+
+def write_wav(path: Path, data: np.ndarray, sr: int = SR, subtype: str | None = None, format: str | None = None) -> Path:
+    sf.write(str(path), data, sr, subtype=subtype, format=format)
+    return path
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *args], check=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """A real server process on 127.0.0.1, stopped (with its children) at the end."""
+
+    def __init__(self, cmd: list[str], port: int, log: Path, env: dict | None = None) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        self._log = open(log, "wb")
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+        )
+
+    def wait_healthy(self, timeout: float = 180.0, path: str = "/health") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"server not healthy after {timeout}s:\n{self.tail()}")
+
+    def tail(self, n: int = 4000) -> str:
+        self._log.flush()
+        return self.log.read_bytes()[-n:].decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(30)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                with _suppress():
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._log.close()
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return True
+
+
+class LoopThread:
+    """An event loop in a thread, so one in-process engine can serve a whole test module."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout: float = 600):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory) -> Path:
+    """Random tiny checkpoint."""
+    return build_checkpoint(tmp_path_factory.mktemp("ckpt_random"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def scripted_ckpt(tmp_path_factory) -> Path:
+    """Deterministic checkpoint: reasoning 'I hear a steady tone', then '</think>', then 'A beep.'."""
+    return build_checkpoint(tmp_path_factory.mktemp("ckpt_scripted"), seed=3, script=SCRIPT)
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory) -> Path:
+    """3 s stereo 44.1 kHz tone."""
+    return write_wav(tmp_path_factory.mktemp("audio") / "clip.wav", tone(3.0, sr=44100, channels=2), sr=44100)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(scripted_ckpt, tmp_path_factory):
+    """vLLM's own OpenAI server on CPU with this project's plugin, template and parser."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg missing")
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "stepaudio_cli", "serve", str(scripted_ckpt), "--port", str(port),
+        "--max-model-len", "4096", "--api-key", "sekret",
+    ]
+    server = ServerProcess(cmd, port, tmp_path_factory.mktemp("server") / "server.log")
+    try:
+        server.wait_healthy()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """No test reads or writes the real user's config, cache or hub token."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("STEPAUDIO_SERVER", raising=False)
+    monkeypatch.delenv("STEPAUDIO_API_KEY", raising=False)
+    monkeypatch.delenv("STEPAUDIO_MODEL", raising=False)
