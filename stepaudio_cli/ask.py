@@ -59,6 +59,7 @@ class AskView:
 
     def __init__(self, term: Terminal, *, json_output: bool = False, hide_reasoning: bool = False) -> None:
         self.term = term
+        term.quiet = term.quiet or json_output  # stderr stays empty unless something fails
         self.json_output = json_output
         self.hide_reasoning = hide_reasoning
         self._kind: str | None = None

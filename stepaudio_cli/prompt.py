@@ -16,11 +16,18 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from stepaudio_cli.audio import Audio, format_duration
+from stepaudio_cli.defaults import (  # noqa: F401 - re-exported
+    DEFAULT_MAX_MODEL_LEN,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_MODEL,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+    EOT_TOKEN_ID,
+)
 from stepaudio_cli.errors import AudioError
 
 BOT = "<|BOT|>"
 EOT = "<|EOT|>"
-EOT_TOKEN_ID = 151665
 THINK_START = "<think>"
 THINK_END = "</think>"
 AUDIO_START = "<audio_start>"
@@ -28,10 +35,6 @@ AUDIO_PATCH = "<audio_patch>"
 AUDIO_END = "<audio_end>"
 ASSISTANT_PREFIX = THINK_START + "\n"
 
-DEFAULT_MODEL = "stepfun-ai/Step-Audio-R1"
-DEFAULT_MAX_MODEL_LEN = 16384
-# Reasoning is typically 2,300-2,800 tokens and has a long tail; leave room for the answer.
-DEFAULT_MAX_TOKENS = 8192
 # Below this many tokens of room for generation a request is refused up front.
 MIN_GENERATION_TOKENS = 3072
 
@@ -40,8 +43,8 @@ MIN_GENERATION_TOKENS = 3072
 class Sampling:
     """Official defaults for open questions: temperature 0.7, top_p 0.9."""
 
-    temperature: float = 0.7
-    top_p: float = 0.9
+    temperature: float = DEFAULT_TEMPERATURE
+    top_p: float = DEFAULT_TOP_P
     max_tokens: int = DEFAULT_MAX_TOKENS
     seed: int | None = None
 
@@ -199,20 +202,15 @@ class ReasoningSplitter:
         return out
 
     def _emit_reasoning(self, text: str, final: bool = False) -> list[Delta]:
+        text = self._reasoning_ws + text
         if not self.reasoning_parts:
             text = text.lstrip()
-        if final:
-            self._reasoning_ws = ""
-            text = text.rstrip()
-            if not text:
-                return []
-        else:
-            text = self._reasoning_ws + text
-            stripped = text.rstrip()
-            self._reasoning_ws = text[len(stripped) :]
-            text = stripped
-            if not text:
-                return []
+        stripped = text.rstrip()
+        # Trailing whitespace waits for more reasoning; at the split it is dropped.
+        self._reasoning_ws = "" if final else text[len(stripped) :]
+        text = stripped
+        if not text:
+            return []
         self.reasoning_parts.append(text)
         return [Delta("reasoning", text)]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from stepaudio_cli.errors import UserError
 from stepaudio_cli.models import check_checkpoint, looks_like_repo_id, resolve_model
-from stepaudio_cli.prompt import DEFAULT_MAX_TOKENS
+from stepaudio_cli.defaults import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from stepaudio_cli.vllm_plugin import REASONING_PARSER
 
 CHAT_TEMPLATE = Path(__file__).parent / "vllm_plugin" / "chat_template.jinja"
@@ -91,7 +91,7 @@ def build_command(opts: ServeOptions, model_path: Path, gpus: int) -> list[str]:
         "--limit-mm-per-prompt", json.dumps({"audio": 64}),
         # Official sampling for open questions, and room for ~3k tokens of reasoning.
         "--override-generation-config",
-        json.dumps({"temperature": 0.7, "top_p": 0.9, "max_new_tokens": DEFAULT_MAX_TOKENS}),
+        json.dumps({"temperature": DEFAULT_TEMPERATURE, "top_p": DEFAULT_TOP_P, "max_new_tokens": DEFAULT_MAX_TOKENS}),
     ]
     if opts.api_key:
         cmd += ["--api-key", opts.api_key]

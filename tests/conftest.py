@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -136,8 +135,6 @@ def clip(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def vllm_server(scripted_ckpt, tmp_path_factory):
     """vLLM's own OpenAI server on CPU with this project's plugin, template and parser."""
-    if shutil.which("ffmpeg") is None:
-        pytest.skip("ffmpeg missing")
     port = free_port()
     cmd = [
         sys.executable, "-m", "stepaudio_cli", "serve", str(scripted_ckpt), "--port", str(port),

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from stepaudio_cli.commands import common
+from stepaudio_cli.defaults import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from stepaudio_cli.terminal import Terminal
 
 
@@ -20,8 +21,8 @@ def ask(
         bool, typer.Option("--hide-reasoning", envvar="STEPAUDIO_HIDE_REASONING", help="Do not show the reasoning.")
     ] = False,
     system: common.SystemOpt = None,
-    temperature: common.TemperatureOpt = 0.7,
-    top_p: common.TopPOpt = 0.9,
+    temperature: common.TemperatureOpt = DEFAULT_TEMPERATURE,
+    top_p: common.TopPOpt = DEFAULT_TOP_P,
     max_tokens: common.MaxTokensOpt = common.DEFAULTS["max_tokens"],
     seed: common.SeedOpt = None,
     server: common.ServerOpt = None,

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from stepaudio_cli.errors import UserError
-from stepaudio_cli.prompt import DEFAULT_MAX_MODEL_LEN, DEFAULT_MAX_TOKENS, DEFAULT_MODEL, Sampling
+from stepaudio_cli.defaults import DEFAULT_MAX_MODEL_LEN, DEFAULT_MAX_TOKENS, DEFAULT_MODEL
 from stepaudio_cli.terminal import Terminal
 
 ENGINE = "Engine"
@@ -126,7 +126,9 @@ class EngineSettings:
         )
 
 
-def sampling(temperature: float, top_p: float, max_tokens: int, seed: int | None) -> Sampling:
+def sampling(temperature: float, top_p: float, max_tokens: int, seed: int | None):
+    from stepaudio_cli.prompt import Sampling
+
     return Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from stepaudio_cli.commands import common
-from stepaudio_cli.prompt import DEFAULT_MODEL
+from stepaudio_cli.defaults import DEFAULT_MODEL
 from stepaudio_cli.terminal import Terminal
 
 DIST = "Multi-GPU / multi-node"

@@ -216,10 +216,13 @@ class RemoteEngine(Engine):
         await self._client.aclose()
 
 
-def _reason(e: Exception) -> str:
+def _reason(e: BaseException) -> str:
+    seen: BaseException | None = e
+    while seen is not None:  # httpx wraps the OS error ("All connection attempts failed")
+        if isinstance(seen, ConnectionRefusedError) or "Connection refused" in str(seen):
+            return "connection refused"
+        seen = seen.__cause__ or seen.__context__
     text = str(e) or type(e).__name__
-    if "Connection refused" in text or "Errno 111" in text:
-        return "connection refused"
     return " ".join(text.split())[:200]
 
 

@@ -1,0 +1,177 @@
+"""The real in-process engine (vLLM on CPU) with tiny checkpoints loaded by the plugin."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import numpy as np
+import psutil
+import pytest
+from typer.testing import CliRunner
+
+from conftest import SCRIPT, LoopThread, noise, tone, write_wav
+from reference import next_token_logprobs
+from stepaudio_cli.audio import Audio, chunk_tokens, load_audio
+from stepaudio_cli.cli import app
+from stepaudio_cli.engines import collect
+from stepaudio_cli.engines.local import LocalEngine
+from stepaudio_cli.prompt import Request, Sampling, build_prompt
+from stepaudio_cli.testing import SPECIAL_TOKENS, build_checkpoint
+
+pytestmark = pytest.mark.engine
+PATCH = SPECIAL_TOKENS["<audio_patch>"]
+
+
+class Harness:
+    def __init__(self, ckpt) -> None:
+        self.loop = LoopThread()
+        self.engine = LocalEngine(str(ckpt), max_model_len=8192, max_num_seqs=8, dtype="float32")
+        self.loop.run(self.engine.start())
+
+    def first_token_logprobs(self, audios: list[Audio], question: str = "What is this?", k: int = 20):
+        """Run one greedy step; return (expanded prompt ids, {token id: logprob})."""
+        from vllm import SamplingParams
+
+        async def go():
+            prompt = {
+                "prompt": build_prompt(question, audios),
+                "multi_modal_data": {"audio": [(c, 16000) for a in audios for c in a.chunks()]},
+            }
+            params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=k)
+            final = None
+            async for out in self.engine._engine.generate(prompt, params, uuid.uuid4().hex):
+                final = out
+            return final
+
+        out = self.loop.run(go())
+        top = {tid: lp.logprob for tid, lp in out.outputs[0].logprobs[0].items()}
+        return list(out.prompt_token_ids), top
+
+    def close(self) -> None:
+        self.loop.run(self.engine.close())
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def engine_a(ckpt):
+    h = Harness(ckpt)
+    yield h
+    h.close()
+
+
+def text_tokens(ckpt, text: str) -> int:
+    from tokenizers import Tokenizer
+
+    return len(Tokenizer.from_file(str(ckpt / "tokenizer.json")).encode(text).ids)
+
+
+@pytest.mark.parametrize("seconds", [3.0, 10.0, 25.0, 40.0, 61.0])
+def test_audio_tokens_in_the_prompt_follow_the_formula(engine_a, ckpt, seconds):
+    audio = Audio("a.wav", tone(seconds))
+    ids, _ = engine_a.first_token_logprobs([audio])
+    chunks = audio.chunks()
+    placeholders = build_prompt("What is this?", [audio])
+    # Each <audio_patch> placeholder becomes <audio_start> + N x <audio_patch> + <audio_end>.
+    expected = text_tokens(ckpt, placeholders) + sum(chunk_tokens(len(c)) + 1 for c in chunks)
+    assert len(ids) == expected
+    assert ids.count(PATCH) == sum(chunk_tokens(len(c)) for c in chunks)
+    assert ids.count(SPECIAL_TOKENS["<audio_start>"]) == ids.count(SPECIAL_TOKENS["<audio_end>"]) == len(chunks)
+
+
+def test_logits_match_an_independent_forward_pass(engine_a, ckpt, tmp_path):
+    # 44.1 kHz stereo on disk: what reaches the encoder is the resampled 16 kHz mono signal.
+    path = write_wav(tmp_path / "in.wav", np.stack([tone(27.0, sr=44100), noise(27.0, sr=44100)], 1), sr=44100)
+    audio = load_audio(str(path))
+    ids, top = engine_a.first_token_logprobs([audio])
+    reference = next_token_logprobs(ckpt, ids, audio.chunks(), PATCH)
+    assert max(top, key=top.get) == int(reference.argmax())
+    for tid, logprob in top.items():
+        assert logprob == pytest.approx(float(reference[tid]), abs=2e-3), tid
+
+
+def test_the_audio_changes_the_logits(engine_a):
+    _, with_tone = engine_a.first_token_logprobs([Audio("t.wav", tone(5.0))])
+    _, with_noise = engine_a.first_token_logprobs([Audio("n.wav", noise(5.0))])
+    assert with_tone != with_noise
+
+
+def test_the_encoder_weights_in_the_file_are_used(engine_a, ckpt, tmp_path_factory):
+    """Same LLM, different audio tower in the file: different logits for the same audio."""
+    audio = Audio("t.wav", tone(5.0))
+    _, a = engine_a.first_token_logprobs([audio])
+    other = build_checkpoint(tmp_path_factory.mktemp("ckpt_b"), seed=0, encoder_seed=99)
+    b_engine = Harness(other)
+    try:
+        _, b = b_engine.first_token_logprobs([audio])
+    finally:
+        b_engine.close()
+    shared = set(a) & set(b)
+    assert a != b
+    assert not shared or max(abs(a[t] - b[t]) for t in shared) > 1e-3
+
+
+def test_streaming_request_reports_usage(engine_a):
+    request = Request(audios=(Audio("t.wav", tone(2.0)),), question="Q", sampling=Sampling(max_tokens=12, seed=1))
+    pieces = []
+    result = engine_a.loop.run(collect(engine_a.engine, request, pieces.append))
+    assert result.usage.completion_tokens == 12 and result.finish_reason == "length"
+    assert result.usage.prompt_tokens > chunk_tokens(32000)
+    assert len(pieces) >= 2  # streamed, not one lump
+    assert result.timings.time_to_first_token is not None and result.timings.tokens_per_s > 0
+
+
+def children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def test_ask_in_process_end_to_end(scripted_ckpt, clip):
+    before = children()
+    result = CliRunner().invoke(app, ["ask", "--model", str(scripted_ckpt), str(clip), "What is happening?"])
+    assert result.exit_code == 0, result.stderr
+    reasoning, answer = SCRIPT
+    assert result.stdout == answer + "\n"
+    assert reasoning in result.stderr
+    # vLLM's own chatter went to the engine log, not to the user's terminal.
+    assert "INFO" not in result.stderr and "Loading safetensors" not in result.stderr
+    assert children() - before == set(), "engine processes left behind"
+
+
+def test_ask_in_process_json(scripted_ckpt, clip):
+    result = CliRunner().invoke(app, ["ask", "--json", "-m", str(scripted_ckpt), str(clip), "Q?"])
+    assert result.exit_code == 0, result.stderr
+    obj = json.loads(result.stdout)
+    assert (obj["reasoning"], obj["answer"]) == SCRIPT
+    assert obj["usage"]["reasoning_tokens"] == text_tokens(scripted_ckpt, SCRIPT[0])
+
+
+def test_too_long_audio_is_refused_before_the_engine_starts(ckpt, tmp_path):
+    long = write_wav(tmp_path / "long.wav", tone(400.0))
+    result = CliRunner().invoke(app, ["ask", "-m", str(ckpt), "--max-model-len", "4096", str(long), "Q?"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {long}: 6m40s of audio needs")
+    assert not (tmp_path / "cache" / "stepaudio" / "engine.log").exists()  # vLLM never started
+
+
+def test_not_a_step_audio_checkpoint(tmp_path, clip):
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    result = CliRunner().invoke(app, ["ask", "-m", str(tmp_path / "llama"), str(clip), "Q?"])
+    assert result.exit_code == 2
+    assert "not a Step-Audio checkpoint" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_vllm_is_one_line(ckpt, clip):
+    code = (
+        "import sys; sys.modules['vllm'] = None\n"
+        "from stepaudio_cli.cli import main\n"
+        f"sys.argv = ['stepaudio', 'ask', '-m', {str(ckpt)!r}, {str(clip)!r}, 'Q?']\n"
+        "main()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}, timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith("error: the in-process engine needs vLLM")
+    assert "pip install vllm" in out.stderr and "Traceback" not in out.stderr
