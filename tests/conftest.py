@@ -19,6 +19,10 @@ import soundfile as sf
 
 from stepaudio_cli.testing import build_checkpoint
 
+# Several CPU engines run at once in the suite (a server, in-process engines); give each a
+# small fixed KV cache instead of a fraction of the machine's memory.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
 SCRIPT = ("I hear a steady tone", "A beep.")
 SR = 16_000
 ROOT = Path(__file__).resolve().parent.parent

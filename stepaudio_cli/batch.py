@@ -1,0 +1,330 @@
+"""Batch processing: many files, many requests in flight, durable and resumable results.
+
+Work per file: read bytes -> sha256 -> key (content + prompt + model + sampling) -> skip if a
+good record with that key exists -> decode (thread) -> request (engine, with retries) ->
+append the record. Identical content under several names is computed once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import hashlib
+import json
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stepaudio_cli.audio import AUDIO_EXTENSIONS, decode_bytes
+from stepaudio_cli.engines import Engine, collect
+from stepaudio_cli.errors import EngineError, UserError
+from stepaudio_cli.prompt import Request, Sampling, fit_max_tokens
+from stepaudio_cli.store import Store
+
+
+@dataclass
+class BatchJob:
+    prompt: str
+    system: str | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+    concurrency: int = 64
+    retries: int = 3
+    retry_failed: bool = False
+    overwrite: bool = False
+    hide_reasoning: bool = False
+    decode_ahead: int = 8
+
+
+@dataclass
+class Summary:
+    total: int = 0
+    done: int = 0  # computed in this run
+    skipped: int = 0  # already in the results
+    reused: int = 0  # same content + settings as another file
+    failed: int = 0
+    audio_seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    interrupted: bool = False
+    elapsed: float = 0.0
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.skipped + self.reused + self.failed
+
+
+def discover(inputs: Sequence[str], patterns: Sequence[str] = (), recursive: bool = False) -> list[Path]:
+    """Files to process, in a stable order, each real file once.
+
+    Directories contribute files whose names match ``patterns`` (default: known audio
+    extensions); explicitly named files are always included. Symlinks are followed, but a
+    file reached twice (through a link, or named twice) counts once.
+    """
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if not path.exists():
+            raise UserError(f"{item}: no such file or directory")
+        if path.is_dir():
+            found += sorted(_scan(path, patterns, recursive), key=lambda p: str(p))
+        else:
+            found.append(path)
+    seen: set[str] = set()
+    unique = []
+    for p in found:
+        real = os.path.realpath(p)
+        if real not in seen:
+            seen.add(real)
+            unique.append(p)
+    return unique
+
+
+def _scan(root: Path, patterns: Sequence[str], recursive: bool):
+    def wanted(name: str) -> bool:
+        if patterns:
+            return any(fnmatch.fnmatch(name, pat) for pat in patterns)
+        return Path(name).suffix.lower() in AUDIO_EXTENSIONS and not name.startswith(".")
+
+    walker = os.walk(root, followlinks=False) if recursive else [(str(root), [], os.listdir(root))]
+    for dirpath, dirnames, filenames in walker:
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            p = Path(dirpath) / name
+            if wanted(name) and p.is_file():
+                yield p
+
+
+def request_key(sha256: str, job: BatchJob, model: str) -> str:
+    blob = json.dumps([sha256, job.prompt, job.system, model, job.sampling.as_dict()], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+class BatchRunner:
+    def __init__(
+        self,
+        job: BatchJob,
+        engine: Engine,
+        store: Store,
+        files: list[Path],
+        on_progress: Callable[[Summary, dict | None], None] | None = None,
+    ) -> None:
+        self.job = job
+        self.engine = engine
+        self.store = store
+        self.files = files
+        self.on_progress = on_progress or (lambda s, r: None)
+        self.summary = Summary(total=len(files))
+        self._by_file: dict[str, list[dict]] = {}  # earlier records of each file of this run
+        self._by_key: dict[str, dict] = {}  # good records by key, for reuse
+        self._inflight: dict[str, asyncio.Future] = {}
+        self._earlier: list[dict] = []  # records of files outside this run, kept as they are
+
+    # --- resume -------------------------------------------------------------------------
+    def _load(self) -> None:
+        if self.job.overwrite:
+            self.store.rewrite([])
+            return
+        names = {str(p) for p in self.files}
+        for record in self.store.load():
+            if record.get("file") in names:
+                self._by_file.setdefault(record["file"], []).append(record)
+                if not record.get("error") and record.get("key"):
+                    self._by_key[record["key"]] = record
+            else:
+                self._earlier.append(record)
+
+    def _previous(self, name: str, key: str) -> dict | None:
+        """The last record for ``name`` with this key, if any (good or failed)."""
+        matching = [r for r in self._by_file.get(name, []) if r.get("key") == key]
+        return matching[-1] if matching else None
+
+    # --- the run --------------------------------------------------------------------------
+    async def run(self) -> Summary:
+        self._load()
+        self._final: dict[str, dict] = {}
+        queue: asyncio.Queue[Path] = asyncio.Queue()
+        for p in self.files:
+            queue.put_nowait(p)
+        infer = asyncio.Semaphore(max(1, self.job.concurrency))
+        workers = [
+            asyncio.create_task(self._worker(queue, infer))
+            for _ in range(min(len(self.files), self.job.concurrency + self.job.decode_ahead))
+        ]
+        try:
+            await asyncio.gather(*workers)
+        except asyncio.CancelledError:
+            self.summary.interrupted = True
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
+        finally:
+            self._compact()
+        return self.summary
+
+    async def _worker(self, queue: asyncio.Queue, infer: asyncio.Semaphore) -> None:
+        while True:
+            try:
+                path = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            record = await self._one(path, infer)
+            self.on_progress(self.summary, record)
+
+    async def _one(self, path: Path, infer: asyncio.Semaphore) -> dict | None:
+        name = str(path)
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+        except OSError as e:
+            return self._record_failure(name, None, None, f"cannot read ({e.strerror or e})")
+        sha = hashlib.sha256(data).hexdigest()
+        key = request_key(sha, self.job, self.engine.model)
+        previous = self._previous(name, key)
+        if previous is not None and (not previous.get("error") or not self.job.retry_failed):
+            self._final[name] = previous
+            if previous.get("error"):
+                self.summary.failed += 1
+                self.summary.failures.append((name, previous["error"]))
+            else:
+                self.summary.skipped += 1
+            return None
+        if key in self._by_key:  # same audio and settings already answered under another name
+            return self._reuse(name, self._by_key[key])
+        if key in self._inflight:
+            source = await asyncio.shield(self._inflight[key])
+            if source is not None and not source.get("error"):
+                return self._reuse(name, source)
+        future = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        record = None
+        try:
+            record = await self._compute(name, data, sha, key, infer)
+            return record
+        finally:
+            future.set_result(record)
+            self._inflight.pop(key, None)
+
+    async def _compute(self, name: str, data: bytes, sha: str, key: str, infer: asyncio.Semaphore) -> dict:
+        try:
+            audio = await asyncio.to_thread(decode_bytes, data, name)
+            fit_max_tokens([audio], self.job.sampling, self.engine.max_model_len)
+        except UserError as e:
+            return self._record_failure(name, sha, key, _strip_name(e.message, name))
+        request = Request(audios=(audio,), question=self.job.prompt, system=self.job.system, sampling=self.job.sampling)
+        async with infer:
+            attempt = 0
+            while True:
+                try:
+                    result = await collect(self.engine, request)
+                    break
+                except EngineError as e:
+                    attempt += 1
+                    if not e.retryable or attempt > self.job.retries:
+                        tries = f" (after {attempt} tries)" if attempt > 1 else ""
+                        return self._record_failure(name, sha, key, e.message + tries, audio.duration)
+                    await asyncio.sleep(min(30.0, 0.5 * 2**attempt) * (0.5 + random.random()))
+        record = self._base(name, sha, key) | {
+            "reasoning": None if self.job.hide_reasoning else result.reasoning,
+            "answer": result.answer,
+            "usage": result.usage.as_dict(),
+            "timings": result.timings.as_dict(),
+            "finish_reason": result.finish_reason,
+            "audio_seconds": round(audio.duration, 3),
+            "error": None,
+        }
+        record["model"] = result.model or record["model"]
+        await self._write(record)
+        self._by_key[key] = record
+        self.summary.done += 1
+        self.summary.audio_seconds += audio.duration
+        return record
+
+    def _base(self, name: str, sha: str | None, key: str | None) -> dict:
+        return {
+            "file": name,
+            "sha256": sha,
+            "prompt": self.job.prompt,
+            "model": self.engine.model,
+            "params": {**self.job.sampling.as_dict(), "system": self.job.system},
+            "key": key,
+        }
+
+    def _reuse(self, name: str, source: dict) -> dict:
+        record = dict(source, file=name)
+        self._final[name] = record
+        self.store.append(record)
+        self.summary.reused += 1
+        self.summary.audio_seconds += source.get("audio_seconds") or 0.0
+        return record
+
+    def _record_failure(self, name, sha, key, message: str, seconds: float | None = None) -> dict:
+        record = self._base(name, sha, key) | {
+            "reasoning": None, "answer": None, "usage": None, "timings": None,
+            "audio_seconds": None if seconds is None else round(seconds, 3), "error": message,
+        }
+        self._final[name] = record
+        self.store.append(record)
+        self.summary.failed += 1
+        self.summary.failures.append((name, message))
+        return record
+
+    async def _write(self, record: dict) -> None:
+        self._final[record["file"]] = record
+        # fsync off the event loop, so streaming of other requests is not held up.
+        await asyncio.to_thread(self.store.append, record)
+
+    def _compact(self) -> None:
+        """One record per file, in input order; records of other files kept as they were."""
+        if self.store.path is None:
+            return
+        ordered = [self._final[str(p)] for p in self.files if str(p) in self._final]
+        # Files not reached (interrupted) keep whatever they had.
+        for p in self.files:
+            name = str(p)
+            if name not in self._final and self._by_file.get(name):
+                ordered.append(self._by_file[name][-1])
+        self.store.rewrite(self._earlier + ordered)
+
+
+def _strip_name(message: str, name: str) -> str:
+    prefix = name + ": "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+async def run_batch(job: BatchJob, engine: Engine, store: Store, files: list[Path], on_progress=None) -> Summary:
+    """Run every file on a started engine. Ctrl-C or SIGTERM stops it cleanly: in-flight
+    requests are cancelled, everything finished is already on disk, and the returned
+    summary says ``interrupted``."""
+    runner = BatchRunner(job, engine, store, files, on_progress)
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    started = time.monotonic()
+    try:
+        await runner.run()
+    except asyncio.CancelledError:
+        runner.summary.interrupted = True
+    finally:
+        runner.summary.elapsed = time.monotonic() - started
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGTERM)
+    return runner.summary
+
+
+async def execute(settings, job: BatchJob, store: Store, files: list[Path], view) -> Summary:
+    """Open the engine the settings ask for, run the batch, always close the engine."""
+    from stepaudio_cli.engines import open_engine
+
+    engine = open_engine(settings)
+    try:
+        with view.term.status("Connecting to " + ", ".join(settings.servers) if settings.servers else f"Loading {settings.model}"):
+            await engine.start()
+        with view:
+            return await run_batch(job, engine, store, files, view.update)
+    finally:
+        await engine.close()

@@ -1,0 +1,99 @@
+"""stepaudio batch DIR_OR_FILES..."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stepaudio_cli.commands import common
+from stepaudio_cli.defaults import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+from stepaudio_cli.errors import UserError
+from stepaudio_cli.terminal import Terminal
+
+IO = "Input and output"
+
+
+def batch(
+    inputs: Annotated[list[str], typer.Argument(help="Directories and/or audio files.", metavar="DIR_OR_FILES...")],
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", envvar="STEPAUDIO_PROMPT", help="The question for every file.")] = None,
+    prompt_file: Annotated[Path | None, typer.Option(help="Read the question from a file.")] = None,
+    glob: Annotated[
+        list[str] | None, typer.Option("--glob", "-g", help="Only files whose name matches (repeatable), e.g. '*.wav'.", rich_help_panel=IO)
+    ] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subdirectories.", rich_help_panel=IO)] = False,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", envvar="STEPAUDIO_OUTPUT", help="Results file, or - for stdout (default when piped).", rich_help_panel=IO)
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="jsonl or csv.", rich_help_panel=IO)] = "jsonl",
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", "-c", envvar="STEPAUDIO_CONCURRENCY", min=1, help="Requests in flight (default: 2 x --max-num-seqs in-process, 32 per server).")
+    ] = None,
+    retry_failed: Annotated[bool, typer.Option(help="On resume, try files that failed before again.", rich_help_panel=IO)] = False,
+    overwrite: Annotated[bool, typer.Option(help="Start over: discard earlier results in the output file.", rich_help_panel=IO)] = False,
+    retries: Annotated[int, typer.Option(min=0, help="Retries per file for server errors (with backoff).")] = 3,
+    hide_reasoning: Annotated[bool, typer.Option("--hide-reasoning", envvar="STEPAUDIO_HIDE_REASONING", help="Leave reasoning out of the results.")] = False,
+    system: common.SystemOpt = None,
+    temperature: common.TemperatureOpt = DEFAULT_TEMPERATURE,
+    top_p: common.TopPOpt = DEFAULT_TOP_P,
+    max_tokens: common.MaxTokensOpt = common.DEFAULTS["max_tokens"],
+    seed: common.SeedOpt = None,
+    server: common.ServerOpt = None,
+    api_key: common.ApiKeyOpt = None,
+    model: common.ModelOpt = None,
+    max_model_len: common.MaxModelLenOpt = common.DEFAULTS["max_model_len"],
+    max_num_seqs: Annotated[int, typer.Option(envvar="STEPAUDIO_MAX_NUM_SEQS", min=1, help="Sequences batched at once (in-process).", rich_help_panel=common.ENGINE)] = 32,
+    tensor_parallel_size: common.TPOpt = None,
+    gpu_memory_utilization: common.GpuMemOpt = None,
+    dtype: common.DtypeOpt = "auto",
+) -> None:
+    """Ask the same question about every audio file in directories; resumable JSONL/CSV results."""
+    from stepaudio_cli import batch as core
+    from stepaudio_cli.batch_view import BatchView
+    from stepaudio_cli.store import Store
+
+    term = Terminal()
+    with common.user_errors(term):
+        question = _question(prompt, prompt_file)
+        settings = common.EngineSettings.from_options(
+            server, api_key, model, max_model_len, tensor_parallel_size, gpu_memory_utilization, dtype, max_num_seqs
+        )
+        if output is None:
+            if sys.stdout.isatty():
+                raise UserError("give --output FILE for the results (or pipe stdout: -o -)")
+            output = "-"
+        store = Store(None if output == "-" else Path(output), fmt, stdout=sys.stdout)
+        if output == "-" and (overwrite or retry_failed):
+            raise UserError("--overwrite and --retry-failed need an output file (-o FILE)")
+        files = core.discover(inputs, glob or (), recursive)
+        if not files:
+            raise UserError(f"no audio files found in {', '.join(inputs)}" + ("" if recursive else " (try --recursive)"))
+        default_concurrency = 32 * len(settings.servers) if settings.servers else 2 * max_num_seqs
+        job = core.BatchJob(
+            prompt=question, system=system, sampling=common.sampling(temperature, top_p, max_tokens, seed),
+            concurrency=concurrency or default_concurrency, retries=retries, retry_failed=retry_failed,
+            overwrite=overwrite, hide_reasoning=hide_reasoning,
+        )
+        view = BatchView(term, len(files))
+        summary = common.run(core.execute(settings, job, store, files, view))
+        view.summary(summary, output if output != "-" else "stdout")
+        if summary.interrupted:
+            raise typer.Exit(130)
+        raise typer.Exit(1 if summary.failed else 0)
+
+
+def _question(prompt: str | None, prompt_file: Path | None) -> str:
+    if prompt and prompt_file:
+        raise UserError("give --prompt or --prompt-file, not both")
+    if prompt_file:
+        try:
+            prompt = prompt_file.read_text().strip()
+        except OSError as e:
+            raise UserError(f"{prompt_file}: cannot read ({e.strerror or e})") from None
+        if not prompt:
+            raise UserError(f"{prompt_file}: the prompt file is empty")
+    if not prompt or not prompt.strip():
+        raise UserError("give the question with --prompt or --prompt-file")
+    return prompt
