@@ -214,7 +214,9 @@ class BatchRunner:
             fit_max_tokens([audio], self.job.sampling, self.engine.max_model_len)
         except UserError as e:
             return self._record_failure(name, sha, key, _strip_name(e.message, name))
-        request = Request(audios=(audio,), question=self.job.prompt, system=self.job.system, sampling=self.job.sampling)
+        request = Request(
+            audios=(audio,), question=self.job.prompt, system=self.job.system, sampling=self.job.sampling, stream=False
+        )
         async with infer:
             attempt = 0
             while True:

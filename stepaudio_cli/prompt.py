@@ -58,6 +58,9 @@ class Request:
     question: str
     system: str | None = None
     sampling: Sampling = Sampling()
+    #: False when nobody watches the text arrive (batch): the engine may return it whole,
+    #: which saves a wake-up per token.
+    stream: bool = True
 
     @property
     def audio_seconds(self) -> float:

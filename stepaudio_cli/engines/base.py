@@ -61,8 +61,11 @@ class Clock:
         if self.first is None:
             self.first = time.perf_counter()
 
-    def timings(self, completion_tokens: int) -> Timings:
+    def timings(self, completion_tokens: int, streamed: bool = True) -> Timings:
         end = time.perf_counter()
+        if not streamed:  # the text came whole: no first-token time; rate over the whole request
+            rate = completion_tokens / (end - self.start) if completion_tokens and end > self.start else None
+            return Timings(time_to_first_token=None, total=end - self.start, tokens_per_s=rate)
         ttft = None if self.first is None else self.first - self.start
         rate = None
         if self.first is not None and completion_tokens > 1 and end > self.first:

@@ -161,7 +161,7 @@ class LocalEngine(Engine):
             seed=s.seed,
             stop_token_ids=[self._eot_id],
             skip_special_tokens=False,
-            output_kind=RequestOutputKind.DELTA,
+            output_kind=RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY,
         )
         prompt = {
             "prompt": build_prompt(request.question, request.audios, request.system),
@@ -202,7 +202,7 @@ class LocalEngine(Engine):
         yield Done(
             model=self.model,
             usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, reasoning_tokens=reasoning_tokens),
-            timings=clock.timings(completion),
+            timings=clock.timings(completion, streamed=request.stream),
             finish_reason=finish_reason,
         )
 
