@@ -7,6 +7,7 @@ import typer
 from stepaudio_cli import __version__
 from stepaudio_cli.commands.ask import ask
 from stepaudio_cli.commands.batch import batch
+from stepaudio_cli.commands.download import download
 from stepaudio_cli.commands.serve import serve
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ def _root(
 
 app.command(no_args_is_help=True)(ask)
 app.command(no_args_is_help=True)(batch)
+app.command()(download)
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(serve)
 
 

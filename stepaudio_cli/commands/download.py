@@ -1,0 +1,66 @@
+"""stepaudio download [REPO_ID]"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stepaudio_cli.commands import common
+from stepaudio_cli.defaults import DEFAULT_MODEL
+from stepaudio_cli.terminal import Terminal
+
+
+def download(
+    repo_id: Annotated[str, typer.Argument(envvar="STEPAUDIO_MODEL", help="Hub repository id.")] = DEFAULT_MODEL,
+    revision: Annotated[str | None, typer.Option(help="Branch, tag or commit.")] = None,
+    local_dir: Annotated[Path | None, typer.Option(help="Put the files here instead of the HF cache (HF_HOME).")] = None,
+    endpoint: Annotated[str | None, typer.Option(envvar="HF_ENDPOINT", help="Hub URL or mirror.")] = None,
+    token: Annotated[str | None, typer.Option(envvar="HF_TOKEN", help="Hub token (gated repo).")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Verify a local copy against the hub (sizes, hashes).")] = False,
+    offline: Annotated[
+        bool, typer.Option("--offline", envvar="HF_HUB_OFFLINE", help="With --check: verify without the hub.")
+    ] = False,
+) -> None:
+    """Download the model weights (resumable), or --check a local copy."""
+    from stepaudio_cli import download as core
+    from stepaudio_cli.download_view import DownloadProgress
+    from stepaudio_cli.errors import UserError
+    from stepaudio_cli.models import resolve_model
+
+    term = Terminal()
+    with common.user_errors(term):
+        if check and offline:
+            where = local_dir or resolve_model(repo_id, revision=revision)
+            problems = core.check_offline(Path(where))
+            _report(term, Path(where), problems, "offline check")
+            return
+        if offline:
+            raise UserError("--offline only makes sense with --check (downloading needs the hub)")
+        hub = core.Downloader(repo_id, revision=revision, endpoint=endpoint, token=token)
+        files = hub.files()
+        total = sum(f.size for f in files)
+        if check:
+            where = local_dir or resolve_model(repo_id, revision=hub.commit or revision)
+            problems = core.check_against(files, Path(where))
+            _report(term, Path(where), problems, f"checked {len(files)} files against {hub.endpoint}")
+            return
+        have = core.already_present(files, local_dir)
+        core.check_disk(files, core.default_target(local_dir), have)
+        term.info(f"{repo_id}@{(hub.commit or revision or 'main')[:12]}: {len(files)} files, {total / 1e9:.2f} GB")
+        with DownloadProgress(term, total) as progress:
+            path = hub.download(files, local_dir, progress)
+        term.success(f"Downloaded to {path}")
+        term.info(f"Use it with: --model {path}" + ("" if local_dir else f"  (or --model {repo_id})"))
+        term.write_out(f"{path}\n")
+
+
+def _report(term: Terminal, where: Path, problems: list[str], what: str) -> None:
+    from stepaudio_cli.errors import UserError
+
+    if problems:
+        for p in problems[:50]:
+            term.markup(f"[red]bad[/red] {p}")
+        raise UserError(f"{where}: {len(problems)} problem(s) found ({what}); run `stepaudio download` to repair", exit_code=1)
+    term.success(f"{where}: OK ({what})")

@@ -1,0 +1,371 @@
+"""`stepaudio download`: model weights from the Hugging Face hub (or a mirror), resumable.
+
+Also checks a local copy: against the hub's file list (sizes, LFS sha256, git blob ids), or
+offline (every safetensors shard the index names is present and complete).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from stepaudio_cli.errors import UserError
+
+MODEL_GB_HINT = 67
+SAFETY_MARGIN = 1 << 30  # keep 1 GiB free beyond the download
+
+
+@dataclass
+class RemoteFile:
+    name: str
+    size: int
+    sha256: str | None  # LFS files
+    blob_id: str | None  # git blob sha1 (non-LFS files)
+
+
+def _hub_errors():
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    return GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError, HfHubHTTPError, OfflineModeIsEnabled, LocalEntryNotFoundError
+
+
+def explain(e: BaseException, repo_id: str, revision: str | None, endpoint: str) -> UserError:
+    """One actionable line for a hub failure."""
+    gated, not_found, no_revision, http_error, offline, local_missing = _hub_errors()
+    page = f"{endpoint.rstrip('/')}/{repo_id}"
+    if isinstance(e, gated):
+        return explain_gated(repo_id, page)
+    if isinstance(e, no_revision):
+        return UserError(f"{repo_id}: no revision {revision!r} (a branch, tag or commit on {page})", exit_code=1)
+    if isinstance(e, not_found):
+        return UserError(
+            f"{repo_id}: not found on {endpoint}, or private and your token cannot see it "
+            "(check the name; pass --token / set HF_TOKEN)",
+            exit_code=1,
+        )
+    if isinstance(e, offline | local_missing):
+        return UserError(f"{repo_id}: the hub is offline (HF_HUB_OFFLINE=1) and the files are not in the cache", exit_code=1)
+    if isinstance(e, http_error):
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if status in (401, 403):
+            return UserError(f"{repo_id}: access denied ({status}): {first}; pass --token / set HF_TOKEN", exit_code=1)
+        return UserError(f"{repo_id}: the hub answered: {first}", exit_code=1)
+    text = " ".join(str(e).split()) or type(e).__name__
+    return UserError(f"cannot download {repo_id} from {endpoint}: {text[:200]}", exit_code=1)
+
+
+class Downloader:
+    def __init__(self, repo_id: str, *, revision: str | None, endpoint: str | None, token: str | None) -> None:
+        from huggingface_hub import HfApi, constants
+        from huggingface_hub.utils import logging as hub_logging
+
+        # Retries are reported by our progress; a final failure becomes one error line.
+        hub_logging.set_verbosity_error()
+        self.repo_id = repo_id
+        self.revision = revision
+        self.endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
+        self.token = token
+        self.api = HfApi(endpoint=self.endpoint, token=token)
+        self.commit: str | None = None
+
+    def _guard(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - hub and network errors become one line
+            raise explain(e, self.repo_id, self.revision, self.endpoint) from None
+
+    def files(self) -> list[RemoteFile]:
+        info = self._guard(self.api.model_info, self.repo_id, revision=self.revision, files_metadata=True)
+        self.commit = info.sha
+        out = []
+        for s in info.siblings or []:
+            lfs = getattr(s, "lfs", None)
+            sha = lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None)
+            out.append(RemoteFile(s.rfilename, int(s.size or 0), sha, getattr(s, "blob_id", None)))
+        if not out:
+            raise UserError(f"{self.repo_id}: the repository has no files", exit_code=1)
+        return out
+
+    def download(self, files: list[RemoteFile], local_dir: Path | None, progress) -> Path:
+        """Fetch every file (4 at a time), resuming partial files left by an earlier run."""
+        import httpx
+
+        headers = {"User-Agent": "stepaudio"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        layout = LocalDirLayout(local_dir) if local_dir else CacheLayout(self.repo_id, self.commit or "")
+        timeout = httpx.Timeout(60.0, connect=15.0)
+        with httpx.Client(headers=headers, timeout=timeout, follow_redirects=True) as client:
+
+            def one(f: RemoteFile) -> None:
+                final, partial = layout.paths(f)
+                if final.is_file() and final.stat().st_size == f.size:
+                    progress.advance(f.size)
+                else:
+                    url = f"{self.endpoint}/{self.repo_id}/resolve/{self.commit or self.revision or 'main'}/{f.name}"
+                    fetch_resumable(client, url, partial, f, progress, self)
+                    partial.replace(layout.blob_path(f))
+                layout.publish(f)
+                progress.file_done(f)
+
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                for future in [pool.submit(one, f) for f in files]:
+                    future.result()
+        return layout.finish(self.revision or "main")
+
+    def http_error(self, response, name: str) -> UserError:
+        code = response.headers.get("X-Error-Code", "")
+        page = f"{self.endpoint}/{self.repo_id}"
+        if code == "GatedRepo":
+            return explain_gated(self.repo_id, page)
+        if code == "RevisionNotFound":
+            return UserError(f"{self.repo_id}: no revision {self.revision!r} (a branch, tag or commit on {page})", exit_code=1)
+        message = response.headers.get("X-Error-Message") or response.reason_phrase
+        return UserError(f"{self.repo_id}: {name}: the hub answered {response.status_code}: {message}", exit_code=1)
+
+
+def explain_gated(repo_id: str, page: str) -> UserError:
+    return UserError(
+        f"{repo_id}: gated model: accept its terms at {page} while logged in, then log in here "
+        "(`hf auth login`) or pass --token / set HF_TOKEN",
+        exit_code=1,
+    )
+
+
+ATTEMPTS = 5
+
+
+def fetch_resumable(client, url: str, partial: Path, f: RemoteFile, progress, hub: Downloader) -> None:
+    """Stream ``url`` into ``partial``, continuing from its current size (HTTP Range); retry
+    dropped connections from where they stopped; verify size and sha256 at the end."""
+    import httpx
+
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, ATTEMPTS + 1):
+        have = partial.stat().st_size if partial.exists() else 0
+        if have > f.size:
+            partial.unlink()
+            have = 0
+        if have == f.size:
+            break
+        if attempt == 1:
+            progress.advance(have)  # bytes a previous run already fetched
+        try:
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            with client.stream("GET", url, headers=headers) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise hub.http_error(response, f.name)
+                if have and response.status_code != 206:  # the server ignored Range: start over
+                    progress.advance(-have)
+                    have = 0
+                with open(partial, "ab" if have else "wb") as out:
+                    for block in response.iter_bytes(1 << 20):
+                        out.write(block)
+                        progress.advance(len(block))
+            if partial.stat().st_size == f.size:
+                break
+        except httpx.HTTPError as e:
+            if attempt == ATTEMPTS:
+                raise UserError(
+                    f"{f.name}: download interrupted ({' '.join(str(e).split())[:120]}); "
+                    "run the same command again to resume", exit_code=1,
+                ) from None
+            import time
+
+            time.sleep(min(2.0**attempt, 20.0) * 0.1)
+    if partial.stat().st_size != f.size:
+        raise UserError(f"{f.name}: got {partial.stat().st_size} bytes, expected {f.size}; run again to resume", exit_code=1)
+    from stepaudio_cli.audio import sha256_file
+
+    if f.sha256 and sha256_file(partial) != f.sha256:
+        partial.unlink()
+        raise UserError(f"{f.name}: sha256 mismatch after download (file removed); run again", exit_code=1)
+
+
+class LocalDirLayout:
+    """Files land in ``root``; partial files wait in ``root/.stepaudio-partial``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def paths(self, f: RemoteFile) -> tuple[Path, Path]:
+        return self.root / f.name, self.root / ".stepaudio-partial" / (f.name + ".part")
+
+    def blob_path(self, f: RemoteFile) -> Path:
+        path = self.root / f.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def publish(self, f: RemoteFile) -> None:
+        pass
+
+    def finish(self, ref: str) -> Path:
+        shutil.rmtree(self.root / ".stepaudio-partial", ignore_errors=True)
+        return self.root
+
+
+class CacheLayout:
+    """The Hugging Face cache layout (HF_HOME/hub): blobs by etag, a snapshot per commit of
+    links to them, refs naming commits; other tools (vLLM, transformers) find files there."""
+
+    def __init__(self, repo_id: str, commit: str) -> None:
+        from huggingface_hub import constants
+
+        self.repo = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
+        self.commit = commit
+        self.snapshot = self.repo / "snapshots" / commit
+
+    @staticmethod
+    def etag(f: RemoteFile) -> str:
+        return f.sha256 or f.blob_id or f.name.replace("/", "_")
+
+    def paths(self, f: RemoteFile) -> tuple[Path, Path]:
+        blob = self.repo / "blobs" / self.etag(f)
+        return blob, blob.with_name(blob.name + ".incomplete")
+
+    def blob_path(self, f: RemoteFile) -> Path:
+        return self.repo / "blobs" / self.etag(f)
+
+    def publish(self, f: RemoteFile) -> None:
+        link = self.snapshot / f.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        target = os.path.relpath(self.blob_path(f), link.parent)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        os.symlink(target, link)
+
+    def finish(self, ref: str) -> Path:
+        if ref != self.commit:
+            refs = self.repo / "refs" / ref
+            refs.parent.mkdir(parents=True, exist_ok=True)
+            refs.write_text(self.commit)
+        return self.snapshot
+
+
+def already_present(files: list[RemoteFile], target: Path | None) -> int:
+    """Bytes of ``files`` already complete in ``target`` (by size)."""
+    if target is None:
+        return 0
+    return sum(f.size for f in files if (target / f.name).is_file() and (target / f.name).stat().st_size == f.size)
+
+
+def check_disk(files: list[RemoteFile], where: Path, have: int) -> None:
+    need = sum(f.size for f in files) - have
+    probe = where
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if need + SAFETY_MARGIN > free:
+        raise UserError(
+            f"{probe}: not enough disk space: the download needs {_gb(need)} more, {_gb(free)} free "
+            f"(choose another place with --local-dir or HF_HOME)",
+            exit_code=1,
+        )
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+# --- checking a local copy ---------------------------------------------------------------
+
+
+def git_blob_id(path: Path) -> str:
+    h = hashlib.sha1()
+    h.update(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_against(files: list[RemoteFile], local: Path, on_file=None) -> list[str]:
+    """Problems with ``local`` compared to the hub's list: missing, wrong size, wrong hash."""
+    from stepaudio_cli.audio import sha256_file
+
+    problems = []
+    for f in files:
+        path = local / f.name
+        if not path.is_file():
+            problems.append(f"{f.name}: missing")
+        elif path.stat().st_size != f.size:
+            problems.append(f"{f.name}: size {path.stat().st_size} bytes, expected {f.size}")
+        elif f.sha256 and sha256_file(path) != f.sha256:
+            problems.append(f"{f.name}: sha256 differs from the hub (corrupted)")
+        elif not f.sha256 and f.blob_id and git_blob_id(path) != f.blob_id:
+            problems.append(f"{f.name}: content differs from the hub (corrupted)")
+        if on_file:
+            on_file(f)
+    return problems
+
+
+def check_offline(local: Path) -> list[str]:
+    """Without the hub: config is Step-Audio, every shard named by the index is complete."""
+    from stepaudio_cli.models import check_checkpoint
+
+    problems = []
+    try:
+        check_checkpoint(local)
+    except UserError as e:
+        problems.append(e.message)
+    index = local / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError) as e:
+            return [*problems, f"{index.name}: unreadable ({e})"]
+    else:
+        shards = sorted(p.name for p in local.glob("*.safetensors"))
+        if not shards:
+            problems.append("no *.safetensors weights")
+    for shard in shards:
+        issue = safetensors_problem(local / shard)
+        if issue:
+            problems.append(f"{shard}: {issue}")
+    return problems
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file is incomplete or broken, or None."""
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                return "truncated header"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error):
+        return "not a safetensors file"
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if size != 8 + n + end:
+        return f"size {size} bytes, expected {8 + n + end} (incomplete download?)"
+    return None
+
+
+def default_target(local_dir: Path | None) -> Path:
+    if local_dir:
+        return local_dir
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
