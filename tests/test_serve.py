@@ -1,0 +1,123 @@
+"""`stepaudio serve`: the real vLLM OpenAI server on CPU with the plugin, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from typer.testing import CliRunner
+
+from conftest import SCRIPT, ServerProcess, free_port
+from stepaudio_cli import serve as core
+from stepaudio_cli.cli import app
+
+runner = CliRunner()
+REASONING, ANSWER = SCRIPT
+
+
+def test_health_and_api_key(vllm_server):
+    assert httpx.get(vllm_server.url + "/health").status_code == 200
+    assert httpx.get(vllm_server.url + "/v1/models").status_code == 401
+    ok = httpx.get(vllm_server.url + "/v1/models", headers={"Authorization": "Bearer sekret"})
+    assert ok.status_code == 200 and ok.json()["data"][0]["max_model_len"] == 4096
+
+
+def test_official_openai_client_with_input_audio(vllm_server, clip):
+    import openai
+
+    client = openai.OpenAI(base_url=vllm_server.url + "/v1", api_key="sekret")
+    model = client.models.list().data[0].id
+    audio = base64.b64encode(clip.read_bytes()).decode()  # 44.1 kHz stereo: the server resamples
+    messages = [
+        {"role": "user", "content": [
+            {"type": "text", "text": "What is happening?"},
+            {"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}},
+        ]}
+    ]
+    reply = client.chat.completions.create(model=model, messages=messages, max_tokens=64)
+    message = reply.choices[0].message
+    assert message.content == ANSWER
+    assert (getattr(message, "reasoning", None) or getattr(message, "reasoning_content", None)) == REASONING
+    assert reply.choices[0].finish_reason == "stop"  # stopped on <|EOT|>, not max_tokens
+
+    stream = client.chat.completions.create(model=model, messages=messages, max_tokens=64, stream=True)
+    reasoning, content = [], []
+    for chunk in stream:
+        delta = chunk.choices[0].delta if chunk.choices else None
+        if delta is None:
+            continue
+        extra = delta.model_extra or {}
+        if extra.get("reasoning"):
+            reasoning.append(extra["reasoning"])
+        if delta.content:
+            content.append(delta.content)
+    assert ("".join(reasoning), "".join(content)) == (REASONING, ANSWER)
+
+
+def test_port_in_use_is_one_line(vllm_server, scripted_ckpt):
+    result = runner.invoke(app, ["serve", str(scripted_ckpt), "--port", str(vllm_server.port)])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: port {vllm_server.port} on 127.0.0.1: already in use (pick another with --port)"
+
+
+def test_missing_model_and_wrong_model_are_one_line(tmp_path):
+    result = runner.invoke(app, ["serve", str(tmp_path / "nope"), "--port", str(free_port())])
+    assert result.exit_code == 2 and result.stderr.strip() == f"error: {tmp_path / 'nope'}: no such model directory"
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    result = runner.invoke(app, ["serve", str(tmp_path / "llama"), "--port", str(free_port())])
+    assert result.exit_code == 2 and "not a Step-Audio checkpoint" in result.stderr
+    result = runner.invoke(app, ["serve", "stepfun-ai/Step-Audio-R1", "--port", str(free_port())])
+    assert result.exit_code == 2 and "stepaudio download stepfun-ai/Step-Audio-R1" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("gpus", "tp", "pp", "expect_tp"), [(0, "auto", 1, 1), (4, "auto", 1, 4), (8, "auto", 2, 4), (8, "2", 1, 2)]
+)
+def test_command_carries_the_model_settings(gpus, tp, pp, expect_tp, tmp_path):
+    opts = core.ServeOptions(
+        model="stepfun-ai/Step-Audio-R1", tensor_parallel_size=tp, pipeline_parallel_size=pp, api_key="k",
+        distributed_executor_backend="ray" if pp > 1 else None, extra=["--enable-prefix-caching"],
+    )
+    cmd = core.build_command(opts, tmp_path, gpus)
+    args = {cmd[i]: cmd[i + 1] for i in range(3, len(cmd) - 1)}
+    assert cmd[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+    assert args["--tensor-parallel-size"] == str(expect_tp) and args["--pipeline-parallel-size"] == str(pp)
+    assert args["--reasoning-parser"] == "step_audio_r1"
+    assert Path(args["--chat-template"]).read_text().count("<|BOT|>") >= 2
+    assert args["--max-model-len"] == "16384" and args["--host"] == "127.0.0.1"
+    assert args["--served-model-name"] == "stepfun-ai/Step-Audio-R1" and args["--api-key"] == "k"
+    assert json.loads(args["--override-generation-config"]) == {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 8192}
+    assert cmd[-1] == "--enable-prefix-caching"
+    assert ("--enforce-eager" in cmd) == (gpus == 0)
+    assert (args.get("--distributed-executor-backend") == "ray") == (pp > 1)
+
+
+def test_sigterm_stops_every_process(scripted_ckpt, tmp_path):
+    port = free_port()
+    cmd = [sys.executable, "-m", "stepaudio_cli", "serve", str(scripted_ckpt), "--port", str(port), "--max-model-len", "2048"]
+    server = ServerProcess(cmd, port, tmp_path / "serve.log")
+    try:
+        server.wait_healthy()
+        log = server.tail()
+        assert f"ready at http://127.0.0.1:{port}/v1" in log and "stepaudio ask --server" in log
+        family = psutil.Process(server.proc.pid).children(recursive=True)
+        assert family, "vLLM runs as child processes"
+        server.proc.send_signal(signal.SIGTERM)  # to stepaudio only: it must take vLLM down
+        assert server.proc.wait(60) == 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family):
+            time.sleep(0.5)
+        left = [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert left == [], f"left behind: {left}"
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/health")
+    finally:
+        server.stop()
