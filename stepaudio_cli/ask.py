@@ -7,20 +7,22 @@ from collections.abc import Sequence
 from stepaudio_cli.audio import Audio, format_duration, load_audio
 from stepaudio_cli.engines import Result, collect, open_engine
 from stepaudio_cli.errors import UserError
-from stepaudio_cli.prompt import Delta, Request, Sampling, fit_max_tokens
+from stepaudio_cli.prompt import Delta, Request, Sampling, Thinking, fit_max_tokens
 from stepaudio_cli.terminal import Terminal
 
 __all__ = ["AskView", "UserError", "ask", "prepare", "result_json"]
 
 
-def prepare(sources: Sequence[str], question: str, system: str | None, sampling: Sampling) -> Request:
+def prepare(
+    sources: Sequence[str], question: str, system: str | None, sampling: Sampling, thinking: Thinking = Thinking()
+) -> Request:
     """Decode every input up front, so bad audio fails before any engine starts."""
     if not question.strip():
         raise UserError("the question is empty")
     if sum(1 for s in sources if s == "-") > 1:
         raise UserError("`-` (stdin) can be given only once")
     audios: list[Audio] = [load_audio(s) for s in sources]
-    return Request(audios=tuple(audios), question=question, system=system, sampling=sampling)
+    return Request(audios=tuple(audios), question=question, system=system, sampling=sampling, thinking=thinking)
 
 
 def result_json(request: Request, result: Result, extra: dict | None = None) -> dict:
@@ -33,6 +35,7 @@ def result_json(request: Request, result: Result, extra: dict | None = None) -> 
         "usage": result.usage.as_dict(),
         "timings": result.timings.as_dict(),
         "finish_reason": result.finish_reason,
+        "thinking": request.thinking.as_dict(),
     }
     if extra:
         obj.update(extra)

@@ -23,7 +23,7 @@ from pathlib import Path
 from stepaudio_cli.audio import AUDIO_EXTENSIONS, decode_bytes
 from stepaudio_cli.engines import Engine, collect
 from stepaudio_cli.errors import EngineError, UserError
-from stepaudio_cli.prompt import Request, Sampling, fit_max_tokens
+from stepaudio_cli.prompt import Request, Sampling, Thinking, fit_max_tokens
 from stepaudio_cli.store import Store
 
 
@@ -32,6 +32,7 @@ class BatchJob:
     prompt: str
     system: str | None = None
     sampling: Sampling = field(default_factory=Sampling)
+    thinking: Thinking = field(default_factory=Thinking)
     concurrency: int = 64
     retries: int = 3
     retry_failed: bool = False
@@ -99,7 +100,7 @@ def _scan(root: Path, patterns: Sequence[str], recursive: bool):
 
 
 def request_key(sha256: str, job: BatchJob, model: str) -> str:
-    blob = json.dumps([sha256, job.prompt, job.system, model, job.sampling.as_dict()], sort_keys=True)
+    blob = json.dumps([sha256, job.prompt, job.system, model, job.sampling.as_dict(), job.thinking.as_dict()], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -215,7 +216,8 @@ class BatchRunner:
         except UserError as e:
             return self._record_failure(name, sha, key, _strip_name(e.message, name))
         request = Request(
-            audios=(audio,), question=self.job.prompt, system=self.job.system, sampling=self.job.sampling, stream=False
+            audios=(audio,), question=self.job.prompt, system=self.job.system, sampling=self.job.sampling,
+            thinking=self.job.thinking, stream=False,
         )
         async with infer:
             attempt = 0
@@ -251,7 +253,7 @@ class BatchRunner:
             "sha256": sha,
             "prompt": self.job.prompt,
             "model": self.engine.model,
-            "params": {**self.job.sampling.as_dict(), "system": self.job.system},
+            "params": {**self.job.sampling.as_dict(), "system": self.job.system, **self.job.thinking.as_dict()},
             "key": key,
         }
 

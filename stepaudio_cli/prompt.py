@@ -24,7 +24,7 @@ from stepaudio_cli.defaults import (  # noqa: F401 - re-exported
     DEFAULT_TOP_P,
     EOT_TOKEN_ID,
 )
-from stepaudio_cli.errors import AudioError
+from stepaudio_cli.errors import AudioError, UserError
 
 BOT = "<|BOT|>"
 EOT = "<|EOT|>"
@@ -34,6 +34,8 @@ AUDIO_START = "<audio_start>"
 AUDIO_PATCH = "<audio_patch>"
 AUDIO_END = "<audio_end>"
 ASSISTANT_PREFIX = THINK_START + "\n"
+# The format the model was trained on for direct answers: an empty reasoning block.
+NO_THINK_PREFIX = THINK_START + "\n\n" + THINK_END + "\n"
 
 # Below this many tokens of room for generation a request is refused up front.
 MIN_GENERATION_TOKENS = 3072
@@ -52,12 +54,59 @@ class Sampling:
         return asdict(self)
 
 
+EFFORT_PRESETS = {
+    # Test-time compute dial: longer reasoning buys accuracy (typical reasoning: 2,300-2,800).
+    "low": {"think_budget": 256, "min_think": None},
+    "medium": {"think_budget": 1024, "min_think": None},
+    "high": {"think_budget": None, "min_think": 2048},
+}
+
+
+@dataclass(frozen=True)
+class Thinking:
+    """How long the model may reason: ``budget`` caps reasoning tokens (then ``</think>`` is
+    forced), ``min_tokens`` holds ``</think>`` back until that many exist, ``enabled=False``
+    answers directly with an empty reasoning block."""
+
+    enabled: bool = True
+    budget: int | None = None
+    min_tokens: int | None = None
+
+    @classmethod
+    def from_options(
+        cls, think_budget: int | None, min_think: int | None, effort: str | None, no_think: bool
+    ) -> Thinking:
+        if no_think and (think_budget is not None or min_think or effort):
+            raise UserError("--no-think cannot be combined with --think-budget, --min-think or --effort")
+        if effort:
+            if effort not in EFFORT_PRESETS:
+                raise UserError(f"--effort must be one of {', '.join(EFFORT_PRESETS)}, not {effort!r}")
+            preset = EFFORT_PRESETS[effort]
+            think_budget = think_budget if think_budget is not None else preset["think_budget"]
+            min_think = min_think if min_think is not None else preset["min_think"]
+        if think_budget is not None and min_think and min_think > think_budget:
+            raise UserError(f"--min-think {min_think} is more than --think-budget {think_budget}")
+        return cls(enabled=not no_think, budget=think_budget, min_tokens=min_think or None)
+
+    @property
+    def constrained(self) -> bool:
+        return self.enabled and (self.budget is not None or bool(self.min_tokens))
+
+    @property
+    def prefix(self) -> str:
+        return ASSISTANT_PREFIX if self.enabled else NO_THINK_PREFIX
+
+    def as_dict(self) -> dict:
+        return {"think": self.enabled, "think_budget": self.budget, "min_think": self.min_tokens}
+
+
 @dataclass(frozen=True)
 class Request:
     audios: tuple[Audio, ...]
     question: str
     system: str | None = None
     sampling: Sampling = Sampling()
+    thinking: Thinking = Thinking()
     #: False when nobody watches the text arrive (batch): the engine may return it whole,
     #: which saves a wake-up per token.
     stream: bool = True
@@ -71,7 +120,9 @@ class Request:
         return sum(a.prompt_tokens for a in self.audios)
 
 
-def build_prompt(question: str, audios: Sequence[Audio], system: str | None = None) -> str:
+def build_prompt(
+    question: str, audios: Sequence[Audio], system: str | None = None, assistant_prefix: str = ASSISTANT_PREFIX
+) -> str:
     """The raw prompt for the in-process engine: one ``<audio_patch>`` per chunk.
 
     The model's multimodal processor expands each placeholder into
@@ -82,11 +133,13 @@ def build_prompt(question: str, audios: Sequence[Audio], system: str | None = No
         parts.append(f"{BOT}system\n{system}{EOT}")
     n_chunks = sum(len(a.chunks()) for a in audios)
     parts.append(f"{BOT}human\n{question}{AUDIO_PATCH * n_chunks}{EOT}")
-    parts.append(f"{BOT}assistant\n{ASSISTANT_PREFIX}")
+    parts.append(f"{BOT}assistant\n{assistant_prefix}")
     return "".join(parts)
 
 
-def build_messages(question: str, audios: Sequence[Audio], system: str | None = None) -> list[dict]:
+def build_messages(
+    question: str, audios: Sequence[Audio], system: str | None = None, assistant_prefix: str = ASSISTANT_PREFIX
+) -> list[dict]:
     """OpenAI chat messages: text, then one ``input_audio`` part (16 kHz WAV) per chunk,
     then an assistant turn ``<think>\\n`` that the server continues."""
     from stepaudio_cli.audio import wav_bytes
@@ -100,7 +153,7 @@ def build_messages(question: str, audios: Sequence[Audio], system: str | None = 
     if system:
         messages.append({"role": "system", "content": system})
     messages.append({"role": "human", "content": content})
-    messages.append({"role": "assistant", "content": ASSISTANT_PREFIX})
+    messages.append({"role": "assistant", "content": assistant_prefix})
     return messages
 
 
@@ -153,14 +206,14 @@ class ReasoningSplitter:
     ``delta.reasoning`` from ``delta.content``.
     """
 
-    def __init__(self) -> None:
-        self.in_answer = False
+    def __init__(self, in_answer: bool = False) -> None:
+        self.in_answer = in_answer
         self._pending = ""  # held-back text that may be the start of </think>
         self._answer_started = False
         self._reasoning_ws = ""  # trailing whitespace of reasoning, held until more text comes
         self.reasoning_parts: list[str] = []
         self.answer_parts: list[str] = []
-        self.saw_split = False
+        self.saw_split = in_answer
 
     @property
     def reasoning(self) -> str:

@@ -25,6 +25,10 @@ def ask(
     top_p: common.TopPOpt = DEFAULT_TOP_P,
     max_tokens: common.MaxTokensOpt = common.DEFAULTS["max_tokens"],
     seed: common.SeedOpt = None,
+    think_budget: common.ThinkBudgetOpt = None,
+    min_think: common.MinThinkOpt = None,
+    effort: common.EffortOpt = None,
+    no_think: common.NoThinkOpt = False,
     server: common.ServerOpt = None,
     api_key: common.ApiKeyOpt = None,
     model: common.ModelOpt = None,
@@ -44,6 +48,7 @@ def ask(
         settings = common.EngineSettings.from_options(
             server, api_key, model, max_model_len, tensor_parallel_size, gpu_memory_utilization, dtype, max_num_seqs=4
         )
-        request = core.prepare(sources, question, system, common.sampling(temperature, top_p, max_tokens, seed))
+        think = common.thinking(think_budget, min_think, effort, no_think)
+        request = core.prepare(sources, question, system, common.sampling(temperature, top_p, max_tokens, seed), think)
         view = core.AskView(term, json_output=json_output, hide_reasoning=hide_reasoning)
         common.run(core.ask(settings, request, view))

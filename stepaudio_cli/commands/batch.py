@@ -40,6 +40,10 @@ def batch(
     top_p: common.TopPOpt = DEFAULT_TOP_P,
     max_tokens: common.MaxTokensOpt = common.DEFAULTS["max_tokens"],
     seed: common.SeedOpt = None,
+    think_budget: common.ThinkBudgetOpt = None,
+    min_think: common.MinThinkOpt = None,
+    effort: common.EffortOpt = None,
+    no_think: common.NoThinkOpt = False,
     server: common.ServerOpt = None,
     api_key: common.ApiKeyOpt = None,
     model: common.ModelOpt = None,
@@ -73,6 +77,7 @@ def batch(
         default_concurrency = 32 * len(settings.servers) if settings.servers else 2 * max_num_seqs
         job = core.BatchJob(
             prompt=question, system=system, sampling=common.sampling(temperature, top_p, max_tokens, seed),
+            thinking=common.thinking(think_budget, min_think, effort, no_think),
             concurrency=concurrency or default_concurrency, retries=retries, retry_failed=retry_failed,
             overwrite=overwrite, hide_reasoning=hide_reasoning,
         )

@@ -83,6 +83,31 @@ MaxTokensOpt = Annotated[
 SeedOpt = Annotated[
     int | None, typer.Option(envvar="STEPAUDIO_SEED", help="Sampling seed.", rich_help_panel=SAMPLING)
 ]
+THINK = "Reasoning length"
+ThinkBudgetOpt = Annotated[
+    int | None,
+    typer.Option(
+        envvar="STEPAUDIO_THINK_BUDGET", min=0, help="Most reasoning tokens; then </think> is forced and the model answers.",
+        rich_help_panel=THINK,
+    ),
+]
+MinThinkOpt = Annotated[
+    int | None,
+    typer.Option(envvar="STEPAUDIO_MIN_THINK", min=1, help="Hold </think> back until this many reasoning tokens exist.",
+                 rich_help_panel=THINK),
+]
+EffortOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="STEPAUDIO_EFFORT", help="Preset: low (budget 256), medium (budget 1024), high (at least 2048).",
+        rich_help_panel=THINK,
+    ),
+]
+NoThinkOpt = Annotated[
+    bool,
+    typer.Option("--no-think", envvar="STEPAUDIO_NO_THINK", help="Answer directly, with an empty reasoning block.",
+                 rich_help_panel=THINK),
+]
 SystemOpt = Annotated[
     str | None, typer.Option("--system", envvar="STEPAUDIO_SYSTEM", help="System prompt.", rich_help_panel=SAMPLING)
 ]
@@ -130,6 +155,12 @@ def sampling(temperature: float, top_p: float, max_tokens: int, seed: int | None
     from stepaudio_cli.prompt import Sampling
 
     return Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+
+
+def thinking(think_budget: int | None, min_think: int | None, effort: str | None, no_think: bool):
+    from stepaudio_cli.prompt import Thinking
+
+    return Thinking.from_options(think_budget, min_think, effort, no_think)
 
 
 DEFAULTS = {"max_model_len": DEFAULT_MAX_MODEL_LEN, "max_tokens": DEFAULT_MAX_TOKENS}

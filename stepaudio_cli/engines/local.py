@@ -130,6 +130,7 @@ class LocalEngine(Engine):
                 limit_mm_per_prompt={"audio": self.max_audio_items},
                 enforce_eager=bool(self.enforce_eager if self.enforce_eager is not None else not gpus),
                 disable_log_stats=True,
+                logits_processors=["stepaudio_cli.vllm_plugin.thinking:ThinkingLogitsProcessor"],
             )
             try:
                 self._engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
@@ -154,6 +155,15 @@ class LocalEngine(Engine):
 
         assert self._engine is not None, "start() first"
         s = request.sampling
+        t = request.thinking
+        extra = None
+        if t.constrained:
+            if self._think_end_id is None:
+                raise UserError(f"{self.model}: the tokenizer has no {THINK_END} token; cannot limit reasoning")
+            from stepaudio_cli.vllm_plugin.thinking import EXTRA_ARGS_KEY
+
+            spec = {"end_id": self._think_end_id, "stop_ids": [self._eot_id], "budget": t.budget, "min": t.min_tokens}
+            extra = {EXTRA_ARGS_KEY: spec}
         params = SamplingParams(
             temperature=s.temperature,
             top_p=s.top_p,
@@ -162,17 +172,18 @@ class LocalEngine(Engine):
             stop_token_ids=[self._eot_id],
             skip_special_tokens=False,
             output_kind=RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY,
+            extra_args=extra,
         )
         prompt = {
-            "prompt": build_prompt(request.question, request.audios, request.system),
+            "prompt": build_prompt(request.question, request.audios, request.system, t.prefix),
             "multi_modal_data": {"audio": [(c, SAMPLE_RATE) for a in request.audios for c in a.chunks()]},
         }
         request_id = uuid.uuid4().hex
         clock = Clock()
-        splitter = ReasoningSplitter()
+        splitter = ReasoningSplitter(in_answer=not t.enabled)
         completion = reasoning_tokens = prompt_tokens = 0
         finish_reason = None
-        in_reasoning = True
+        in_reasoning = t.enabled
         finished = False
         try:
             async for out in self._engine.generate(prompt, params, request_id):

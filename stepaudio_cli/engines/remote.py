@@ -9,7 +9,17 @@ import httpx
 
 from stepaudio_cli.engines.base import Clock, Done, Engine, Usage
 from stepaudio_cli.errors import EngineError, UserError
-from stepaudio_cli.prompt import EOT_TOKEN_ID, Delta, ReasoningSplitter, Request, build_messages, fit_max_tokens
+from stepaudio_cli.prompt import (
+    ASSISTANT_PREFIX,
+    EOT,
+    EOT_TOKEN_ID,
+    THINK_END,
+    Delta,
+    ReasoningSplitter,
+    Request,
+    build_messages,
+    fit_max_tokens,
+)
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 600.0
@@ -59,6 +69,7 @@ class RemoteEngine(Engine):
         self.api_key = api_key
         self.model = model or ""
         self.in_flight = 0
+        self._token_ids: dict[str, int] = {}
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
@@ -84,12 +95,11 @@ class RemoteEngine(Engine):
         self.model = str(chosen.get("id"))
         self.max_model_len = chosen.get("max_model_len")
 
-    async def stream(self, request: Request) -> AsyncIterator[Delta | Done]:
-        max_tokens = fit_max_tokens(request.audios, request.sampling, self.max_model_len)
+    def _payload(self, request: Request, assistant_prefix: str, max_tokens: int) -> dict:
         s = request.sampling
         payload = {
             "model": self.model,
-            "messages": build_messages(request.question, request.audios, request.system),
+            "messages": build_messages(request.question, request.audios, request.system, assistant_prefix),
             "stream": True,
             "stream_options": {"include_usage": True},
             "temperature": s.temperature,
@@ -105,21 +115,79 @@ class RemoteEngine(Engine):
         }
         if s.seed is not None:
             payload["seed"] = s.seed
+        return payload
+
+    async def stream(self, request: Request) -> AsyncIterator[Delta | Done]:
+        max_tokens = fit_max_tokens(request.audios, request.sampling, self.max_model_len)
         self.in_flight += 1
         try:
-            async for event in self._stream(payload):
+            run = _Run(request.thinking)
+            if request.thinking.constrained:
+                phases = self._phased(request, max_tokens, run)
+            else:
+                mode = "normal" if request.thinking.enabled else "answer"
+                phases = self._phase(self._payload(request, request.thinking.prefix, max_tokens), run, mode)
+            async for event in phases:
                 yield event
+            for ev in run.splitter.finish():
+                yield ev
+            yield run.done(self.model)
         finally:
             self.in_flight -= 1
 
-    async def _stream(self, payload: dict) -> AsyncIterator[Delta | Done]:
-        clock = Clock()
-        splitter = ReasoningSplitter()
-        usage = Usage()
-        finish_reason = None
-        chunks = reasoning_chunks = 0
+    async def _phased(self, request: Request, max_tokens: int, run: _Run) -> AsyncIterator[Delta]:
+        """Reasoning length control against a stock server, in up to three requests that each
+        continue the assistant message: a reasoning-only stretch with ``</think>`` and
+        ``<|EOT|>`` banned (``--min-think``), a stretch capped at the budget, then the rest
+        (after a forced ``</think>`` when the budget ran out)."""
+        t = request.thinking
+        left = max_tokens
+        if t.min_tokens:
+            bias = {str(await self._token_id(THINK_END)): -100, str(await self._token_id(EOT)): -100}
+            payload = self._payload(request, ASSISTANT_PREFIX, min(t.min_tokens, left)) | {"logit_bias": bias}
+            async for ev in self._phase(payload, run, "reasoning"):
+                yield ev
+            left -= run.phase_tokens
+        if t.budget is not None and left > 0:
+            room = max(t.budget - run.reasoning_tokens, 0)
+            if room:
+                async for ev in self._phase(self._payload(request, run.prefix(), min(room, left)), run, "normal"):
+                    yield ev
+                left -= run.phase_tokens
+                if run.finish_reason == "stop" and run.splitter.in_answer:
+                    return
+            # Budget spent, or the model stopped without closing its reasoning: close it.
+            if not run.splitter.in_answer:
+                for ev in run.splitter.feed_answer(""):  # the budget is spent: close the reasoning
+                    yield ev
+                run.forced = True
+        if left > 0:
+            mode = "answer" if run.splitter.in_answer else "normal"
+            async for ev in self._phase(self._payload(request, run.prefix(), left), run, mode):
+                yield ev
+
+    async def _token_id(self, text: str) -> int:
+        """A special token's id on the server (vLLM's /tokenize), for logit_bias."""
+        if text in self._token_ids:
+            return self._token_ids[text]
+        url = self.base.removesuffix("/v1") + "/tokenize"
+        try:
+            response = await self._client.post(url, json={"model": self.model, "prompt": text, "add_special_tokens": False})
+        except httpx.HTTPError as e:
+            raise self._transport_error(e) from None
+        tokens = response.json().get("tokens") if response.status_code == 200 else None
+        if not tokens or len(tokens) != 1:
+            raise EngineError(f"{self.url}: --min-think needs a vLLM server that can tokenize {text} (POST /tokenize)")
+        self._token_ids[text] = int(tokens[0])
+        return self._token_ids[text]
+
+    async def _phase(self, payload: dict, run: _Run, mode: str) -> AsyncIterator[Delta]:
+        """One streamed request. ``mode``: "normal" (reasoning then answer), "reasoning" (all
+        text is reasoning), "answer" (all text is answer)."""
+        run.phase_tokens = 0
+        run.finish_reason = None
         got_done = False
-        server_splits = False  # the server sends reasoning in its own field
+        chunks = 0
         try:
             async with self._client.stream("POST", "/chat/completions", json=payload) as response:
                 if response.status_code >= 400:
@@ -141,51 +209,28 @@ class RemoteEngine(Engine):
                         msg = err.get("message") if isinstance(err, dict) else str(err)
                         raise EngineError(f"{self.url}: server error mid-stream: {msg}", retryable=True)
                     if chunk.get("usage"):
-                        u = chunk["usage"]
-                        usage.prompt_tokens = int(u.get("prompt_tokens") or 0)
-                        usage.completion_tokens = int(u.get("completion_tokens") or 0)
-                        details = u.get("completion_tokens_details") or {}
-                        if details.get("reasoning_tokens"):
-                            usage.reasoning_tokens = int(details["reasoning_tokens"])
+                        run.add_usage(chunk["usage"])
                     if chunk.get("model") and not self.model:
                         self.model = chunk["model"]
                     for choice in chunk.get("choices") or []:
                         delta = choice.get("delta") or {}
                         reasoning = delta.get("reasoning") or delta.get("reasoning_content")
                         content = delta.get("content")
-                        events: list[Delta] = []
-                        if reasoning:
-                            server_splits = True
-                            events += splitter.feed_reasoning(reasoning)
-                        if content:
-                            # A server that split reasoning off sends only the answer as content.
-                            events += splitter.feed_answer(content) if server_splits else splitter.feed(content)
                         if reasoning or content:
-                            clock.tick()
                             chunks += 1
-                            if reasoning or not splitter.in_answer:
-                                reasoning_chunks += 1
-                        for ev in events:
-                            yield ev
+                            for ev in run.feed(reasoning, content, mode):
+                                yield ev
                         if choice.get("finish_reason"):
-                            finish_reason = choice["finish_reason"]
+                            run.finish_reason = choice["finish_reason"]
         except httpx.HTTPError as e:
             raise self._transport_error(e, mid_stream=chunks > 0) from None
-        if not got_done and finish_reason is None:
+        if not got_done and run.finish_reason is None:
             raise EngineError(f"{self.url}: the stream ended early after {chunks} chunks", retryable=True)
-        for ev in splitter.finish():
+        if not run.phase_tokens:
+            run.phase_tokens = chunks
+            run.usage.completion_tokens += chunks
+        for ev in run.splitter.finish():
             yield ev
-        if not usage.completion_tokens:
-            usage.completion_tokens = chunks
-        if not usage.reasoning_tokens:
-            # vLLM streams one token per chunk; close enough when the server does not say.
-            usage.reasoning_tokens = reasoning_chunks
-        yield Done(
-            model=self.model,
-            usage=usage,
-            timings=clock.timings(usage.completion_tokens),
-            finish_reason=finish_reason,
-        )
 
     def _transport_error(self, e: httpx.HTTPError, mid_stream: bool = False) -> EngineError:
         if isinstance(e, httpx.ConnectError):
@@ -224,6 +269,69 @@ def _reason(e: BaseException) -> str:
         seen = seen.__cause__ or seen.__context__
     text = str(e) or type(e).__name__
     return " ".join(text.split())[:200]
+
+
+class _Run:
+    """What one request has produced so far, across the requests (phases) it takes."""
+
+    def __init__(self, thinking) -> None:
+        self.splitter = ReasoningSplitter(in_answer=not thinking.enabled)
+        self.clock = Clock()
+        self.usage = Usage()
+        self.reasoning_tokens = 0
+        self.server_splits = False  # the server sends reasoning in its own field
+        self.phase_tokens = 0
+        self.finish_reason: str | None = None
+        self.forced = False
+        self._first_phase = True
+
+    def feed(self, reasoning: str | None, content: str | None, mode: str) -> list[Delta]:
+        self.clock.tick()
+        # vLLM streams one token per chunk: count the chunks that carry reasoning (with a raw
+        # stream, every chunk up to and including the one with </think>).
+        if mode == "reasoning" or (
+            mode == "normal" and (reasoning or (not self.server_splits and not self.splitter.in_answer))
+        ):
+            self.reasoning_tokens += 1
+        events: list[Delta] = []
+        for text, labelled in ((reasoning, "reasoning"), (content, "content")):
+            if not text:
+                continue
+            if mode == "answer":
+                events += self.splitter.feed_answer(text)
+            elif mode == "reasoning":
+                events += self.splitter.feed_reasoning(text)
+            elif labelled == "reasoning":
+                self.server_splits = True
+                events += self.splitter.feed_reasoning(text)
+            elif self.server_splits:
+                events += self.splitter.feed_answer(text)
+            else:
+                events += self.splitter.feed(text)
+        return events
+
+    def add_usage(self, u: dict) -> None:
+        if self._first_phase:
+            self.usage.prompt_tokens = int(u.get("prompt_tokens") or 0)
+            self._first_phase = False
+        self.phase_tokens = int(u.get("completion_tokens") or 0)
+        self.usage.completion_tokens += self.phase_tokens
+
+    def prefix(self) -> str:
+        """The assistant text so far, for a request that continues it."""
+        text = ASSISTANT_PREFIX + self.splitter.reasoning
+        if self.splitter.in_answer:
+            # Right after the tag, as the in-process engine forces it: the model writes its
+            # own separator before the answer.
+            text += THINK_END + ("\n\n" + self.splitter.answer if self.splitter.answer else "")
+        return text
+
+    def done(self, model: str) -> Done:
+        self.usage.reasoning_tokens = self.reasoning_tokens
+        return Done(
+            model=model, usage=self.usage, timings=self.clock.timings(self.usage.completion_tokens),
+            finish_reason=self.finish_reason,
+        )
 
 
 class RemotePool(Engine):
