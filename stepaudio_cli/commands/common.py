@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from stepaudio_cli.errors import UserError
+from stepaudio_cli.errors import UserError  # noqa: F401 - re-exported for commands
 from stepaudio_cli.defaults import DEFAULT_MAX_MODEL_LEN, DEFAULT_MAX_TOKENS, DEFAULT_MODEL
 from stepaudio_cli.terminal import Terminal
 

@@ -1,0 +1,1 @@
+complete --command stepaudio --no-files --arguments "(env _STEPAUDIO_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) stepaudio)" --condition "env _STEPAUDIO_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) stepaudio"
