@@ -53,4 +53,6 @@ app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options"
 
 
 def main() -> None:
-    app()
+    # A fixed name: completions (_STEPAUDIO_COMPLETE) and messages read the same under
+    # `python -m stepaudio_cli` as under the console script.
+    app(prog_name="stepaudio")

@@ -50,8 +50,8 @@ def test_bash_completes_each_commands_options(command):
 
 
 def test_zsh_completes_options_with_help():
-    got = "\n".join(complete({"_STEPAUDIO_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": "stepaudio batch --retry"}))
-    assert "--retry-failed" in got and "--retries" in got
+    got = "\n".join(complete({"_STEPAUDIO_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": "stepaudio batch --re"}))
+    assert "--retry-failed" in got and "--recursive" in got and "On resume" in got
 
 
 def test_fish_completes_commands():
