@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import numpy as np
@@ -175,3 +176,31 @@ def test_missing_vllm_is_one_line(ckpt, clip):
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1].startswith("error: the in-process engine needs vLLM")
     assert "pip install vllm" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_ctrl_c_during_generation_exits_130_and_leaves_no_process(ckpt, clip, tmp_path):
+    import signal
+
+    log = tmp_path / "ask.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stepaudio_cli", "ask", "-m", str(ckpt), "--max-tokens", "6000", str(clip), "Q?"],
+        stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+    )
+    try:
+        deadline = time.monotonic() + 180
+        # Wait until reasoning text streams (the random model never closes it).
+        while time.monotonic() < deadline and len(log.read_bytes()) < 200:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        family = psutil.Process(proc.pid).children(recursive=True)
+        assert family, "the engine runs in child processes"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+        text = log.read_text()
+        assert "error: interrupted" in text and "Traceback" not in text
+        time.sleep(2)
+        left = [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert left == [], f"left behind: {left}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -25,7 +25,7 @@ def test_log_mel_matches_whisper_feature_extractor(seconds):
 
 
 def _tower(seed: int = 0):
-    from stepaudio_cli.vllm_plugin.model import Adapter, AudioEncoder
+    from stepaudio_cli.vllm_plugin.tower import Adapter, AudioEncoder
 
     torch.manual_seed(seed)
     enc = AudioEncoder(n_mels=128, n_ctx=1500, n_state=64, n_head=2, n_layer=2).eval()
@@ -47,15 +47,14 @@ def test_tower_output_lengths_follow_the_formula(n_samples):
 
 def test_padding_in_a_batch_does_not_change_a_chunk():
     """Chunks of different lengths are batched with padding; each must come out as if alone."""
-    from stepaudio_cli.vllm_plugin.model import StepAudio2ForCausalLM
+    from stepaudio_cli.vllm_plugin.tower import encode_chunks
 
     enc, ada = _tower(1)
-    holder = type("H", (), {"encoder": enc, "adapter": ada})()
     chunks = [log_mel(noise(s, seed=i)).T for i, s in enumerate([2.0, 7.3, 25.0])]
     lens = [c.shape[0] for c in chunks]
     with torch.no_grad():
-        together = StepAudio2ForCausalLM._encode(holder, torch.cat(chunks), lens)
-        alone = [StepAudio2ForCausalLM._encode(holder, c, [c.shape[0]])[0] for c in chunks]
+        together = encode_chunks(enc, ada, torch.cat(chunks), lens)
+        alone = [encode_chunks(enc, ada, c, [c.shape[0]])[0] for c in chunks]
     for a, b in zip(together, alone):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

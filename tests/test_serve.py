@@ -106,6 +106,9 @@ def test_sigterm_stops_every_process(scripted_ckpt, tmp_path):
     server = ServerProcess(cmd, port, tmp_path / "serve.log")
     try:
         server.wait_healthy()
+        deadline = time.monotonic() + 30  # stepaudio polls /health too, and then says so
+        while time.monotonic() < deadline and "stepaudio ask --server" not in server.tail():
+            time.sleep(0.2)
         log = server.tail()
         assert f"ready at http://127.0.0.1:{port}/v1" in log and "stepaudio ask --server" in log
         family = psutil.Process(server.proc.pid).children(recursive=True)

@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 
-from stepaudio_cli.prompt import Delta, ReasoningSplitter, Request
+from stepaudio_cli.prompt import Delta, Request
 
 
 @dataclass
@@ -124,4 +124,4 @@ async def collect(
     )
 
 
-__all__ = ["Clock", "Done", "Engine", "ReasoningSplitter", "Result", "Timings", "Usage", "collect"]
+__all__ = ["Clock", "Done", "Engine", "Result", "Timings", "Usage", "collect"]
