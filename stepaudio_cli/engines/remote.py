@@ -69,6 +69,7 @@ class RemoteEngine(Engine):
         self.api_key = api_key
         self.model = model or ""
         self.in_flight = 0
+        self.read_timeout = read_timeout
         self._token_ids: dict[str, int] = {}
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
@@ -241,7 +242,7 @@ class RemoteEngine(Engine):
         if isinstance(e, httpx.ConnectTimeout):
             return EngineError(f"cannot connect to {self.url}: timed out", retryable=True)
         if isinstance(e, httpx.ReadTimeout):
-            return EngineError(f"{self.url}: no data from the server for {READ_TIMEOUT:.0f}s", retryable=True)
+            return EngineError(f"{self.url}: no data from the server for {self.read_timeout:.0f}s", retryable=True)
         if mid_stream or isinstance(e, httpx.RemoteProtocolError | httpx.ReadError):
             return EngineError(f"{self.url}: the connection dropped mid-stream ({_reason(e)})", retryable=True)
         return EngineError(f"{self.url}: {_reason(e)}", retryable=True)
