@@ -179,10 +179,9 @@ class BatchRunner:
     async def _one(self, path: Path, infer: asyncio.Semaphore) -> dict | None:
         name = str(path)
         try:
-            data = await asyncio.to_thread(path.read_bytes)
+            data, sha = await asyncio.to_thread(_read_and_hash, path)  # off the event loop
         except OSError as e:
             return self._record_failure(name, None, None, f"cannot read ({e.strerror or e})")
-        sha = hashlib.sha256(data).hexdigest()
         key = request_key(sha, self.job, self.engine.model)
         previous = self._previous(name, key)
         if previous is not None and (not previous.get("error") or not self.job.retry_failed):
@@ -292,6 +291,11 @@ class BatchRunner:
             if name not in self._final and self._by_file.get(name):
                 ordered.append(self._by_file[name][-1])
         self.store.rewrite(self._earlier + ordered)
+
+
+def _read_and_hash(path: Path) -> tuple[bytes, str]:
+    data = path.read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
 
 
 def _strip_name(message: str, name: str) -> str:
