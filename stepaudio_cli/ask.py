@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from stepaudio_cli.audio import Audio, format_duration, load_audio
-from stepaudio_cli.engines import Result, collect, open_engine
+from stepaudio_cli.engines import Result, collect, open_engine, starting_message
 from stepaudio_cli.errors import UserError
 from stepaudio_cli.prompt import Delta, Request, Sampling, Thinking, fit_max_tokens
 from stepaudio_cli.terminal import Terminal
@@ -101,7 +101,7 @@ async def ask(settings, request: Request, view: AskView) -> Result:
         # engine knows its length up front, a server tells it when we connect.
         if engine.max_model_len:
             fit_max_tokens(request.audios, request.sampling, engine.max_model_len)
-        with view.term.status(_starting_message(settings)):
+        with view.term.status(starting_message(settings)):
             await engine.start()
         fit_max_tokens(request.audios, request.sampling, engine.max_model_len)
         result = await collect(engine, request, view.on_delta)
@@ -109,11 +109,3 @@ async def ask(settings, request: Request, view: AskView) -> Result:
         await engine.close()
     view.finish(request, result)
     return result
-
-
-def _starting_message(settings) -> str:
-    if settings.servers:
-        return f"Connecting to {', '.join(settings.servers)}"
-    return f"Loading {settings.model}"
-
-

@@ -326,11 +326,11 @@ async def run_batch(job: BatchJob, engine: Engine, store: Store, files: list[Pat
 
 async def execute(settings, job: BatchJob, store: Store, files: list[Path], view) -> Summary:
     """Open the engine the settings ask for, run the batch, always close the engine."""
-    from stepaudio_cli.engines import open_engine
+    from stepaudio_cli.engines import open_engine, starting_message
 
     engine = open_engine(settings)
     try:
-        with view.term.status("Connecting to " + ", ".join(settings.servers) if settings.servers else f"Loading {settings.model}"):
+        with view.term.status(starting_message(settings)):
             await engine.start()
         with view:
             return await run_batch(job, engine, store, files, view.update)

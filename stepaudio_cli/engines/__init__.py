@@ -2,7 +2,14 @@
 
 from stepaudio_cli.engines.base import Done, Engine, Result, Timings, Usage, collect
 
-__all__ = ["Done", "Engine", "Result", "Timings", "Usage", "collect", "open_engine"]
+__all__ = ["Done", "Engine", "Result", "Timings", "Usage", "collect", "open_engine", "starting_message"]
+
+
+def starting_message(settings) -> str:
+    """What the spinner says while the engine ``settings`` asks for starts."""
+    if settings.servers:
+        return f"Connecting to {', '.join(settings.servers)}"
+    return f"Loading {settings.model}"
 
 
 def open_engine(settings) -> Engine:
