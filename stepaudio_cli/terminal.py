@@ -22,9 +22,10 @@ from rich.text import Text
 
 class Terminal:
     def __init__(self, *, stdout=None, stderr=None, quiet: bool = False) -> None:
-        no_color = bool(os.environ.get("NO_COLOR"))
-        self.out = Console(file=stdout or sys.stdout, no_color=no_color, highlight=False, soft_wrap=True)
-        self.err = Console(file=stderr or _own_stderr(), no_color=no_color, highlight=False, soft_wrap=True)
+        # NO_COLOR: plain text, no escape codes at all (Rich alone would still send dim/bold).
+        plain = {"color_system": None, "no_color": True} if os.environ.get("NO_COLOR") else {}
+        self.out = Console(file=stdout or sys.stdout, highlight=False, soft_wrap=True, **plain)
+        self.err = Console(file=stderr or _own_stderr(), highlight=False, soft_wrap=True, **plain)
         self.quiet = quiet
 
     @property

@@ -190,3 +190,26 @@ def test_stream_dying_midway_keeps_what_was_shown(replay_server, clip):
 def test_server_error_message_is_shown(replay_server, clip):
     result = ask("--server", replay_server("500"), str(clip), "Q?")
     assert_one_line_error(result, 1, "500", "CUDA out of memory")
+
+
+def test_no_color_on_a_terminal_is_plain_text(monkeypatch):
+    """A terminal that asks for NO_COLOR gets no escape codes, not even dim reasoning."""
+    import io
+
+    from stepaudio_cli.terminal import Terminal
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    def render(no_color: str) -> str:
+        monkeypatch.setenv("NO_COLOR", no_color)
+        monkeypatch.setenv("TERM", "xterm-256color")
+        err = Tty()
+        term = Terminal(stdout=Tty(), stderr=err)
+        term.stream_reasoning("thinking")
+        term.error("bad.wav: no such file")
+        return err.getvalue()
+
+    assert "\x1b[2m" in render("")  # dim reasoning on a colour terminal
+    assert render("1") == "thinkingerror: bad.wav: no such file\n"
