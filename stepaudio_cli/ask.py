@@ -98,12 +98,12 @@ async def ask(settings, request: Request, view: AskView) -> Result:
     engine = open_engine(settings)
     try:
         # Refuse audio that cannot fit before spending any compute on it: the in-process
-        # engine knows its length up front, a server tells it when we connect.
+        # engine knows its length up front; for a server, engine.stream() checks it once the
+        # connection has told us the length.
         if engine.max_model_len:
             fit_max_tokens(request.audios, request.sampling, engine.max_model_len)
         with view.term.status(starting_message(settings)):
             await engine.start()
-        fit_max_tokens(request.audios, request.sampling, engine.max_model_len)
         result = await collect(engine, request, view.on_delta)
     finally:
         await engine.close()

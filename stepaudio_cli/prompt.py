@@ -115,10 +115,6 @@ class Request:
     def audio_seconds(self) -> float:
         return sum(a.duration for a in self.audios)
 
-    @property
-    def audio_prompt_tokens(self) -> int:
-        return sum(a.prompt_tokens for a in self.audios)
-
 
 def build_prompt(
     question: str, audios: Sequence[Audio], system: str | None = None, assistant_prefix: str = ASSISTANT_PREFIX
@@ -213,7 +209,6 @@ class ReasoningSplitter:
         self._reasoning_ws = ""  # trailing whitespace of reasoning, held until more text comes
         self.reasoning_parts: list[str] = []
         self.answer_parts: list[str] = []
-        self.saw_split = in_answer
 
     @property
     def reasoning(self) -> str:
@@ -230,7 +225,7 @@ class ReasoningSplitter:
         self._pending = ""
         idx = text.find(THINK_END)
         if idx >= 0:
-            self.in_answer = self.saw_split = True
+            self.in_answer = True
             out = self._emit_reasoning(text[:idx], final=True)
             return out + self._emit_answer(text[idx + len(THINK_END) :])
         keep = _partial_suffix(text, THINK_END)
@@ -245,7 +240,7 @@ class ReasoningSplitter:
 
     def feed_answer(self, text: str) -> list[Delta]:
         if not self.in_answer:
-            self.in_answer = self.saw_split = True
+            self.in_answer = True
             self._emit_reasoning("", final=True)
         return self._emit_answer(text)
 

@@ -94,7 +94,6 @@ class LocalEngine(Engine):
         enforce_eager: bool | None = None,
         max_audio_items: int = 64,
     ) -> None:
-        self.model_name = model
         self.model = model
         self.max_model_len = max_model_len
         self.tensor_parallel_size = tensor_parallel_size
@@ -108,7 +107,7 @@ class LocalEngine(Engine):
     async def start(self, on_status: Callable[[str], None] | None = None) -> None:
         from stepaudio_cli.models import check_checkpoint, resolve_model
 
-        path = resolve_model(self.model_name)
+        path = resolve_model(self.model)
         check_checkpoint(path)
         with engine_output_to_log() as log:
             import_vllm()
@@ -147,7 +146,6 @@ class LocalEngine(Engine):
         self._think_end_id = vocab.get(THINK_END)
         if self._eot_id is None:
             raise UserError(f"{path}: the tokenizer has no {EOT} token; not a Step-Audio checkpoint")
-        self.model = self.model_name
 
     async def stream(self, request: Request) -> AsyncIterator[Delta | Done]:
         from vllm import SamplingParams

@@ -128,10 +128,8 @@ class RemoteEngine(Engine):
             else:
                 mode = "normal" if request.thinking.enabled else "answer"
                 phases = self._phase(self._payload(request, request.thinking.prefix, max_tokens), run, mode)
-            async for event in phases:
+            async for event in phases:  # each phase flushes the splitter as it ends
                 yield event
-            for ev in run.splitter.finish():
-                yield ev
             yield run.done(self.model)
         finally:
             self.in_flight -= 1
@@ -159,9 +157,8 @@ class RemoteEngine(Engine):
                     return
             # Budget spent, or the model stopped without closing its reasoning: close it.
             if not run.splitter.in_answer:
-                for ev in run.splitter.feed_answer(""):  # the budget is spent: close the reasoning
+                for ev in run.splitter.feed_answer(""):
                     yield ev
-                run.forced = True
         if left > 0:
             mode = "answer" if run.splitter.in_answer else "normal"
             async for ev in self._phase(self._payload(request, run.prefix(), left), run, mode):
@@ -283,7 +280,6 @@ class _Run:
         self.server_splits = False  # the server sends reasoning in its own field
         self.phase_tokens = 0
         self.finish_reason: str | None = None
-        self.forced = False
         self._first_phase = True
 
     def feed(self, reasoning: str | None, content: str | None, mode: str) -> list[Delta]:
