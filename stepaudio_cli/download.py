@@ -17,7 +17,6 @@ from pathlib import Path
 
 from stepaudio_cli.errors import UserError
 
-MODEL_GB_HINT = 67
 SAFETY_MARGIN = 1 << 30  # keep 1 GiB free beyond the download
 
 
@@ -102,25 +101,29 @@ class Downloader:
             raise UserError(f"{self.repo_id}: the repository has no files", exit_code=1)
         return out
 
-    def download(self, files: list[RemoteFile], local_dir: Path | None, progress) -> Path:
+    def layout(self, local_dir: Path | None) -> LocalDirLayout | CacheLayout:
+        """Where the files go: ``local_dir``, or the HF cache (call after :meth:`files`)."""
+        return LocalDirLayout(local_dir) if local_dir else CacheLayout(self.repo_id, self.commit or "")
+
+    def download(self, files: list[RemoteFile], layout: LocalDirLayout | CacheLayout, progress) -> Path:
         """Fetch every file (4 at a time), resuming partial files left by an earlier run."""
         import httpx
 
         headers = {"User-Agent": "stepaudio"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        layout = LocalDirLayout(local_dir) if local_dir else CacheLayout(self.repo_id, self.commit or "")
         timeout = httpx.Timeout(60.0, connect=15.0)
         with httpx.Client(headers=headers, timeout=timeout, follow_redirects=True) as client:
 
             def one(f: RemoteFile) -> None:
-                final, partial = layout.paths(f)
-                if final.is_file() and final.stat().st_size == f.size:
+                if layout.complete(f):
                     progress.advance(f.size)
                 else:
+                    final, partial = layout.paths(f)
                     url = f"{self.endpoint}/{self.repo_id}/resolve/{self.commit or self.revision or 'main'}/{f.name}"
                     fetch_resumable(client, url, partial, f, progress, self)
-                    partial.replace(layout.blob_path(f))
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    partial.replace(final)
                 layout.publish(f)
                 progress.file_done(f)
 
@@ -199,7 +202,20 @@ def fetch_resumable(client, url: str, partial: Path, f: RemoteFile, progress, hu
         raise UserError(f"{f.name}: sha256 mismatch after download (file removed); run again", exit_code=1)
 
 
-class LocalDirLayout:
+class _Layout:
+    root: Path
+
+    def paths(self, f: RemoteFile) -> tuple[Path, Path]:
+        """(final path, partial path) of ``f``."""
+        raise NotImplementedError
+
+    def complete(self, f: RemoteFile) -> bool:
+        """Already downloaded (by size; --check compares hashes)."""
+        final = self.paths(f)[0]
+        return final.is_file() and final.stat().st_size == f.size
+
+
+class LocalDirLayout(_Layout):
     """Files land in ``root``; partial files wait in ``root/.stepaudio-partial``."""
 
     def __init__(self, root: Path) -> None:
@@ -207,11 +223,6 @@ class LocalDirLayout:
 
     def paths(self, f: RemoteFile) -> tuple[Path, Path]:
         return self.root / f.name, self.root / ".stepaudio-partial" / (f.name + ".part")
-
-    def blob_path(self, f: RemoteFile) -> Path:
-        path = self.root / f.name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
 
     def publish(self, f: RemoteFile) -> None:
         pass
@@ -221,49 +232,39 @@ class LocalDirLayout:
         return self.root
 
 
-class CacheLayout:
+class CacheLayout(_Layout):
     """The Hugging Face cache layout (HF_HOME/hub): blobs by etag, a snapshot per commit of
     links to them, refs naming commits; other tools (vLLM, transformers) find files there."""
 
     def __init__(self, repo_id: str, commit: str) -> None:
         from huggingface_hub import constants
 
-        self.repo = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
+        self.root = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
         self.commit = commit
-        self.snapshot = self.repo / "snapshots" / commit
+        self.snapshot = self.root / "snapshots" / commit
 
     @staticmethod
     def etag(f: RemoteFile) -> str:
         return f.sha256 or f.blob_id or f.name.replace("/", "_")
 
     def paths(self, f: RemoteFile) -> tuple[Path, Path]:
-        blob = self.repo / "blobs" / self.etag(f)
+        blob = self.root / "blobs" / self.etag(f)
         return blob, blob.with_name(blob.name + ".incomplete")
-
-    def blob_path(self, f: RemoteFile) -> Path:
-        return self.repo / "blobs" / self.etag(f)
 
     def publish(self, f: RemoteFile) -> None:
         link = self.snapshot / f.name
         link.parent.mkdir(parents=True, exist_ok=True)
-        target = os.path.relpath(self.blob_path(f), link.parent)
+        target = os.path.relpath(self.paths(f)[0], link.parent)
         if link.is_symlink() or link.exists():
             link.unlink()
         os.symlink(target, link)
 
     def finish(self, ref: str) -> Path:
         if ref != self.commit:
-            refs = self.repo / "refs" / ref
+            refs = self.root / "refs" / ref
             refs.parent.mkdir(parents=True, exist_ok=True)
             refs.write_text(self.commit)
         return self.snapshot
-
-
-def already_present(files: list[RemoteFile], target: Path | None) -> int:
-    """Bytes of ``files`` already complete in ``target`` (by size)."""
-    if target is None:
-        return 0
-    return sum(f.size for f in files if (target / f.name).is_file() and (target / f.name).stat().st_size == f.size)
 
 
 def check_disk(files: list[RemoteFile], where: Path, have: int) -> None:
@@ -359,13 +360,3 @@ def safetensors_problem(path: Path) -> str | None:
     if size != 8 + n + end:
         return f"size {size} bytes, expected {8 + n + end} (incomplete download?)"
     return None
-
-
-def default_target(local_dir: Path | None) -> Path:
-    if local_dir:
-        return local_dir
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-

@@ -46,11 +46,12 @@ def download(
             problems = core.check_against(files, Path(where))
             _report(term, Path(where), problems, f"checked {len(files)} files against {hub.endpoint}")
             return
-        have = core.already_present(files, local_dir)
-        core.check_disk(files, core.default_target(local_dir), have)
+        layout = hub.layout(local_dir)
+        have = sum(f.size for f in files if layout.complete(f))
+        core.check_disk(files, layout.root, have)
         term.info(f"{repo_id}@{(hub.commit or revision or 'main')[:12]}: {len(files)} files, {total / 1e9:.2f} GB")
         with DownloadProgress(term, total) as progress:
-            path = hub.download(files, local_dir, progress)
+            path = hub.download(files, layout, progress)
         term.success(f"Downloaded to {path}")
         term.info(f"Use it with: --model {path}" + ("" if local_dir else f"  (or --model {repo_id})"))
         term.write_out(f"{path}\n")
