@@ -181,7 +181,7 @@ class BatchRunner:
         try:
             data, sha = await asyncio.to_thread(_read_and_hash, path)  # off the event loop
         except OSError as e:
-            return self._record_failure(name, None, None, f"cannot read ({e.strerror or e})")
+            return await self._record_failure(name, None, None, f"cannot read ({e.strerror or e})")
         key = request_key(sha, self.job, self.engine.model)
         previous = self._previous(name, key)
         if previous is not None and (not previous.get("error") or not self.job.retry_failed):
@@ -193,11 +193,11 @@ class BatchRunner:
                 self.summary.skipped += 1
             return None
         if key in self._by_key:  # same audio and settings already answered under another name
-            return self._reuse(name, self._by_key[key])
+            return await self._reuse(name, self._by_key[key])
         if key in self._inflight:
             source = await asyncio.shield(self._inflight[key])
             if source is not None and not source.get("error"):
-                return self._reuse(name, source)
+                return await self._reuse(name, source)
         future = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         record = None
@@ -213,7 +213,7 @@ class BatchRunner:
             audio = await asyncio.to_thread(decode_bytes, data, name)
             fit_max_tokens([audio], self.job.sampling, self.engine.max_model_len)
         except UserError as e:
-            return self._record_failure(name, sha, key, _strip_name(e.message, name))
+            return await self._record_failure(name, sha, key, _strip_name(e.message, name))
         request = Request(
             audios=(audio,), question=self.job.prompt, system=self.job.system, sampling=self.job.sampling,
             thinking=self.job.thinking, stream=False,
@@ -228,7 +228,7 @@ class BatchRunner:
                     attempt += 1
                     if not e.retryable or attempt > self.job.retries:
                         tries = f" (after {attempt} tries)" if attempt > 1 else ""
-                        return self._record_failure(name, sha, key, e.message + tries, audio.duration)
+                        return await self._record_failure(name, sha, key, e.message + tries, audio.duration)
                     await asyncio.sleep(min(30.0, 0.5 * 2**attempt) * (0.5 + random.random()))
         record = self._base(name, sha, key) | {
             "reasoning": None if self.job.hide_reasoning else result.reasoning,
@@ -256,26 +256,25 @@ class BatchRunner:
             "key": key,
         }
 
-    def _reuse(self, name: str, source: dict) -> dict:
+    async def _reuse(self, name: str, source: dict) -> dict:
         record = dict(source, file=name)
-        self._final[name] = record
-        self.store.append(record)
+        await self._write(record)
         self.summary.reused += 1
         self.summary.audio_seconds += source.get("audio_seconds") or 0.0
         return record
 
-    def _record_failure(self, name, sha, key, message: str, seconds: float | None = None) -> dict:
+    async def _record_failure(self, name, sha, key, message: str, seconds: float | None = None) -> dict:
         record = self._base(name, sha, key) | {
             "reasoning": None, "answer": None, "usage": None, "timings": None,
             "audio_seconds": None if seconds is None else round(seconds, 3), "error": message,
         }
-        self._final[name] = record
-        self.store.append(record)
+        await self._write(record)
         self.summary.failed += 1
         self.summary.failures.append((name, message))
         return record
 
     async def _write(self, record: dict) -> None:
+        """The one way a record is stored: it stands for its file, and is on disk on return."""
         self._final[record["file"]] = record
         # fsync off the event loop, so streaming of other requests is not held up.
         await asyncio.to_thread(self.store.append, record)
