@@ -13,8 +13,12 @@ measures the official sampling instead.
   raw vLLM       LLM.generate on all prompts at once, audio decoded beforehand (the ceiling)
   batch          stepaudio's BatchRunner: reads, hashes, decodes, streams, fsyncs a JSONL line
   one-at-a-time  the official example client's pattern: one request, wait, next request
+  one request    latency of a single request with 1 new token: raw LLM.generate (audio
+                 decoded beforehand) against stepaudio's path from the file (decode included)
 
     python benchmarks/batch_throughput.py [--files 96] [--seconds 5] [--max-tokens 128]
+    python benchmarks/batch_throughput.py --real-sizes --files 32 --seconds 10 --max-tokens 512 \
+        --temperature 0.7 --top-p 0.9      # on a GPU: R1's real sizes, random weights
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import argparse
 import asyncio
 import gc
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -46,7 +51,9 @@ def make_files(d: Path, n: int, seconds: float) -> list[Path]:
     return paths
 
 
-def bench_raw(ckpt: Path, paths: list[Path], args) -> tuple[float, int]:
+def bench_raw(ckpt: Path, paths: list[Path], args) -> tuple[float, int, float]:
+    """(seconds, tokens) of all files at once, and the median latency of one 1-token request."""
+    import torch
     from vllm import LLM, SamplingParams
 
     from stepaudio_cli.audio import load_audio
@@ -60,11 +67,12 @@ def bench_raw(ckpt: Path, paths: list[Path], args) -> tuple[float, int]:
         for a in audios
     ]
     llm = LLM(
-        model=str(ckpt), max_model_len=4096, max_num_seqs=args.max_num_seqs, enforce_eager=True,
-        limit_mm_per_prompt={"audio": 64}, disable_log_stats=True, seed=0,
+        model=str(ckpt), max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+        enforce_eager=not torch.cuda.is_available(), limit_mm_per_prompt={"audio": 64}, disable_log_stats=True,
+        seed=0, load_format=args.load_format,
     )
     params = SamplingParams(
-        temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, stop_token_ids=[151665],
+        temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, ignore_eos=True,
         skip_special_tokens=False,
     )
     llm.generate(prompts[: args.warmup], params, use_tqdm=False)
@@ -75,9 +83,15 @@ def bench_raw(ckpt: Path, paths: list[Path], args) -> tuple[float, int]:
         best = min(best, time.perf_counter() - start)
     elapsed = best
     tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    one = SamplingParams(temperature=0.0, max_tokens=1, skip_special_tokens=False)
+    latencies = []
+    for i in range(args.single + 1):
+        start = time.perf_counter()
+        llm.generate([prompts[i % len(prompts)]], one, use_tqdm=False)
+        latencies.append(time.perf_counter() - start)
     del llm
     gc.collect()
-    return elapsed, tokens
+    return elapsed, tokens, statistics.median(latencies[1:])
 
 
 async def bench_stepaudio(ckpt: Path, paths: list[Path], args, out_dir: Path) -> dict[str, tuple[float, int]]:
@@ -89,7 +103,8 @@ async def bench_stepaudio(ckpt: Path, paths: list[Path], args, out_dir: Path) ->
     from stepaudio_cli.store import Store
 
     sampling = Sampling(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens)
-    engine = LocalEngine(str(ckpt), max_model_len=4096, max_num_seqs=args.max_num_seqs)
+    engine = LocalEngine(str(ckpt), max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+                         load_format=args.load_format)
     await engine.start()
     results = {}
     try:
@@ -112,6 +127,17 @@ async def bench_stepaudio(ckpt: Path, paths: list[Path], args, out_dir: Path) ->
             request = Request(audios=(load_audio(str(p)),), question=args.prompt, sampling=sampling)
             tokens += (await collect(engine, request)).usage.completion_tokens
         results["one-at-a-time"] = (time.perf_counter() - start, tokens)
+
+        one, decode = [], []
+        for i in range(args.single + 1):
+            start = time.perf_counter()
+            audio = load_audio(str(paths[i % len(paths)]))
+            decoded = time.perf_counter()
+            greedy = Sampling(temperature=0.0, top_p=1.0, max_tokens=1)
+            await collect(engine, Request(audios=(audio,), question=args.prompt, sampling=greedy))
+            one.append(time.perf_counter() - start)
+            decode.append(decoded - start)
+        results["one request"] = (statistics.median(one[1:]), statistics.median(decode[1:]))
     finally:
         await engine.close()
     return results
@@ -129,8 +155,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="timed runs of raw and batch; the best counts")
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--single", type=int, default=5, help="1-token requests timed (median)")
     parser.add_argument("--model", help="checkpoint directory (default: build a tiny random one)")
+    parser.add_argument("--real-sizes", action="store_true", help="R1's real sizes, random weights (a GPU)")
+    parser.add_argument("--max-model-len", type=int, default=4096)
     args = parser.parse_args()
+    args.load_format = "dummy" if args.real_sizes else "auto"
 
     from stepaudio_cli.engines.local import engine_output_to_log, quiet_vllm_logs
     from stepaudio_cli.testing import build_checkpoint
@@ -138,7 +168,12 @@ def main() -> None:
     quiet_vllm_logs()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ckpt = Path(args.model) if args.model else build_checkpoint(tmp / "ckpt", seed=0)
+        if args.real_sizes:
+            from stepaudio_cli.bench import real_size_checkpoint
+
+            ckpt = real_size_checkpoint(tmp / "ckpt", tiny=False)
+        else:
+            ckpt = Path(args.model) if args.model else build_checkpoint(tmp / "ckpt", seed=0)
         (tmp / "audio").mkdir()
         paths = make_files(tmp / "audio", args.files, args.seconds)
         with engine_output_to_log():
@@ -146,6 +181,7 @@ def main() -> None:
             ours = asyncio.run(bench_stepaudio(ckpt, paths, args, tmp))
 
     rows = {"raw vLLM LLM.generate": (raw[0], raw[1], args.files), "stepaudio batch": (*ours["batch"], args.files)}
+    tok_rate = {k: t / s for k, (s, t, _) in rows.items()}
     rows["one at a time"] = (*ours["one-at-a-time"], args.sequential_files)
     rate = {k: n / s for k, (s, _, n) in rows.items()}
     print(
@@ -156,8 +192,14 @@ def main() -> None:
     for name, (secs, tokens, n) in rows.items():
         print(f"{name:<24}{n:>6}{secs:>10.2f}{rate[name]:>10.2f}{tokens:>9}")
     print()
-    print(f"batch / raw vLLM        {rate['stepaudio batch'] / rate['raw vLLM LLM.generate']:.3f}x   (target >= 0.95)")
+    ratio = tok_rate["stepaudio batch"] / tok_rate["raw vLLM LLM.generate"]
+    print(f"batch / raw vLLM        {ratio:.3f}x tokens/s   (target >= 0.99 on a GPU)")
     print(f"batch / one at a time   {rate['stepaudio batch'] / rate['one at a time']:.2f}x   (target >= 8)")
+    single, decode = ours["one request"]
+    print(
+        f"one request, 1 token    raw {raw[2] * 1000:.1f} ms, stepaudio {single * 1000:.1f} ms "
+        f"(+{(single - raw[2]) * 1000:.1f} ms, of which file decode {decode * 1000:.1f} ms; target: decode + 10 ms)"
+    )
 
 
 if __name__ == "__main__":

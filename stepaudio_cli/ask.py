@@ -89,8 +89,14 @@ class AskView:
             self.term.err.print()
         if self._kind == "answer":
             self.term.end_stream("out")
-        if not result.answer:
-            self.term.warn("the model gave no answer after its reasoning (raise --max-tokens?)")
+        if result.finish_reason == "length":
+            where = "inside its reasoning, with no answer" if not result.answer else "in its answer"
+            self.term.warn(
+                f"cut off at the length limit ({result.usage.completion_tokens} tokens) {where}: "
+                "raise --max-tokens (or --max-model-len)"
+            )
+        elif not result.answer:
+            self.term.warn("the model gave no answer after its reasoning")
         self.term.markup(f"[dim]{stats_line(request, result)}[/dim]")
 
 

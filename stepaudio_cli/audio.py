@@ -60,6 +60,18 @@ def split_chunks(samples: np.ndarray, chunk_samples: int = CHUNK_SAMPLES) -> lis
     return [samples[i : i + chunk_samples] for i in range(0, len(samples), chunk_samples)]
 
 
+def item_embeddings(n_samples: int) -> int:
+    """``<audio_patch>`` embeddings of one audio item of ``n_samples`` (all its chunks)."""
+    full, rest = divmod(n_samples, CHUNK_SAMPLES)
+    return full * chunk_tokens(CHUNK_SAMPLES) + (chunk_tokens(rest) if rest else 0)
+
+
+def max_audio_samples(context_tokens: int) -> int:
+    """The longest audio (whole chunks, at least one) whose prompt tokens fit ``context_tokens``."""
+    per_chunk = chunk_tokens(CHUNK_SAMPLES) + 2
+    return max(context_tokens // per_chunk, 1) * CHUNK_SAMPLES
+
+
 def prompt_tokens_for_chunks(chunk_lengths: list[int]) -> int:
     """Prompt tokens for audio: ``<audio_start>`` + N x ``<audio_patch>`` + ``<audio_end>`` per chunk."""
     return sum(chunk_tokens(n) + 2 for n in chunk_lengths)
@@ -125,8 +137,6 @@ def read_source(source: str, *, stdin=None) -> tuple[str, bytes]:
         data = path.read_bytes()
     except OSError as e:
         raise AudioError(f"{source}: cannot read file ({e.strerror or e})") from None
-    if not data:
-        raise AudioError(f"{source}: file is empty")
     return source, data
 
 
@@ -137,7 +147,10 @@ def load_audio(source: str, *, stdin=None) -> Audio:
 
 
 def decode_bytes(data: bytes, name: str) -> Audio:
-    """Decode an in-memory audio file of any supported format."""
+    """Decode an in-memory audio file of any supported format (the one decoding path of
+    `ask` and `batch`, so a bad file gets the same message in both)."""
+    if not data:
+        raise AudioError(f"{name}: file is empty")
     try:
         samples, rate, channels = _decode_soundfile(data)
     except _NotSoundfile as first:
@@ -198,7 +211,9 @@ def _decode_ffmpeg(data: bytes, name: str, first_reason: str) -> tuple[np.ndarra
 
     try:
         seg = AudioSegment.from_file(io.BytesIO(data))
-    except (CouldntDecodeError, IndexError, OSError, ValueError) as e:
+    except IndexError:  # pydub indexes the audio streams ffprobe found: there were none
+        raise AudioError(f"{name}: no audio stream (a video or container without sound)") from None
+    except (CouldntDecodeError, OSError, ValueError) as e:
         raise AudioError(f"{name}: not a readable audio file ({_ffmpeg_reason(e)})") from None
     if seg.frame_count() == 0:
         raise AudioError(f"{name}: contains no audio samples")

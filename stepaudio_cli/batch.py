@@ -48,6 +48,7 @@ class Summary:
     skipped: int = 0  # already in the results
     reused: int = 0  # same content + settings as another file
     failed: int = 0
+    cut_off: int = 0  # answered, but stopped at the length limit (finish_reason "length")
     audio_seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
     interrupted: bool = False
@@ -243,6 +244,7 @@ class BatchRunner:
         await self._write(record)
         self._by_key[key] = record
         self.summary.done += 1
+        self.summary.cut_off += result.finish_reason == "length"
         self.summary.audio_seconds += audio.duration
         return record
 

@@ -85,6 +85,8 @@ class BatchView:
         if s.skipped:
             table.add_row("already done", str(s.skipped))
         table.add_row("failed", f"[red]{s.failed}[/red]" if s.failed else "0")
+        if s.cut_off:
+            table.add_row("cut off", f"[yellow]{s.cut_off}[/yellow] (stopped at the length limit; finish_reason \"length\")")
         table.add_row("audio", format_duration(s.audio_seconds))
         table.add_row("time", format_duration(s.elapsed))
         table.add_row("results", escape(output))
@@ -99,3 +101,5 @@ class BatchView:
             term.warn(f"interrupted with {left} file(s) left; rerun the same command to resume")
         elif s.failed:
             term.info("Rerun with --retry-failed to try the failed files again.")
+        if s.cut_off:
+            term.warn(f"{s.cut_off} answer(s) stopped at the length limit: raise --max-tokens or --max-model-len")

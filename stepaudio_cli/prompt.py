@@ -2,7 +2,7 @@
 
 Prompt::
 
-    <|BOT|>system\\n{system}<|EOT|><|BOT|>human\\n{question}<audio_patch>...<|EOT|><|BOT|>assistant\\n<think>\\n
+    <|BOT|>system\\n{system}<|EOT|><|BOT|>human\\n{question}\\n<audio_patch>...<|EOT|><|BOT|>assistant\\n<think>\\n
 
 The model continues with its reasoning, ``</think>``, then the answer, and stops on
 ``<|EOT|>``. The split happens on the FIRST ``</think>`` only.
@@ -16,23 +16,10 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from stepaudio_cli.audio import Audio, format_duration
-from stepaudio_cli.defaults import (  # noqa: F401 - re-exported
-    DEFAULT_MAX_MODEL_LEN,
-    DEFAULT_MAX_TOKENS,
-    DEFAULT_MODEL,
-    DEFAULT_TEMPERATURE,
-    DEFAULT_TOP_P,
-    EOT_TOKEN_ID,
-)
+from stepaudio_cli.defaults import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from stepaudio_cli.errors import AudioError, UserError
+from stepaudio_cli.models import AUDIO_PATCH, BOT, EOT, THINK_END, THINK_START
 
-BOT = "<|BOT|>"
-EOT = "<|EOT|>"
-THINK_START = "<think>"
-THINK_END = "</think>"
-AUDIO_START = "<audio_start>"
-AUDIO_PATCH = "<audio_patch>"
-AUDIO_END = "<audio_end>"
 ASSISTANT_PREFIX = THINK_START + "\n"
 # The format the model was trained on for direct answers: an empty reasoning block.
 NO_THINK_PREFIX = THINK_START + "\n\n" + THINK_END + "\n"
@@ -47,7 +34,7 @@ class Sampling:
 
     temperature: float = DEFAULT_TEMPERATURE
     top_p: float = DEFAULT_TOP_P
-    max_tokens: int = DEFAULT_MAX_TOKENS
+    max_tokens: int | None = DEFAULT_MAX_TOKENS  # None: what the context leaves
     seed: int | None = None
 
     def as_dict(self) -> dict:
@@ -110,6 +97,8 @@ class Request:
     #: False when nobody watches the text arrive (batch): the engine may return it whole,
     #: which saves a wake-up per token.
     stream: bool = True
+    #: Generate exactly max_tokens, ignoring stop tokens (benchmarks; in-process only).
+    fixed_length: bool = False
 
     @property
     def audio_seconds(self) -> float:
@@ -128,7 +117,8 @@ def build_prompt(
     if system:
         parts.append(f"{BOT}system\n{system}{EOT}")
     n_chunks = sum(len(a.chunks()) for a in audios)
-    parts.append(f"{BOT}human\n{question}{AUDIO_PATCH * n_chunks}{EOT}")
+    audio = ("\n" if question and n_chunks else "") + AUDIO_PATCH * n_chunks
+    parts.append(f"{BOT}human\n{question}{audio}{EOT}")
     parts.append(f"{BOT}assistant\n{assistant_prefix}")
     return "".join(parts)
 
@@ -157,6 +147,8 @@ def fit_max_tokens(
     audios: Sequence[Audio], sampling: Sampling, max_model_len: int | None, text_tokens: int = 64
 ) -> int:
     """max_tokens that fits in the model length next to the audio, or an AudioError.
+    Without a cap (``sampling.max_tokens`` None) it is all the room the context leaves;
+    None when the context length is unknown too (the server then decides).
 
     ``text_tokens`` is a generous allowance for the question and the chat scaffolding.
     """
@@ -164,7 +156,7 @@ def fit_max_tokens(
         return sampling.max_tokens
     audio_tokens = sum(a.prompt_tokens for a in audios)
     room = max_model_len - audio_tokens - text_tokens
-    need = min(sampling.max_tokens, MIN_GENERATION_TOKENS)
+    need = min(sampling.max_tokens or MIN_GENERATION_TOKENS, MIN_GENERATION_TOKENS)
     if room < need:
         longest = max(audios, key=lambda a: a.prompt_tokens)
         total = sum(a.duration for a in audios)
@@ -175,7 +167,15 @@ def fit_max_tokens(
             f"{max_model_len} that leaves {max(room, 0)} for reasoning and answer (need {need}). "
             f"Use audio under about {format_duration(max_seconds)} or raise --max-model-len."
         )
-    return min(sampling.max_tokens, room)
+    return room if sampling.max_tokens is None else min(sampling.max_tokens, room)
+
+
+def request_max_tokens(request: Request, max_model_len: int | None) -> int | None:
+    """What an engine asks for: the audio is checked against the context first; without a
+    cap, None, and vLLM gives exactly what the context leaves after the real prompt (our
+    estimate of the text tokens could be short for a long question or system prompt)."""
+    fitted = fit_max_tokens(request.audios, request.sampling, max_model_len)
+    return None if request.sampling.max_tokens is None else fitted
 
 
 # --- the reasoning / answer split ----------------------------------------------------------
@@ -228,7 +228,7 @@ class ReasoningSplitter:
             self.in_answer = True
             out = self._emit_reasoning(text[:idx], final=True)
             return out + self._emit_answer(text[idx + len(THINK_END) :])
-        keep = _partial_suffix(text, THINK_END)
+        keep = partial_tag_suffix(text, THINK_END)
         if keep:
             self._pending = text[-keep:]
             text = text[:-keep]
@@ -275,7 +275,7 @@ class ReasoningSplitter:
         return [Delta("answer", text)]
 
 
-def _partial_suffix(text: str, tag: str) -> int:
+def partial_tag_suffix(text: str, tag: str) -> int:
     """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
     for n in range(min(len(tag) - 1, len(text)), 0, -1):
         if text.endswith(tag[:n]):

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from stepaudio_cli.errors import UserError
 from stepaudio_cli.models import check_checkpoint, looks_like_repo_id, resolve_model
-from stepaudio_cli.defaults import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
-from stepaudio_cli.vllm_plugin import REASONING_PARSER
+from stepaudio_cli.defaults import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+from stepaudio_cli.vllm_plugin import RAW_REASONING_PARSER, REASONING_PARSER
 
 CHAT_TEMPLATE = Path(__file__).parent / "vllm_plugin" / "chat_template.jinja"
 
@@ -34,8 +34,10 @@ class ServeOptions:
     api_key: str | None = None
     tensor_parallel_size: str = "auto"
     pipeline_parallel_size: int = 1
-    max_model_len: int = 16384
+    max_model_len: int | None = None  # None: the largest the KV cache allows, up to the model's maximum
     max_num_seqs: int = 32
+    quantization: str | None = None
+    raw_reasoning: bool = False  # reasoning, </think> and answer all in `content` (StepFun's clients)
     gpu_memory_utilization: float | None = None
     dtype: str = "auto"
     distributed_executor_backend: str | None = None
@@ -81,18 +83,22 @@ def build_command(opts: ServeOptions, model_path: Path, gpus: int) -> list[str]:
         "--host", opts.host,
         "--port", str(opts.port),
         "--chat-template", str(CHAT_TEMPLATE),
-        "--reasoning-parser", REASONING_PARSER,
-        "--max-model-len", str(opts.max_model_len),
+        "--reasoning-parser", RAW_REASONING_PARSER if opts.raw_reasoning else REASONING_PARSER,
+        # -1: vLLM fits the context to the KV cache, up to the model's max_position_embeddings.
+        "--max-model-len", str(opts.max_model_len or -1),
         "--max-num-seqs", str(opts.max_num_seqs),
         "--tensor-parallel-size", str(tp),
         "--pipeline-parallel-size", str(opts.pipeline_parallel_size),
         "--gpu-memory-utilization", str(mem),
         "--dtype", opts.dtype,
         "--limit-mm-per-prompt", json.dumps({"audio": 64}),
-        # Official sampling for open questions, and room for ~3k tokens of reasoning.
+        # Official sampling for open questions; no max_tokens default: a request that sets
+        # none gets all the room the context leaves (reasoning can run to tens of thousands).
         "--override-generation-config",
-        json.dumps({"temperature": DEFAULT_TEMPERATURE, "top_p": DEFAULT_TOP_P, "max_new_tokens": DEFAULT_MAX_TOKENS}),
+        json.dumps({"temperature": DEFAULT_TEMPERATURE, "top_p": DEFAULT_TOP_P}),
     ]
+    if opts.quantization:
+        cmd += ["--quantization", opts.quantization]
     if opts.api_key:
         cmd += ["--api-key", opts.api_key]
     if opts.distributed_executor_backend:
@@ -129,7 +135,7 @@ class Server:
             start_new_session=True,
         )
 
-    def wait_ready(self, url: str, timeout: float, api_key: str | None) -> None:
+    def wait_ready(self, url: str, timeout: float) -> None:
         import httpx
 
         deadline = time.monotonic() + timeout
@@ -185,6 +191,18 @@ def prepare(opts: ServeOptions) -> tuple[list[str], Path]:
     return build_command(opts, path, gpu_count_cheap()), path
 
 
+def served_context(url: str, api_key: str | None) -> str:
+    """The context length the server chose, as /v1/models reports it."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        models = httpx.get(url + "/v1/models", headers=headers, timeout=10).json().get("data") or [{}]
+        return str(models[0].get("max_model_len") or "?")
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return "?"
+
+
 class _Terminated(Exception):
     pass
 
@@ -200,8 +218,10 @@ def run(opts: ServeOptions, term, *, log_path: Path, passthrough: bool, ready_ti
     server = Server(cmd, log_path, passthrough)
     try:
         with term.status(f"Starting vLLM for {path}"):
-            server.wait_ready(url, ready_timeout, opts.api_key)
-        term.success(f"Step-Audio-R1 server ready at {url}/v1")
+            server.wait_ready(url, ready_timeout)
+        context = served_context(url, opts.api_key)
+        how = "as asked" if opts.max_model_len else "the most the KV cache holds, up to the model's maximum"
+        term.success(f"Step-Audio-R1 server ready at {url}/v1 (context {context} tokens: {how})")
         key = " --api-key ..." if opts.api_key else ""
         term.info(f'Try: stepaudio ask --server {url}{key} clip.wav "What is happening in this audio?"')
         if not passthrough:

@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich.console import Console
@@ -76,19 +76,32 @@ class Terminal:
 
     # --- spinners -------------------------------------------------------------------
     @contextlib.contextmanager
-    def status(self, message: str) -> Iterator[None]:
-        """A spinner with elapsed time on a TTY; one plain line otherwise."""
+    def status(self, message: str) -> Iterator[Callable[[str], None]]:
+        """A spinner with elapsed time on a TTY; one plain line otherwise. Yields a function
+        that replaces the message (a new line when not interactive)."""
         if not self.interactive or self.quiet:
-            if not self.quiet:
-                self.err.print(Text(message + " ..."))
-            yield
+            self.info(message + " ...")
+            yield lambda text: self.info(text + " ...")
             return
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
         with Progress(*columns, console=self.err, transient=True) as progress:
-            progress.add_task(escape(message), total=None)
-            yield
+            task = progress.add_task(escape(message), total=None)
+            yield lambda text: progress.update(task, description=escape(text))
+
+    # --- reports (stdout) --------------------------------------------------------------
+    def table(self, title: str, rows: list[tuple[str, list[str]]], columns: list[str]) -> None:
+        """A labelled table of results: one row per measure, one column per configuration."""
+        from rich.table import Table
+
+        table = Table(title=title, title_justify="left", header_style="bold")
+        table.add_column("")
+        for name in columns:
+            table.add_column(name, justify="right")
+        for label, values in rows:
+            table.add_row(label, *values)
+        self.out.print(table)
 
 
 def _own_stderr():

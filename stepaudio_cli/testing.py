@@ -54,8 +54,20 @@ class TinySizes:
     adapter_inner: int = 2048
 
 
-def build_tokenizer():
-    """A byte-level BPE tokenizer with the real special tokens at their ids."""
+#: A tokenizer that breaks the guesses about the real one: every id moved, and no
+#: <think>/</think> special tokens (the tags are plain text, several tokens each).
+MOVED_SPECIAL_TOKENS = {
+    "<|endoftext|>": 152000,
+    "<|EOT|>": 152001,
+    "<|BOT|>": 152002,
+    "<audio_start>": 152003,
+    "<audio_end>": 152004,
+    "<audio_patch>": 152005,
+}
+
+
+def build_tokenizer(special_tokens: dict[str, int] = SPECIAL_TOKENS):
+    """A byte-level BPE tokenizer with the given special tokens at their ids."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -65,7 +77,7 @@ def build_tokenizer():
     tok.train_from_iterator([_CORPUS] * 4, trainer)
     spec = json.loads(tok.to_str())
     vocab: dict[str, int] = spec["model"]["vocab"]
-    vocab.update(SPECIAL_TOKENS)  # added tokens resolve to these ids
+    vocab.update(special_tokens)  # added tokens resolve to these ids
     used = set(vocab.values())
     # Fill every other id with a decodable filler so random weights never emit an unknown id.
     for i in range(VOCAB_SIZE):
@@ -74,7 +86,7 @@ def build_tokenizer():
     spec["added_tokens"] = [
         {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
          "special": True}
-        for t, i in sorted(SPECIAL_TOKENS.items(), key=lambda kv: kv[1])
+        for t, i in sorted(special_tokens.items(), key=lambda kv: kv[1])
     ]
     return Tokenizer.from_str(json.dumps(spec))
 
@@ -86,17 +98,24 @@ def build_checkpoint(
     sizes: TinySizes = TinySizes(),
     script: tuple[str, str] | None = None,
     encoder_seed: int | None = None,
+    special_tokens: dict[str, int] = SPECIAL_TOKENS,
+    flat_config: bool = False,
+    drop_text_keys: tuple[str, ...] = (),
 ) -> Path:
     """Write config.json, tokenizer files and model.safetensors; return the directory.
 
     ``encoder_seed`` draws the audio tower from its own seed, so two checkpoints can share
-    the LLM and differ only in the encoder.
+    the LLM and differ only in the encoder. ``special_tokens`` (e.g. MOVED_SPECIAL_TOKENS),
+    ``flat_config`` (the text keys at the top level, StepFun's other layout) and
+    ``drop_text_keys`` (e.g. ``("rope_theta",)``) make variants that break our guesses.
     """
     from safetensors.numpy import save_file
 
+    from stepaudio_cli.models import make_config
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(special_tokens)
     tokenizer.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(
         json.dumps(
@@ -112,43 +131,24 @@ def build_checkpoint(
         )
     )
     s = sizes
-    config = {
-        "architectures": ["StepAudio2ForCausalLM"],
-        "model_type": "step_audio_2",
-        "torch_dtype": "float32",
-        "text_config": {
-            "model_type": "qwen2",
-            "architectures": ["Qwen2ForCausalLM"],
-            "hidden_size": s.hidden,
-            "intermediate_size": s.intermediate,
-            "num_hidden_layers": s.layers,
-            "num_attention_heads": s.heads,
-            "num_key_value_heads": s.kv_heads,
-            "vocab_size": VOCAB_SIZE,
-            "max_position_embeddings": 65536,
-            "rope_theta": 1000000.0,
-            "rms_norm_eps": 1e-6,
-            "hidden_act": "silu",
-            "tie_word_embeddings": False,
-            "torch_dtype": "float32",
-            "eos_token_id": SPECIAL_TOKENS["<|EOT|>"],
-        },
-        "audio_encoder_config": {
-            "n_mels": s.n_mels,
-            "n_audio_ctx": s.audio_ctx,
-            "n_audio_state": s.audio_state,
-            "n_audio_head": s.audio_heads,
-            "n_audio_layer": s.audio_layers,
-            "llm_dim": s.hidden,
-            "kernel_size": 3,
-            "adapter_stride": 2,
-        },
-    }
+    config = make_config(
+        {"hidden_size": s.hidden, "intermediate_size": s.intermediate, "num_hidden_layers": s.layers,
+         "num_attention_heads": s.heads, "num_key_value_heads": s.kv_heads, "vocab_size": VOCAB_SIZE},
+        {"n_mels": s.n_mels, "n_audio_ctx": s.audio_ctx, "n_audio_state": s.audio_state,
+         "n_audio_head": s.audio_heads, "n_audio_layer": s.audio_layers},
+        dtype="float32",
+        eos_token_id=special_tokens["<|EOT|>"],
+    )
+    for key in drop_text_keys:
+        del config["text_config"][key]
+    if flat_config:
+        text = config.pop("text_config")
+        config.update({k: v for k, v in text.items() if k not in ("model_type", "architectures")})
     (out / "config.json").write_text(json.dumps(config, indent=1))
     tensors = _llm_weights(np.random.default_rng(seed), s)
     tensors.update(_audio_weights(np.random.default_rng(seed + 1 if encoder_seed is None else encoder_seed), s))
     if script is not None:
-        _apply_script(tensors, tokenizer, script, np.random.default_rng(seed + 2), s)
+        _apply_script(tensors, tokenizer, script, np.random.default_rng(seed + 2), s, special_tokens)
     save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, str(out / "model.safetensors"))
     return out
 
@@ -213,11 +213,11 @@ def _audio_weights(rng, s: TinySizes) -> dict[str, np.ndarray]:
     return t
 
 
-def _apply_script(tensors, tokenizer, script: tuple[str, str], rng, s: TinySizes) -> None:
+def _apply_script(tensors, tokenizer, script: tuple[str, str], rng, s: TinySizes, special_tokens) -> None:
     reasoning, answer = script
     chain = [tokenizer.token_to_id("Ċ")]  # "\n", the last prompt token (after "<think>")
-    chain += tokenizer.encode(reasoning).ids + [SPECIAL_TOKENS["</think>"]]
-    chain += tokenizer.encode(answer).ids + [SPECIAL_TOKENS["<|EOT|>"]]
+    chain += tokenizer.encode(reasoning).ids + tokenizer.encode("</think>").ids  # one token, or several
+    chain += tokenizer.encode(answer).ids + [special_tokens["<|EOT|>"]]
     if None in chain or len(set(chain)) != len(chain):
         raise ValueError("script tokens must be distinct (each token has exactly one successor)")
     for i in range(s.layers):

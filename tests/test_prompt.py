@@ -31,7 +31,7 @@ def audio(seconds: float, name: str = "a.wav") -> Audio:
 def test_prompt_matches_the_model_format():
     assert build_prompt("What is this?", [audio(3)], system="Be brief.") == (
         "<|BOT|>system\nBe brief.<|EOT|>"
-        "<|BOT|>human\nWhat is this?<audio_patch><|EOT|>"
+        "<|BOT|>human\nWhat is this?\n<audio_patch><|EOT|>"
         "<|BOT|>assistant\n<think>\n"
     )
 
@@ -54,10 +54,12 @@ def test_messages_carry_16k_wav_chunks_and_continue_the_think_turn():
     assert [len(x) for x, _ in decoded] == [25 * 16000, 5 * 16000]
 
 
-def test_defaults_leave_room_for_long_reasoning():
+def test_defaults_leave_all_the_context_to_reasoning_and_answer():
     s = Sampling()
     assert (s.temperature, s.top_p) == (0.7, 0.9)
-    assert s.max_tokens >= 2800 + 1000
+    ten_seconds = audio(10).prompt_tokens
+    assert fit_max_tokens([audio(10)], s, 65536) == 65536 - ten_seconds - 64  # 64: question + scaffolding
+    assert fit_max_tokens([audio(10)], s, None) is None  # the server decides
 
 
 def test_fit_max_tokens_shrinks_to_the_context_then_refuses():
@@ -110,3 +112,14 @@ def test_server_split_fields():
     out = splitter.feed_reasoning("Let me ") + splitter.feed_reasoning("listen.") + splitter.feed_answer("\n\nA dog.")
     assert [(d.kind, d.text) for d in out] == [("reasoning", "Let me"), ("reasoning", " listen."), ("answer", "A dog.")]
     assert np.array_equal(np.array(splitter.answer_parts), np.array(["A dog."]))
+
+
+def test_without_a_cap_the_engine_leaves_max_tokens_to_the_server():
+    from stepaudio_cli.prompt import Request, request_max_tokens
+
+    uncapped = Request(audios=(audio(10),), question="Q", sampling=Sampling())
+    capped = Request(audios=(audio(10),), question="Q", sampling=Sampling(max_tokens=500))
+    assert request_max_tokens(uncapped, 16384) is None  # vLLM fills in exactly what the real prompt leaves
+    assert request_max_tokens(capped, 16384) == 500
+    with pytest.raises(AudioError):  # the audio is still checked against the context first
+        request_max_tokens(Request(audios=(audio(1200),), question="Q", sampling=Sampling()), 16384)

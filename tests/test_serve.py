@@ -85,16 +85,19 @@ def test_command_carries_the_model_settings(gpus, tp, pp, expect_tp, tmp_path):
     opts = core.ServeOptions(
         model="stepfun-ai/Step-Audio-R1", tensor_parallel_size=tp, pipeline_parallel_size=pp, api_key="k",
         distributed_executor_backend="ray" if pp > 1 else None, extra=["--enable-prefix-caching"],
+        quantization="fp8" if gpus == 8 else None, raw_reasoning=tp == "2",
     )
     cmd = core.build_command(opts, tmp_path, gpus)
     args = {cmd[i]: cmd[i + 1] for i in range(3, len(cmd) - 1)}
     assert cmd[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
     assert args["--tensor-parallel-size"] == str(expect_tp) and args["--pipeline-parallel-size"] == str(pp)
-    assert args["--reasoning-parser"] == "step_audio_r1"
+    assert args["--reasoning-parser"] == ("step_audio_r1_raw" if tp == "2" else "step_audio_r1")
     assert Path(args["--chat-template"]).read_text().count("<|BOT|>") >= 2
-    assert args["--max-model-len"] == "16384" and args["--host"] == "127.0.0.1"
+    assert args["--max-model-len"] == "-1" and args["--host"] == "127.0.0.1"  # -1: vLLM fits it to the KV cache
     assert args["--served-model-name"] == "stepfun-ai/Step-Audio-R1" and args["--api-key"] == "k"
-    assert json.loads(args["--override-generation-config"]) == {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 8192}
+    # No max_tokens default: a request without one gets what the context leaves.
+    assert json.loads(args["--override-generation-config"]) == {"temperature": 0.7, "top_p": 0.9}
+    assert (args.get("--quantization") == "fp8") == (gpus == 8)
     assert cmd[-1] == "--enable-prefix-caching"
     assert ("--enforce-eager" in cmd) == (gpus == 0)
     assert (args.get("--distributed-executor-backend") == "ray") == (pp > 1)
@@ -110,7 +113,8 @@ def test_sigterm_stops_every_process(scripted_ckpt, tmp_path):
         while time.monotonic() < deadline and "stepaudio ask --server" not in server.tail():
             time.sleep(0.2)
         log = server.tail()
-        assert f"ready at http://127.0.0.1:{port}/v1" in log and "stepaudio ask --server" in log
+        assert f"ready at http://127.0.0.1:{port}/v1 (context 2048 tokens: as asked)" in log
+        assert "stepaudio ask --server" in log
         family = psutil.Process(server.proc.pid).children(recursive=True)
         assert family, "vLLM runs as child processes"
         server.proc.send_signal(signal.SIGTERM)  # to stepaudio only: it must take vLLM down
@@ -124,3 +128,32 @@ def test_sigterm_stops_every_process(scripted_ckpt, tmp_path):
             httpx.get(f"http://127.0.0.1:{port}/health")
     finally:
         server.stop()
+
+
+def test_chat_template_renders_what_build_prompt_writes(vllm_server, scripted_ckpt):
+    """vLLM's own chat path (/tokenize on the server) against the in-process prompt, token
+    for token: the same turns, the \\n between the question and the audio, and each audio
+    chunk expanded the same way by the plugin's processor."""
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    from stepaudio_cli.audio import Audio, chunk_tokens
+    from stepaudio_cli.prompt import build_messages, build_prompt
+    from stepaudio_cli.testing import SPECIAL_TOKENS
+
+    audio = Audio("a.wav", (0.1 * np.sin(np.arange(16000 * 30) / 16000 * 2 * np.pi * 440)).astype(np.float32))
+    served = httpx.post(
+        vllm_server.url + "/tokenize", headers={"Authorization": "Bearer sekret"}, timeout=120,
+        json={"model": httpx.get(vllm_server.url + "/v1/models", headers={"Authorization": "Bearer sekret"}).json()["data"][0]["id"],
+              "messages": build_messages("What is this?", [audio], system="Be brief."),
+              "add_generation_prompt": False, "continue_final_message": True},
+    )
+    assert served.status_code == 200, served.text
+    ours = Tokenizer.from_file(str(scripted_ckpt / "tokenizer.json")).encode(
+        build_prompt("What is this?", [audio], system="Be brief."), add_special_tokens=False
+    ).ids
+    start, patch, end = (SPECIAL_TOKENS[t] for t in ("<audio_start>", "<audio_patch>", "<audio_end>"))
+    chunks = iter(audio.chunks())
+    expanded = [t for i in ours for t in ([start, *[patch] * chunk_tokens(len(next(chunks))), end] if i == patch else [i])]
+    assert served.json()["tokens"] == expanded
+    assert ours.count(patch) == 2  # 30 s: two chunks

@@ -29,7 +29,7 @@ def request(thinking: Thinking, max_tokens: int = 60) -> Request:
 @pytest.fixture(scope="module")
 def local(scripted_ckpt):
     loop = LoopThread()
-    engine = LocalEngine(str(scripted_ckpt), max_model_len=4096, max_num_seqs=4)
+    engine = LocalEngine(str(scripted_ckpt), max_model_len=4096, max_num_seqs=4, thinking_processor=True)
     loop.run(engine.start())
     yield lambda req: loop.run(collect(engine, req))
     loop.run(engine.close())

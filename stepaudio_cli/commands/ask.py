@@ -36,6 +36,8 @@ def ask(
     tensor_parallel_size: common.TPOpt = None,
     gpu_memory_utilization: common.GpuMemOpt = None,
     dtype: common.DtypeOpt = "auto",
+    quantization: common.QuantOpt = None,
+    load_format: common.LoadFormatOpt = "auto",
 ) -> None:
     """Ask one question about one or more audio files; streams reasoning and answer."""
     from stepaudio_cli import ask as core
@@ -45,10 +47,11 @@ def ask(
         if len(inputs) < 2:
             raise core.UserError("give at least one audio file and a question, e.g. stepaudio ask clip.wav \"What is this?\"")
         *sources, question = inputs
-        settings = common.EngineSettings.from_options(
-            server, api_key, model, max_model_len, tensor_parallel_size, gpu_memory_utilization, dtype, max_num_seqs=4
-        )
         think = common.thinking(think_budget, min_think, effort, no_think)
+        settings = common.EngineSettings.from_options(
+            server, api_key, model, max_model_len, tensor_parallel_size, gpu_memory_utilization, dtype, max_num_seqs=4,
+            quantization=quantization, load_format=load_format, thinking_processor=think.constrained,
+        )
         request = core.prepare(sources, question, system, common.sampling(temperature, top_p, max_tokens, seed), think)
         view = core.AskView(term, json_output=json_output, hide_reasoning=hide_reasoning)
         common.run(core.ask(settings, request, view))

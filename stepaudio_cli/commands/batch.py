@@ -52,6 +52,8 @@ def batch(
     tensor_parallel_size: common.TPOpt = None,
     gpu_memory_utilization: common.GpuMemOpt = None,
     dtype: common.DtypeOpt = "auto",
+    quantization: common.QuantOpt = None,
+    load_format: common.LoadFormatOpt = "auto",
 ) -> None:
     """Ask the same question about every audio file in directories; resumable JSONL/CSV results."""
     from stepaudio_cli import batch as core
@@ -61,8 +63,10 @@ def batch(
     term = Terminal()
     with common.user_errors(term):
         question = _question(prompt, prompt_file)
+        thinking = common.thinking(think_budget, min_think, effort, no_think)
         settings = common.EngineSettings.from_options(
-            server, api_key, model, max_model_len, tensor_parallel_size, gpu_memory_utilization, dtype, max_num_seqs
+            server, api_key, model, max_model_len, tensor_parallel_size, gpu_memory_utilization, dtype, max_num_seqs,
+            quantization=quantization, load_format=load_format, thinking_processor=thinking.constrained,
         )
         if output is None:
             if sys.stdout.isatty():
@@ -77,7 +81,7 @@ def batch(
         default_concurrency = 32 * len(settings.servers) if settings.servers else 2 * max_num_seqs
         job = core.BatchJob(
             prompt=question, system=system, sampling=common.sampling(temperature, top_p, max_tokens, seed),
-            thinking=common.thinking(think_budget, min_think, effort, no_think),
+            thinking=thinking,
             concurrency=concurrency or default_concurrency, retries=retries, retry_failed=retry_failed,
             overwrite=overwrite, hide_reasoning=hide_reasoning,
         )

@@ -67,6 +67,19 @@ DtypeOpt = Annotated[
     str,
     typer.Option(envvar="STEPAUDIO_DTYPE", help="Weights dtype: auto, bfloat16, float16, float32.", rich_help_panel=ENGINE),
 ]
+QuantOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="STEPAUDIO_QUANTIZATION",
+        help="Quantize the weights as they load: fp8 (about 33 GB instead of 67; Hopper/Ada GPUs).",
+        rich_help_panel=ENGINE,
+    ),
+]
+LoadFormatOpt = Annotated[
+    str,
+    typer.Option(envvar="STEPAUDIO_LOAD_FORMAT", hidden=True,
+                 help="vLLM load format; 'dummy' builds random weights from config.json (GPU checks without the 67 GB)."),
+]
 TemperatureOpt = Annotated[
     float, typer.Option(envvar="STEPAUDIO_TEMPERATURE", min=0.0, help="Sampling temperature.", rich_help_panel=SAMPLING)
 ]
@@ -74,9 +87,10 @@ TopPOpt = Annotated[
     float, typer.Option(envvar="STEPAUDIO_TOP_P", min=0.0, max=1.0, help="Nucleus sampling.", rich_help_panel=SAMPLING)
 ]
 MaxTokensOpt = Annotated[
-    int,
+    int | None,
     typer.Option(
-        envvar="STEPAUDIO_MAX_TOKENS", min=1, help="Most tokens to generate (reasoning + answer).",
+        envvar="STEPAUDIO_MAX_TOKENS", min=1,
+        help="Most tokens to generate (reasoning + answer); default: all the context leaves after the prompt.",
         rich_help_panel=SAMPLING,
     ),
 ]
@@ -124,6 +138,11 @@ class EngineSettings:
     gpu_memory_utilization: float | None = None
     dtype: str = "auto"
     max_num_seqs: int = 32
+    quantization: str | None = None
+    #: Load the reasoning-length logits processor (in-process). Only runs that limit the
+    #: reasoning need it: with it loaded vLLM 0.26 falls back from its faster model runner.
+    thinking_processor: bool = False
+    load_format: str = "auto"
 
     @classmethod
     def from_options(
@@ -136,7 +155,13 @@ class EngineSettings:
         gpu_memory_utilization: float | None,
         dtype: str,
         max_num_seqs: int = 32,
+        *,
+        quantization: str | None = None,
+        thinking_processor: bool = False,
+        load_format: str = "auto",
     ) -> EngineSettings:
+        if quantization not in (None, "fp8"):
+            raise UserError(f"--quantization must be fp8 (vLLM's online FP8), not {quantization!r}")
         servers = [u for s in (server or []) for u in s.split(",") if u.strip()]
         return cls(
             servers=servers,
@@ -148,10 +173,13 @@ class EngineSettings:
             gpu_memory_utilization=gpu_memory_utilization,
             dtype=dtype,
             max_num_seqs=max_num_seqs,
+            quantization=quantization,
+            thinking_processor=thinking_processor,
+            load_format=load_format,
         )
 
 
-def sampling(temperature: float, top_p: float, max_tokens: int, seed: int | None):
+def sampling(temperature: float, top_p: float, max_tokens: int | None, seed: int | None):
     from stepaudio_cli.prompt import Sampling
 
     return Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)

@@ -35,7 +35,18 @@ def serve(
     distributed_executor_backend: Annotated[
         str | None, typer.Option(help="vLLM executor: mp (one node) or ray (several nodes).", rich_help_panel=DIST)
     ] = None,
-    max_model_len: common.MaxModelLenOpt = common.DEFAULTS["max_model_len"],
+    max_model_len: Annotated[
+        int | None,
+        typer.Option(envvar="STEPAUDIO_MAX_MODEL_LEN", min=1024,
+                     help="Context length (default: the most the KV cache holds, up to the model's maximum)."),
+    ] = None,
+    quantization: common.QuantOpt = None,
+    raw_reasoning: Annotated[
+        bool,
+        typer.Option("--raw-reasoning", envvar="STEPAUDIO_RAW_REASONING",
+                     help="Send reasoning, </think> and answer all in `content`, as StepFun's server does "
+                          "(for clients that split the text themselves, like StepFun's own examples)."),
+    ] = False,
     max_num_seqs: Annotated[int, typer.Option(envvar="STEPAUDIO_MAX_NUM_SEQS", min=1, help="Requests batched at once.")] = 32,
     gpu_memory_utilization: common.GpuMemOpt = None,
     dtype: common.DtypeOpt = "auto",
@@ -53,7 +64,8 @@ def serve(
             model=model, host=host, port=port, api_key=api_key, tensor_parallel_size=tensor_parallel_size,
             pipeline_parallel_size=pipeline_parallel_size, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
             gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
-            distributed_executor_backend=distributed_executor_backend, extra=list(ctx.args),
+            distributed_executor_backend=distributed_executor_backend, extra=list(ctx.args), quantization=quantization,
+            raw_reasoning=raw_reasoning,
         )
         log = log_file or engine_log_path().with_name(f"serve-{port}.log")
         code = core.run(opts, term, log_path=log, passthrough=verbose, ready_timeout=ready_timeout)

@@ -31,4 +31,7 @@ def open_engine(settings) -> Engine:
         gpu_memory_utilization=settings.gpu_memory_utilization,
         dtype=settings.dtype,
         max_num_seqs=settings.max_num_seqs,
+        quantization=settings.quantization,
+        thinking_processor=settings.thinking_processor,
+        load_format=settings.load_format,
     )

@@ -13,9 +13,11 @@ from collections.abc import AsyncIterator, Callable
 from stepaudio_cli.audio import SAMPLE_RATE
 from stepaudio_cli.engines.base import Clock, Done, Engine, Usage
 from stepaudio_cli.errors import EngineError, UserError
-from stepaudio_cli.prompt import EOT, THINK_END, Delta, ReasoningSplitter, Request, build_prompt, fit_max_tokens
+from stepaudio_cli.models import TokenIds, find_sequence
+from stepaudio_cli.prompt import Delta, ReasoningSplitter, Request, build_prompt, request_max_tokens
 
 CPU_MEMORY_FRACTION = 0.3  # on the CPU backend the "GPU" memory flag sizes the KV cache in RAM
+THINKING_PROCESSOR = "stepaudio_cli.vllm_plugin.thinking:ThinkingLogitsProcessor"
 
 
 def quiet_vllm_logs() -> None:
@@ -91,7 +93,9 @@ class LocalEngine(Engine):
         gpu_memory_utilization: float | None = None,
         dtype: str = "auto",
         max_num_seqs: int = 32,
-        enforce_eager: bool | None = None,
+        quantization: str | None = None,
+        thinking_processor: bool = False,
+        load_format: str = "auto",
         max_audio_items: int = 64,
     ) -> None:
         self.model = model
@@ -100,22 +104,25 @@ class LocalEngine(Engine):
         self.gpu_memory_utilization = gpu_memory_utilization
         self.dtype = dtype
         self.max_num_seqs = max_num_seqs
-        self.enforce_eager = enforce_eager
+        self.quantization = quantization
+        self.thinking_processor = thinking_processor
+        self.load_format = load_format  # "dummy": random weights from the config (bench)
         self.max_audio_items = max_audio_items
+        self.tensor_parallel_used = 1
         self._engine = None
 
     async def start(self, on_status: Callable[[str], None] | None = None) -> None:
         from stepaudio_cli.models import check_checkpoint, resolve_model
 
         path = resolve_model(self.model)
-        check_checkpoint(path)
+        config = check_checkpoint(path)
         with engine_output_to_log() as log:
             import_vllm()
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM
 
             gpus = gpu_count()
-            tp = self.tensor_parallel_size or max(gpus, 1)
+            tp = self.tensor_parallel_used = self.tensor_parallel_size or max(gpus, 1)
             if gpus and tp > gpus:
                 raise UserError(f"--tensor-parallel-size {tp} but only {gpus} GPU(s) are visible", exit_code=2)
             mem = self.gpu_memory_utilization or (0.9 if gpus else CPU_MEMORY_FRACTION)
@@ -127,25 +134,23 @@ class LocalEngine(Engine):
                 dtype=self.dtype,
                 max_num_seqs=self.max_num_seqs,
                 limit_mm_per_prompt={"audio": self.max_audio_items},
-                enforce_eager=bool(self.enforce_eager if self.enforce_eager is not None else not gpus),
+                enforce_eager=not gpus,  # no CUDA graphs / compilation on the CPU backend
+                load_format=self.load_format,
                 disable_log_stats=True,
-                logits_processors=["stepaudio_cli.vllm_plugin.thinking:ThinkingLogitsProcessor"],
+                quantization=self.quantization,
+                logits_processors=[THINKING_PROCESSOR] if self.thinking_processor else None,
             )
             try:
                 self._engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
             except Exception as e:  # noqa: BLE001 - vLLM raises many kinds; the user needs one line
                 where = f" (engine log: {log})" if log else ""
                 raise EngineError(f"{path}: vLLM could not start the model: {_root_cause(e)}{where}") from None
-        tokenizer = self._engine.tokenizer if hasattr(self._engine, "tokenizer") else None
+        tokenizer = getattr(self._engine, "tokenizer", None)
         if tokenizer is None:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(str(path))
-        vocab = tokenizer.get_vocab()
-        self._eot_id = vocab.get(EOT)
-        self._think_end_id = vocab.get(THINK_END)
-        if self._eot_id is None:
-            raise UserError(f"{path}: the tokenizer has no {EOT} token; not a Step-Audio checkpoint")
+        self._tokens = TokenIds(tokenizer, str(path), config)
 
     async def stream(self, request: Request) -> AsyncIterator[Delta | Done]:
         from vllm import SamplingParams
@@ -156,20 +161,22 @@ class LocalEngine(Engine):
         t = request.thinking
         extra = None
         if t.constrained:
-            if self._think_end_id is None:
-                raise UserError(f"{self.model}: the tokenizer has no {THINK_END} token; cannot limit reasoning")
+            if not self.thinking_processor:
+                raise UserError("this engine was started without the reasoning-length processor (thinking_processor=True)")
             from stepaudio_cli.vllm_plugin.thinking import EXTRA_ARGS_KEY
 
-            spec = {"end_id": self._think_end_id, "stop_ids": [self._eot_id], "budget": t.budget, "min": t.min_tokens}
+            tok = self._tokens
+            spec = {"end_ids": tok.think_end, "stop_ids": tok.stop, "budget": t.budget, "min": t.min_tokens}
             extra = {EXTRA_ARGS_KEY: spec}
         params = SamplingParams(
             temperature=s.temperature,
             top_p=s.top_p,
-            max_tokens=fit_max_tokens(request.audios, s, self.max_model_len),
+            max_tokens=request_max_tokens(request, self.max_model_len),
             seed=s.seed,
-            stop_token_ids=[self._eot_id],
+            stop_token_ids=[] if request.fixed_length else self._tokens.stop,
             skip_special_tokens=False,
             output_kind=RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY,
+            ignore_eos=request.fixed_length,
             extra_args=extra,
         )
         prompt = {
@@ -179,9 +186,10 @@ class LocalEngine(Engine):
         request_id = uuid.uuid4().hex
         clock = Clock()
         splitter = ReasoningSplitter(in_answer=not t.enabled)
-        completion = reasoning_tokens = prompt_tokens = 0
+        completion = prompt_tokens = 0
+        reasoning_ids: list[int] = []  # output tokens up to the split, to count the reasoning
+        reasoning_tokens = None if t.enabled else 0
         finish_reason = None
-        in_reasoning = t.enabled
         finished = False
         try:
             async for out in self._engine.generate(prompt, params, request_id):
@@ -191,13 +199,15 @@ class LocalEngine(Engine):
                     if ids:
                         clock.tick()
                     completion += len(ids)
-                    for tid in ids:
-                        if in_reasoning and tid == self._think_end_id:
-                            in_reasoning = False
-                        elif in_reasoning:
-                            reasoning_tokens += 1
+                    if reasoning_tokens is None:
+                        reasoning_ids += ids
                     for ev in splitter.feed(c.text):
                         yield ev
+                    if reasoning_tokens is None and splitter.in_answer:
+                        # The text split on </think>; the tokens before the tag (one
+                        # special token or several plain ones) are the reasoning.
+                        end = find_sequence(reasoning_ids, self._tokens.think_end)
+                        reasoning_tokens = end - len(self._tokens.think_end) if end >= 0 else len(reasoning_ids)
                     finish_reason = c.finish_reason or finish_reason
                 finished = out.finished
         except (asyncio.CancelledError, GeneratorExit):
@@ -210,10 +220,18 @@ class LocalEngine(Engine):
             yield ev
         yield Done(
             model=self.model,
-            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, reasoning_tokens=reasoning_tokens),
+            usage=Usage(
+                prompt_tokens=prompt_tokens, completion_tokens=completion,
+                reasoning_tokens=len(reasoning_ids) if reasoning_tokens is None else reasoning_tokens,
+            ),
             timings=clock.timings(completion, streamed=request.stream),
             finish_reason=finish_reason,
         )
+
+    def kv_cache_tokens(self) -> int | None:
+        """Tokens the KV cache holds (all requests together), as the engine sized it."""
+        cache = self._engine.vllm_config.cache_config
+        return cache.num_gpu_blocks * cache.block_size if cache.num_gpu_blocks else None
 
     async def close(self) -> None:
         engine, self._engine = self._engine, None

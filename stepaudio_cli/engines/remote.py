@@ -12,13 +12,12 @@ from stepaudio_cli.errors import EngineError, UserError
 from stepaudio_cli.prompt import (
     ASSISTANT_PREFIX,
     EOT,
-    EOT_TOKEN_ID,
     THINK_END,
     Delta,
     ReasoningSplitter,
     Request,
     build_messages,
-    fit_max_tokens,
+    request_max_tokens,
 )
 
 CONNECT_TIMEOUT = 10.0
@@ -70,7 +69,8 @@ class RemoteEngine(Engine):
         self.model = model or ""
         self.in_flight = 0
         self.read_timeout = read_timeout
-        self._token_ids: dict[str, int] = {}
+        self._tokenized: dict[str, list[int]] = {}
+        self._eot_id: int | None = None
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
@@ -95,8 +95,13 @@ class RemoteEngine(Engine):
             raise UserError(f"{self.url}: the server has no model {self.model!r} (it serves: {names})")
         self.model = str(chosen.get("id"))
         self.max_model_len = chosen.get("max_model_len")
+        try:
+            eot = await self._token_ids(EOT)
+        except EngineError:  # not a vLLM server: stop on the text instead
+            eot = []
+        self._eot_id = eot[0] if len(eot) == 1 else None
 
-    def _payload(self, request: Request, assistant_prefix: str, max_tokens: int) -> dict:
+    def _payload(self, request: Request, assistant_prefix: str, max_tokens: int | None) -> dict:
         s = request.sampling
         payload = {
             "model": self.model,
@@ -105,21 +110,26 @@ class RemoteEngine(Engine):
             "stream_options": {"include_usage": True},
             "temperature": s.temperature,
             "top_p": s.top_p,
-            "max_tokens": max_tokens,
             # vLLM extensions: continue the assistant's "<think>\n", keep special tokens so the
-            # </think> tag survives, and stop on <|EOT|>. (No `stop` string: vLLM holds back
-            # text that could start one, which shifts text against tokens in its reasoning split.)
+            # </think> tag survives, and stop on <|EOT|> (its id as the server's tokenizer has
+            # it; a `stop` string only where the server cannot say, since vLLM holds back text
+            # that could start one, which shifts text against tokens in its reasoning split).
             "continue_final_message": True,
             "add_generation_prompt": False,
             "skip_special_tokens": False,
-            "stop_token_ids": [EOT_TOKEN_ID],
         }
+        if self._eot_id is not None:
+            payload["stop_token_ids"] = [self._eot_id]
+        else:
+            payload["stop"] = [EOT]
+        if max_tokens is not None:  # else the server gives all the room its context leaves
+            payload["max_tokens"] = max_tokens
         if s.seed is not None:
             payload["seed"] = s.seed
         return payload
 
     async def stream(self, request: Request) -> AsyncIterator[Delta | Done]:
-        max_tokens = fit_max_tokens(request.audios, request.sampling, self.max_model_len)
+        max_tokens = request_max_tokens(request, self.max_model_len)
         self.in_flight += 1
         try:
             run = _Run(request.thinking)
@@ -134,50 +144,64 @@ class RemoteEngine(Engine):
         finally:
             self.in_flight -= 1
 
-    async def _phased(self, request: Request, max_tokens: int, run: _Run) -> AsyncIterator[Delta]:
+    async def _phased(self, request: Request, max_tokens: int | None, run: _Run) -> AsyncIterator[Delta]:
         """Reasoning length control against a stock server, in up to three requests that each
         continue the assistant message: a reasoning-only stretch with ``</think>`` and
         ``<|EOT|>`` banned (``--min-think``), a stretch capped at the budget, then the rest
         (after a forced ``</think>`` when the budget ran out)."""
         t = request.thinking
-        left = max_tokens
+        left = max_tokens  # None: no cap but the context
+
+        def upto(n: int) -> int:
+            return n if left is None else min(n, left)
+
+        def more() -> bool:
+            return left is None or left > 0
+
         if t.min_tokens:
-            bias = {str(await self._token_id(THINK_END)): -100, str(await self._token_id(EOT)): -100}
-            payload = self._payload(request, ASSISTANT_PREFIX, min(t.min_tokens, left)) | {"logit_bias": bias}
+            # The tag may be several tokens: banning its first one holds it back.
+            end, eot = await self._token_ids(THINK_END), await self._token_ids(EOT)
+            if len(eot) != 1:
+                raise EngineError(f"{self.url}: the server's tokenizer has no single {EOT} token")
+            bias = {str(end[0]): -100, str(eot[0]): -100}
+            payload = self._payload(request, ASSISTANT_PREFIX, upto(t.min_tokens)) | {"logit_bias": bias}
             async for ev in self._phase(payload, run, "reasoning"):
                 yield ev
-            left -= run.phase_tokens
-        if t.budget is not None and left > 0:
+            left = None if left is None else left - run.phase_tokens
+        if t.budget is not None and more():
             room = max(t.budget - run.reasoning_tokens, 0)
             if room:
-                async for ev in self._phase(self._payload(request, run.prefix(), min(room, left)), run, "normal"):
+                async for ev in self._phase(self._payload(request, run.prefix(), upto(room)), run, "normal"):
                     yield ev
-                left -= run.phase_tokens
+                left = None if left is None else left - run.phase_tokens
                 if run.finish_reason == "stop" and run.splitter.in_answer:
                     return
             # Budget spent, or the model stopped without closing its reasoning: close it.
             if not run.splitter.in_answer:
                 for ev in run.splitter.feed_answer(""):
                     yield ev
-        if left > 0:
+        if more():
             mode = "answer" if run.splitter.in_answer else "normal"
             async for ev in self._phase(self._payload(request, run.prefix(), left), run, mode):
                 yield ev
 
-    async def _token_id(self, text: str) -> int:
-        """A special token's id on the server (vLLM's /tokenize), for logit_bias."""
-        if text in self._token_ids:
-            return self._token_ids[text]
+    async def _token_ids(self, text: str) -> list[int]:
+        """``text`` as the server's tokenizer writes it (vLLM's /tokenize)."""
+        if text in self._tokenized:
+            return self._tokenized[text]
         url = self.base.removesuffix("/v1") + "/tokenize"
         try:
             response = await self._client.post(url, json={"model": self.model, "prompt": text, "add_special_tokens": False})
         except httpx.HTTPError as e:
             raise self._transport_error(e) from None
-        tokens = response.json().get("tokens") if response.status_code == 200 else None
-        if not tokens or len(tokens) != 1:
+        try:
+            tokens = response.json().get("tokens") if response.status_code == 200 else None
+        except ValueError:
+            tokens = None
+        if not tokens:
             raise EngineError(f"{self.url}: --min-think needs a vLLM server that can tokenize {text} (POST /tokenize)")
-        self._token_ids[text] = int(tokens[0])
-        return self._token_ids[text]
+        self._tokenized[text] = [int(t) for t in tokens]
+        return self._tokenized[text]
 
     async def _phase(self, payload: dict, run: _Run, mode: str) -> AsyncIterator[Delta]:
         """One streamed request. ``mode``: "normal" (reasoning then answer), "reasoning" (all

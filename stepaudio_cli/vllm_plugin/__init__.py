@@ -7,9 +7,10 @@ Nothing here imports torch or vLLM at module import time.
 
 from __future__ import annotations
 
-ARCHITECTURE = "StepAudio2ForCausalLM"
-MODEL_TYPE = "step_audio_2"
+from stepaudio_cli.models import ARCHITECTURE
+
 REASONING_PARSER = "step_audio_r1"
+RAW_REASONING_PARSER = "step_audio_r1_raw"  # everything in `content`, as StepFun's server sends it
 
 _registered = False
 
@@ -21,20 +22,17 @@ def register() -> None:
     from transformers import AutoConfig
     from vllm import ModelRegistry
 
-    from stepaudio_cli.vllm_plugin.config import StepAudio2Config
+    from stepaudio_cli.vllm_plugin.config import StepAudio2Config, StepAudioQwen2Config
 
-    AutoConfig.register(MODEL_TYPE, StepAudio2Config, exist_ok=True)
+    for config_class in (StepAudio2Config, StepAudioQwen2Config):
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         # Lazy "module:class" form: the model module (and its processor registration)
         # is imported only where the model is actually built or its inputs processed.
         ModelRegistry.register_model(ARCHITECTURE, "stepaudio_cli.vllm_plugin.model:StepAudio2ForCausalLM")
-    try:
-        from vllm.reasoning import ReasoningParserManager
+    from vllm.reasoning import ReasoningParserManager
 
-        if REASONING_PARSER not in ReasoningParserManager.list_registered():
-            ReasoningParserManager.register_lazy_module(
-                REASONING_PARSER, "stepaudio_cli.vllm_plugin.reasoning", "StepAudioR1ReasoningParser"
-            )
-    except ImportError:  # very old vLLM without reasoning parsers: answers still split client-side
-        pass
+    for name, cls in ((REASONING_PARSER, "StepAudioR1ReasoningParser"), (RAW_REASONING_PARSER, "StepAudioR1RawParser")):
+        if name not in ReasoningParserManager.list_registered():
+            ReasoningParserManager.register_lazy_module(name, "stepaudio_cli.vllm_plugin.reasoning", cls)
     _registered = True

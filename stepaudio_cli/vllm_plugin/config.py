@@ -1,8 +1,17 @@
-"""Hugging Face config classes for ``model_type: step_audio_2`` (no remote code needed)."""
+"""Hugging Face config classes for Step-Audio-R1 checkpoints (no remote code needed).
+
+Both layouts StepFun's own serving code reads are accepted: nested (``text_config`` +
+``audio_encoder_config``) and flat (the text model's keys at the top level). The keys that
+change the computation are required (:data:`stepaudio_cli.models.TEXT_KEYS`): a checkpoint
+without ``rope_theta`` fails at start naming it instead of silently running with
+transformers' default.
+"""
 
 from __future__ import annotations
 
 from transformers import PretrainedConfig, Qwen2Config
+
+from stepaudio_cli.models import MODEL_TYPES, text_config
 
 
 class StepAudio2EncoderConfig(PretrainedConfig):
@@ -33,22 +42,50 @@ class StepAudio2EncoderConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
 
-class StepAudio2Config(PretrainedConfig):
-    model_type = "step_audio_2"
-    sub_configs = {"text_config": Qwen2Config, "audio_encoder_config": StepAudio2EncoderConfig}
-
-    def __init__(self, text_config=None, audio_encoder_config=None, **kwargs) -> None:
+def _init(self, text_config=None, audio_encoder_config=None, **kwargs) -> None:
+    if isinstance(text_config, Qwen2Config):  # a copy (to_dict / deepcopy) of a checked config
+        self.text_config = text_config
+    elif text_config is None and audio_encoder_config is None and not kwargs:
+        # transformers builds a bare instance to learn the defaults (to_diff_dict);
+        # vLLM never runs one.
+        self.text_config = Qwen2Config()
+    else:
+        raw = {**kwargs, "audio_encoder_config": audio_encoder_config}
         if isinstance(text_config, dict):
-            text_config = dict(text_config)
-            text_config.pop("model_type", None)
-            text_config = Qwen2Config(**text_config)
-        self.text_config = text_config if text_config is not None else Qwen2Config()
-        if isinstance(audio_encoder_config, dict):
-            audio_encoder_config = StepAudio2EncoderConfig(**audio_encoder_config)
-        self.audio_encoder_config = (
-            audio_encoder_config if audio_encoder_config is not None else StepAudio2EncoderConfig()
-        )
-        super().__init__(**kwargs)
+            raw["text_config"] = text_config
+        self.text_config = Qwen2Config(architectures=["Qwen2ForCausalLM"], **text_config_settings(raw))
+    if isinstance(audio_encoder_config, dict):
+        audio_encoder_config = StepAudio2EncoderConfig(**audio_encoder_config)
+    self.audio_encoder_config = audio_encoder_config if audio_encoder_config is not None else StepAudio2EncoderConfig()
+    PretrainedConfig.__init__(self, **kwargs)
 
-    def get_text_config(self, *args, **kwargs):
-        return self.text_config
+
+def _get_text_config(self, *args, **kwargs):
+    return self.text_config
+
+
+# Two model_types, one behaviour. Plain functions, not a base class: transformers 5 turns a
+# config subclass's __init__ into a generated one.
+class StepAudio2Config(PretrainedConfig):
+    model_type = MODEL_TYPES[0]
+    sub_configs = {"text_config": Qwen2Config, "audio_encoder_config": StepAudio2EncoderConfig}
+    __init__ = _init
+    get_text_config = _get_text_config
+
+
+class StepAudioQwen2Config(PretrainedConfig):
+    """The same model under the other model_type StepFun's serving code accepts."""
+
+    model_type = MODEL_TYPES[1]
+    sub_configs = StepAudio2Config.sub_configs
+    __init__ = _init
+    get_text_config = _get_text_config
+
+
+def text_config_settings(raw: dict) -> dict:
+    """Qwen2Config arguments from a raw config, with transformers' tensor-dtype key renamed."""
+    settings = text_config(raw)
+    dtype = settings.pop("torch_dtype", None) or raw.get("torch_dtype") or raw.get("dtype")
+    if dtype:
+        settings["dtype"] = dtype
+    return settings

@@ -35,9 +35,17 @@ from vllm.multimodal.processing import (
 )
 from vllm.sequence import IntermediateTensors
 
-from stepaudio_cli.audio import CHUNK_SAMPLES, SAMPLE_RATE, adapter_frames, encoder_frames, split_chunks
-from stepaudio_cli.prompt import AUDIO_END, AUDIO_PATCH, AUDIO_START
-from stepaudio_cli.vllm_plugin.config import StepAudio2Config
+from stepaudio_cli.audio import (
+    SAMPLE_RATE,
+    adapter_frames,
+    encoder_frames,
+    item_embeddings,
+    max_audio_samples,
+    split_chunks,
+)
+from stepaudio_cli.models import AUDIO_END, AUDIO_PATCH, AUDIO_START
+from stepaudio_cli.vllm_plugin import compat
+from stepaudio_cli.vllm_plugin.config import StepAudio2Config, StepAudioQwen2Config
 from stepaudio_cli.vllm_plugin.frontend import log_mel
 from stepaudio_cli.vllm_plugin.tower import Adapter, AudioEncoder, encode_chunks
 
@@ -53,24 +61,25 @@ def _chunk_token_count(mel_len: int) -> int:
 
 class StepAudio2ProcessingInfo(BaseProcessingInfo):
     def get_hf_config(self) -> StepAudio2Config:
-        return self.ctx.get_hf_config(StepAudio2Config)
+        return self.ctx.get_hf_config((StepAudio2Config, StepAudioQwen2Config))
 
     def get_data_parser(self) -> MultiModalDataParser:
         # soxr, not vLLM's default torchaudio, which is not always importable.
-        return MultiModalDataParser(
+        return compat.data_parser(
+            self,
             target_sr=SAMPLE_RATE,
             target_channels=1,
             audio_resample_method="soxr",
             expected_hidden_size=self._get_expected_hidden_size(),
-            allow_missing_mm_embeddings=self.allow_missing_mm_embeddings,
         )
 
     def get_supported_mm_limits(self) -> Mapping[str, int | None]:
         return {"audio": None}
 
     def get_mm_max_tokens_per_item(self, seq_len: int, mm_counts: Mapping[str, int] | None = None):
-        # One item is at most one 25 s chunk as the client sends it.
-        return {"audio": _chunk_token_count((CHUNK_SAMPLES + 479) // 160) + 2}
+        # An item of any length is cut into 25 s chunks here, so the longest item is the
+        # longest audio whose prompt fits the context; the encoder cache is sized for it.
+        return {"audio": item_embeddings(max_audio_samples(seq_len))}
 
     def token_id(self, token: str) -> int:
         vocab = self.get_tokenizer().get_vocab()
@@ -84,21 +93,23 @@ class StepAudio2DummyInputsBuilder(BaseDummyInputsBuilder[StepAudio2ProcessingIn
         return AUDIO_PATCH * mm_counts.get("audio", 0)
 
     def get_dummy_mm_data(self, seq_len: int, mm_counts: Mapping[str, int], mm_options=None):
+        # As long as the longest item get_mm_max_tokens_per_item declares: profiling then
+        # measures the encoder on the largest batch of chunks a request can bring.
         overrides = mm_options.get("audio") if mm_options else None
         return {
             "audio": self._get_dummy_audios(
-                length=CHUNK_SAMPLES, num_audios=mm_counts.get("audio", 0), overrides=overrides
+                length=max_audio_samples(seq_len), num_audios=mm_counts.get("audio", 0), overrides=overrides
             )
         }
 
 
-class StepAudio2MultiModalProcessor(BaseMultiModalProcessor[StepAudio2ProcessingInfo]):
-    def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]) -> BatchFeature:
+class StepAudio2MultiModalProcessor(compat.audio_processor_hooks(), BaseMultiModalProcessor[StepAudio2ProcessingInfo]):
+    def _process_audio(self, audios: list) -> BatchFeature:
         n_mels = self.info.get_hf_config().audio_encoder_config.n_mels
         mels: list[torch.Tensor] = []
         chunk_lens: list[int] = []
         chunk_counts: list[int] = []
-        for audio in hf_data.get("audio") or []:
+        for audio in audios:
             chunks = split_chunks(np.asarray(audio, dtype=np.float32).reshape(-1))
             for chunk in chunks:
                 mel = log_mel(chunk, n_mels)

@@ -94,15 +94,31 @@ class Adapter(nn.Module):
         return self.linear2(self.relu(self.linear1(x)))
 
 
-def encode_chunks(encoder: AudioEncoder, adapter: Adapter, features: torch.Tensor, chunk_lens: list[int]) -> list[torch.Tensor]:
+#: Chunks run through the tower at once. A 25 s chunk is 1,500 frames of 20-head attention;
+#: 16 of them took 4.9 GiB at the real sizes in bf16 (benchmarks/tower_gpu.py, H100), and a
+#: 20-minute item is 48 chunks: groups keep its peak memory that of one group.
+TOWER_BATCH = 16
+
+
+def encode_chunks(
+    encoder: AudioEncoder, adapter: Adapter, features: torch.Tensor, chunk_lens: list[int], batch: int = TOWER_BATCH
+) -> list[torch.Tensor]:
     """Mel frames of several chunks, concatenated as (sum T, n_mels), through encoder and
-    adapter as one padded batch; one (tokens, llm_dim) tensor per chunk."""
-    param = encoder.conv1.weight
+    adapter in padded batches of at most ``batch`` chunks; one (tokens, llm_dim) tensor per chunk."""
     chunks = torch.split(features, chunk_lens)
-    mel = torch.zeros(len(chunks), features.shape[-1], max(chunk_lens), dtype=param.dtype, device=param.device)
+    out: list[torch.Tensor] = []
+    for i in range(0, len(chunks), batch):
+        out += _encode_batch(encoder, adapter, chunks[i : i + batch])
+    return out
+
+
+def _encode_batch(encoder: AudioEncoder, adapter: Adapter, chunks: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    param = encoder.conv1.weight
+    lens = [c.shape[0] for c in chunks]
+    mel = torch.zeros(len(chunks), chunks[0].shape[-1], max(lens), dtype=param.dtype, device=param.device)
     for i, c in enumerate(chunks):
         mel[i, :, : c.shape[0]] = c.T.to(param.dtype)
-    x, enc_lens = encoder(mel, torch.tensor(chunk_lens, device=param.device))
+    x, enc_lens = encoder(mel, torch.tensor(lens, device=param.device))
     # Zero the padding before the adapter's conv reads across the chunk's end.
     x = x * length_mask(enc_lens, x.shape[1])[:, :, None].to(x.dtype)
     y = adapter(x)

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# On a lent GPU machine after the ../shared/gpu kit has installed vLLM into /tmp/site: run
+# the product as a user would, with Step-Audio-R1's real sizes and random weights
+# (STEPAUDIO_LOAD_FORMAT=dummy), and keep each step's output in $OUT.
+#   bash scripts/gpu-check.sh bench     stepaudio bench, bf16 and fp8
+#   bash scripts/gpu-check.sh single    ask (streamed, --json), batch on 32 files
+#   bash scripts/gpu-check.sh serve     serve + the openai package (streaming, input_audio) + ask --server
+#   bash scripts/gpu-check.sh compare   benchmarks/batch_throughput.py --real-sizes (project path vs raw vLLM)
+#   bash scripts/gpu-check.sh multi-tp  2 GPUs: ask -tp 2, serve -tp 2
+#   bash scripts/gpu-check.sh multi-pp  2 GPUs: serve -pp 2, and serve with Ray -tp 2 (kit with RAY=1)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD:/tmp/site VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1 STEPAUDIO_LOAD_FORMAT=dummy
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+SA="python3 -m stepaudio_cli"
+R1=/tmp/r1
+python3 -c "from pathlib import Path; from stepaudio_cli.bench import real_size_checkpoint; real_size_checkpoint(Path('$R1'), tiny=False)"
+python3 - <<'PY'
+import numpy as np, soundfile as sf, os
+os.makedirs("/tmp/clips", exist_ok=True)
+for i in range(32):
+    t = np.arange(10 * 44100) / 44100
+    x = 0.3 * np.sin(2 * np.pi * (200 + 17 * i) * t) + 0.05 * np.random.default_rng(i).normal(size=t.size)
+    sf.write(f"/tmp/clips/clip{i:02d}.wav", np.stack([x, x], 1).astype(np.float32), 44100)
+PY
+step() { local name=$1; shift; echo "=== $name: $*"; local t0=$SECONDS; "$@" >"$OUT/$name.out" 2>"$OUT/$name.err"; local rc=$?
+  echo "--- $name: exit $rc in $((SECONDS - t0)) s"; head -c 1500 "$OUT/$name.out"; echo; tail -n 4 "$OUT/$name.err"; }
+
+serve_check() {  # name, then serve arguments: start, query with openai (streaming, input_audio) and ask --server, stop
+  local name=$1; shift
+  $SA serve "$R1" --port 9999 --max-model-len 8192 "$@" -- --load-format dummy >"$OUT/$name-serve.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 600); do grep -q "stepaudio ask --server" "$OUT/$name-serve.log" && break; kill -0 $pid 2>/dev/null || break; sleep 1; done
+  head -n 3 "$OUT/$name-serve.log"
+  step "$name-openai" python3 - <<'PY'
+import base64, io, numpy as np, soundfile as sf, openai, time
+buf = io.BytesIO(); sf.write(buf, (0.3 * np.sin(np.arange(160000) / 16000 * 2 * np.pi * 440)).astype(np.float32), 16000, format="WAV")
+client = openai.OpenAI(base_url="http://127.0.0.1:9999/v1", api_key="none")
+model = client.models.list().data[0]
+print("model", model.id, "max_model_len", getattr(model, "max_model_len", None))
+t0 = time.perf_counter(); first = None; n = 0; kinds = set()
+for chunk in client.chat.completions.create(model=model.id, max_tokens=64, stream=True, messages=[{"role": "user", "content": [
+        {"type": "text", "text": "What is happening?"},
+        {"type": "input_audio", "input_audio": {"data": base64.b64encode(buf.getvalue()).decode(), "format": "wav"}}]}]):
+    if chunk.choices:
+        d = chunk.choices[0].delta; extra = d.model_extra or {}
+        if d.content or extra.get("reasoning"):
+            first = first or time.perf_counter() - t0; n += 1
+            kinds |= {"content" if d.content else "reasoning"}
+print(f"streamed {n} chunks ({', '.join(sorted(kinds))}), first after {first:.3f} s, all in {time.perf_counter() - t0:.2f} s")
+PY
+  step "$name-ask-server" $SA ask --server http://127.0.0.1:9999 --max-tokens 64 --json /tmp/clips/clip00.wav "What is happening?"
+  kill -TERM $pid; wait $pid; echo "serve exit $?"
+}
+
+case ${1:-} in
+  bench)
+    step bench $SA bench --quantization bf16 --quantization fp8 --new-tokens 512 --concurrency 32
+    ;;
+  single)
+    step ask $SA ask -m "$R1" --max-tokens 128 --max-model-len 8192 /tmp/clips/clip00.wav "What is happening?"
+    step ask-json $SA ask -m "$R1" --json --max-tokens 128 --max-model-len 8192 --think-budget 32 /tmp/clips/clip01.wav "What is happening?"
+    step batch $SA batch -m "$R1" -p "What is happening?" /tmp/clips --max-tokens 256 --max-model-len 8192 -o "$OUT/batch.jsonl"
+    ;;
+  serve)
+    serve_check serve1
+    ;;
+  compare)
+    step compare python3 benchmarks/batch_throughput.py --real-sizes --files 32 --seconds 10 --max-tokens 512 \
+      --temperature 0.7 --top-p 0.9 --max-model-len 8192 --sequential-files 2 --repeat 1 --warmup 4
+    ;;
+  multi-tp)
+    nvidia-smi -L
+    step ask-tp2 $SA ask -m "$R1" -tp 2 --max-tokens 64 --max-model-len 8192 /tmp/clips/clip00.wav "What is happening?"
+    serve_check tp2 -tp 2
+    ;;
+  multi-pp)
+    serve_check pp2 -tp 1 -pp 2
+    if [ -d /tmp/site/ray ]; then
+      export RAY_AUTH_MODE=disabled
+      python3 -c "from ray.scripts.scripts import main; main()" start --head --include-dashboard=false --num-gpus 2 >"$OUT/ray.log" 2>&1
+      serve_check ray -tp 2 --distributed-executor-backend ray
+      python3 -c "from ray.scripts.scripts import main; main()" stop >/dev/null 2>&1
+    fi
+    ;;
+  *) echo "usage: $0 bench|single|serve|compare|multi-tp|multi-pp"; exit 2 ;;
+esac
