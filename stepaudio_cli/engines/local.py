@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import os
 import sys
+import time
 import uuid
 from pathlib import Path
 from collections.abc import AsyncIterator, Callable
@@ -110,12 +112,14 @@ class LocalEngine(Engine):
         self.max_audio_items = max_audio_items
         self.tensor_parallel_used = 1
         self._engine = None
+        self._started_children: frozenset[int] = frozenset()  # child processes before start()
 
     async def start(self, on_status: Callable[[str], None] | None = None) -> None:
         from stepaudio_cli.models import check_checkpoint, resolve_model
 
         path = resolve_model(self.model)
         config = check_checkpoint(path)
+        self._started_children = frozenset(p.pid for p in multiprocessing.active_children())
         with engine_output_to_log() as log:
             import_vllm()
             from vllm.engine.arg_utils import AsyncEngineArgs
@@ -238,6 +242,21 @@ class LocalEngine(Engine):
         if engine is not None:
             with engine_output_to_log():
                 engine.shutdown()
+                # vLLM signals its engine process to stop but may return before it has
+                # exited; wait for it (and stop a straggler), so nothing outlives close().
+                await asyncio.to_thread(_reap, self._started_children)
+
+
+def _reap(existing: frozenset[int], timeout: float = 30.0) -> None:
+    """Join the processes started since ``existing`` was taken; kill any still alive then."""
+    mine = [p for p in multiprocessing.active_children() if p.pid not in existing]
+    deadline = time.monotonic() + timeout
+    for p in mine:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in mine:
+        if p.is_alive():
+            p.kill()
+            p.join(5)
 
 
 async def _abort(engine, request_id: str) -> None:
