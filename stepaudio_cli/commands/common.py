@@ -71,7 +71,7 @@ QuantOpt = Annotated[
     str | None,
     typer.Option(
         envvar="STEPAUDIO_QUANTIZATION",
-        help="Quantize the weights as they load: fp8 (about 33 GB instead of 67; Hopper/Ada GPUs).",
+        help="Quantize the weights as they load: fp8 (about 35 GB instead of 66; Hopper/Ada GPUs).",
         rich_help_panel=ENGINE,
     ),
 ]

@@ -87,10 +87,6 @@ def audio_processor_hooks() -> type:
 
 def version_in_window(version: str) -> bool | None:
     """Whether a vLLM version string is inside the tested window (None if unparseable)."""
-    return in_window(version, TESTED_MIN, TESTED_BELOW)
-
-
-def in_window(version: str, low: tuple[int, int], below: tuple[int, int]) -> bool | None:
     parts = []
     for piece in version.split("+")[0].split(".")[:2]:
         digits = "".join(ch for ch in piece if ch.isdigit())
@@ -99,7 +95,7 @@ def in_window(version: str, low: tuple[int, int], below: tuple[int, int]) -> boo
         parts.append(int(digits))
     if len(parts) < 2:
         return None
-    return low <= tuple(parts) < below
+    return TESTED_MIN <= tuple(parts) < TESTED_BELOW
 
 
 @functools.cache

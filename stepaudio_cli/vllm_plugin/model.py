@@ -15,6 +15,7 @@ Inputs: each audio item is cut into chunks of at most 25 s (a client that alread
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -43,7 +44,7 @@ from stepaudio_cli.audio import (
     max_audio_samples,
     split_chunks,
 )
-from stepaudio_cli.models import AUDIO_END, AUDIO_PATCH, AUDIO_START
+from stepaudio_cli.models import AUDIO_PATCH, TokenIds
 from stepaudio_cli.vllm_plugin import compat
 from stepaudio_cli.vllm_plugin.config import StepAudio2Config, StepAudioQwen2Config
 from stepaudio_cli.vllm_plugin.frontend import log_mel
@@ -81,11 +82,10 @@ class StepAudio2ProcessingInfo(BaseProcessingInfo):
         # longest audio whose prompt fits the context; the encoder cache is sized for it.
         return {"audio": item_embeddings(max_audio_samples(seq_len))}
 
-    def token_id(self, token: str) -> int:
-        vocab = self.get_tokenizer().get_vocab()
-        if token not in vocab:
-            raise ValueError(f"the tokenizer has no {token} token: not a Step-Audio checkpoint")
-        return vocab[token]
+    @functools.cached_property
+    def tokens(self) -> TokenIds:
+        """The special ids, looked up once per engine (a vocabulary copy per request is slow)."""
+        return TokenIds(self.get_tokenizer(), "the served checkpoint")
 
 
 class StepAudio2DummyInputsBuilder(BaseDummyInputsBuilder[StepAudio2ProcessingInfo]):
@@ -142,9 +142,8 @@ class StepAudio2MultiModalProcessor(compat.audio_processor_hooks(), BaseMultiMod
         hf_processor_mm_kwargs: Mapping[str, object],
         out_mm_kwargs: MultiModalKwargsItems,
     ) -> Sequence[PromptUpdate]:
-        patch = self.info.token_id(AUDIO_PATCH)
-        start = self.info.token_id(AUDIO_START)
-        end = self.info.token_id(AUDIO_END)
+        tokens = self.info.tokens
+        patch, start, end = tokens.audio_patch, tokens.audio_start, tokens.audio_end
         data = out_mm_kwargs.get_data()
         counts = [int(c) for c in data.get("audio_chunk_counts", [])]
         lens = torch.as_tensor(data.get("audio_chunk_lens", [])).reshape(-1).tolist()

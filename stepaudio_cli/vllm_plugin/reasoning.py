@@ -15,6 +15,7 @@ clients that split it themselves (``stepaudio serve --raw-reasoning``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from vllm.reasoning.abs_reasoning_parsers import ReasoningParser
@@ -33,12 +34,16 @@ class StepAudioR1ReasoningParser(ReasoningParser):
     def reasoning_end_str(self) -> str:
         return THINK_END
 
-    def _end_ids(self) -> list[int]:
-        ids = getattr(self, "_end_ids_cache", None)
-        if ids is None:
-            ids = self._end_ids_cache = list(self.model_tokenizer.encode(THINK_END, add_special_tokens=False))
-        return ids
+    # The tags' token sequences, tokenized once per parser rather than on every call.
+    @functools.cached_property
+    def _start_ids(self) -> list[int]:
+        return list(self.model_tokenizer.encode(THINK_START, add_special_tokens=False))
 
+    @functools.cached_property
+    def _end_ids(self) -> list[int]:
+        return list(self.model_tokenizer.encode(THINK_END, add_special_tokens=False))
+
+    @functools.cached_property
     def _eot_id(self) -> int | None:
         ids = self.model_tokenizer.encode(EOT, add_special_tokens=False)
         return ids[0] if len(ids) == 1 else None
@@ -49,7 +54,7 @@ class StepAudioR1ReasoningParser(ReasoningParser):
         request = super().adjust_request(request)
         if hasattr(request, "skip_special_tokens"):
             request.skip_special_tokens = False
-        eot = self._eot_id()
+        eot = self._eot_id
         if eot is not None and hasattr(request, "stop_token_ids"):
             ids = list(request.stop_token_ids or [])
             if eot not in ids:
@@ -83,17 +88,16 @@ class StepAudioR1ReasoningParser(ReasoningParser):
     # --- tokens ---------------------------------------------------------------------------
 
     def is_reasoning_end(self, input_ids: Sequence[int]) -> bool:
-        start = self.model_tokenizer.encode(THINK_START, add_special_tokens=False)
-        end_at = _last_end(input_ids, self._end_ids())
-        return end_at >= 0 and end_at > _last_end(input_ids, start)
+        end_at = _last_end(input_ids, self._end_ids)
+        return end_at >= 0 and end_at > _last_end(input_ids, self._start_ids)
 
     def extract_content_ids(self, input_ids: list[int]) -> list[int]:
-        at = find_sequence(input_ids, self._end_ids())
+        at = find_sequence(input_ids, self._end_ids)
         return list(input_ids[at:]) if at >= 0 else []
 
     def count_reasoning_tokens(self, token_ids: Sequence[int]) -> int:
-        at = find_sequence(token_ids, self._end_ids())
-        return len(token_ids) if at < 0 else at - len(self._end_ids())
+        at = find_sequence(token_ids, self._end_ids)
+        return len(token_ids) if at < 0 else at - len(self._end_ids)
 
 
 class StepAudioR1RawParser(StepAudioR1ReasoningParser):
