@@ -97,17 +97,15 @@ def bench_raw(ckpt: Path, paths: list[Path], args) -> tuple[float, int, float]:
 async def bench_stepaudio(ckpt: Path, paths: list[Path], args, out_dir: Path) -> dict[str, tuple[float, int]]:
     from stepaudio_cli.audio import load_audio
     from stepaudio_cli.batch import BatchJob, BatchRunner
-    from stepaudio_cli.engines import collect
-    from stepaudio_cli.engines.local import LocalEngine
-    from stepaudio_cli.prompt import Request, Sampling
+    from stepaudio_cli.engines import EngineSettings, collect, open_engine
+    from stepaudio_cli.request import Request, Sampling
     from stepaudio_cli.store import Store
 
     sampling = Sampling(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens)
-    engine = LocalEngine(str(ckpt), max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-                         load_format=args.load_format)
-    await engine.start()
+    settings = EngineSettings(model=str(ckpt), max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+                              load_format=args.load_format)
     results = {}
-    try:
+    async with open_engine(settings) as engine:
         job = BatchJob(prompt=args.prompt, sampling=sampling, concurrency=2 * args.max_num_seqs)
         warm = BatchRunner(job, engine, Store(out_dir / "warmup.jsonl"), paths[: args.warmup])
         await warm.run()
@@ -118,7 +116,7 @@ async def bench_stepaudio(ckpt: Path, paths: list[Path], args, out_dir: Path) ->
             summary = await runner.run()
             best = min(best, time.perf_counter() - start)
             assert summary.done == len(paths) and not summary.failed, summary
-        tokens = sum(r["usage"]["completion_tokens"] for r in runner._final.values())
+        tokens = sum(r["usage"]["completion_tokens"] for r in Store(out_dir / f"results{args.repeat - 1}.jsonl").load())
         results["batch"] = (best, tokens)
 
         start = time.perf_counter()
@@ -138,8 +136,6 @@ async def bench_stepaudio(ckpt: Path, paths: list[Path], args, out_dir: Path) ->
             one.append(time.perf_counter() - start)
             decode.append(decoded - start)
         results["one request"] = (statistics.median(one[1:]), statistics.median(decode[1:]))
-    finally:
-        await engine.close()
     return results
 
 
@@ -162,7 +158,7 @@ def main() -> None:
     args = parser.parse_args()
     args.load_format = "dummy" if args.real_sizes else "auto"
 
-    from stepaudio_cli.engines.local import engine_output_to_log, quiet_vllm_logs
+    from stepaudio_cli.vllm_log import engine_output_to_log, quiet_vllm_logs
     from stepaudio_cli.testing import build_checkpoint
 
     quiet_vllm_logs()

@@ -97,9 +97,6 @@ class Audio:
     def prompt_tokens(self) -> int:
         return prompt_tokens_for_chunks([len(c) for c in self.chunks()])
 
-    def wav_bytes(self) -> bytes:
-        return wav_bytes(self.samples)
-
 
 def wav_bytes(samples: np.ndarray) -> bytes:
     """16-bit PCM WAV at 16 kHz, the most widely decodable payload for servers."""

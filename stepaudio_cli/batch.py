@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stepaudio_cli.audio import AUDIO_EXTENSIONS, decode_bytes
-from stepaudio_cli.engines import Engine, collect
-from stepaudio_cli.errors import EngineError, UserError
-from stepaudio_cli.prompt import Request, Sampling, Thinking, fit_max_tokens
+from stepaudio_cli.engines import Engine, EngineSettings, collect, open_engine
+from stepaudio_cli.errors import EngineError, NoServerError, StoreError, UserError
+from stepaudio_cli.request import Request, Sampling, Thinking
+from stepaudio_cli.records import params, to_record
 from stepaudio_cli.store import Store
 
 
@@ -52,6 +53,9 @@ class Summary:
     audio_seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
     interrupted: bool = False
+    #: Why the run stopped before the end (no server for too long, results not writable);
+    #: files not attempted have no record, so a rerun continues with them.
+    stopped: UserError | None = None
     elapsed: float = 0.0
 
     @property
@@ -112,18 +116,20 @@ class BatchRunner:
         engine: Engine,
         store: Store,
         files: list[Path],
-        on_progress: Callable[[Summary, dict | None], None] | None = None,
+        on_progress: Callable[[Summary], None] | None = None,
     ) -> None:
         self.job = job
         self.engine = engine
         self.store = store
         self.files = files
-        self.on_progress = on_progress or (lambda s, r: None)
+        self.on_progress = on_progress or (lambda s: None)
         self.summary = Summary(total=len(files))
         self._by_file: dict[str, list[dict]] = {}  # earlier records of each file of this run
         self._by_key: dict[str, dict] = {}  # good records by key, for reuse
         self._inflight: dict[str, asyncio.Future] = {}
         self._earlier: list[dict] = []  # records of files outside this run, kept as they are
+        self._final: dict[str, dict] = {}  # the record that stands for each file of this run
+        self._params = params(job.sampling, job.thinking, job.system)
 
     # --- resume -------------------------------------------------------------------------
     def _load(self) -> None:
@@ -147,7 +153,6 @@ class BatchRunner:
     # --- the run --------------------------------------------------------------------------
     async def run(self) -> Summary:
         self._load()
-        self._final: dict[str, dict] = {}
         queue: asyncio.Queue[Path] = asyncio.Queue()
         for p in self.files:
             queue.put_nowait(p)
@@ -158,14 +163,19 @@ class BatchRunner:
         ]
         try:
             await asyncio.gather(*workers)
+        except NoServerError as e:  # what is in flight stays unrecorded: a rerun does it
+            self.summary.stopped = NoServerError(f"{e.message}; rerun the same command to continue")
+        except StoreError as e:
+            self.summary.stopped = e
         except asyncio.CancelledError:
             self.summary.interrupted = True
+            raise
+        finally:
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
-            raise
-        finally:
-            self._compact()
+            if not isinstance(self.summary.stopped, StoreError):
+                self._compact()
         return self.summary
 
     async def _worker(self, queue: asyncio.Queue, infer: asyncio.Semaphore) -> None:
@@ -174,8 +184,8 @@ class BatchRunner:
                 path = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            record = await self._one(path, infer)
-            self.on_progress(self.summary, record)
+            await self._one(path, infer)
+            self.on_progress(self.summary)
 
     async def _one(self, path: Path, infer: asyncio.Semaphore) -> dict | None:
         name = str(path)
@@ -212,7 +222,6 @@ class BatchRunner:
     async def _compute(self, name: str, data: bytes, sha: str, key: str, infer: asyncio.Semaphore) -> dict:
         try:
             audio = await asyncio.to_thread(decode_bytes, data, name)
-            fit_max_tokens([audio], self.job.sampling, self.engine.max_model_len)
         except UserError as e:
             return await self._record_failure(name, sha, key, _strip_name(e.message, name))
         request = Request(
@@ -225,38 +234,26 @@ class BatchRunner:
                 try:
                     result = await collect(self.engine, request)
                     break
+                except NoServerError:
+                    raise  # stops the run: not this file's fault
                 except EngineError as e:
                     attempt += 1
                     if not e.retryable or attempt > self.job.retries:
                         tries = f" (after {attempt} tries)" if attempt > 1 else ""
                         return await self._record_failure(name, sha, key, e.message + tries, audio.duration)
                     await asyncio.sleep(min(30.0, 0.5 * 2**attempt) * (0.5 + random.random()))
-        record = self._base(name, sha, key) | {
-            "reasoning": None if self.job.hide_reasoning else result.reasoning,
-            "answer": result.answer,
-            "usage": result.usage.as_dict(),
-            "timings": result.timings.as_dict(),
-            "finish_reason": result.finish_reason,
-            "audio_seconds": round(audio.duration, 3),
-            "error": None,
-        }
-        record["model"] = result.model or record["model"]
+                except UserError as e:  # the audio does not fit the context
+                    return await self._record_failure(name, sha, key, _strip_name(e.message, name), audio.duration)
+        record = to_record(
+            file=name, prompt=self.job.prompt, model=self.engine.model, params=self._params, result=result,
+            sha256=sha, key=key, audio_seconds=audio.duration, hide_reasoning=self.job.hide_reasoning,
+        )
         await self._write(record)
         self._by_key[key] = record
         self.summary.done += 1
         self.summary.cut_off += result.finish_reason == "length"
         self.summary.audio_seconds += audio.duration
         return record
-
-    def _base(self, name: str, sha: str | None, key: str | None) -> dict:
-        return {
-            "file": name,
-            "sha256": sha,
-            "prompt": self.job.prompt,
-            "model": self.engine.model,
-            "params": {**self.job.sampling.as_dict(), "system": self.job.system, **self.job.thinking.as_dict()},
-            "key": key,
-        }
 
     async def _reuse(self, name: str, source: dict) -> dict:
         record = dict(source, file=name)
@@ -266,10 +263,10 @@ class BatchRunner:
         return record
 
     async def _record_failure(self, name, sha, key, message: str, seconds: float | None = None) -> dict:
-        record = self._base(name, sha, key) | {
-            "reasoning": None, "answer": None, "usage": None, "timings": None,
-            "audio_seconds": None if seconds is None else round(seconds, 3), "error": message,
-        }
+        record = to_record(
+            file=name, prompt=self.job.prompt, model=self.engine.model, params=self._params, error=message,
+            sha256=sha, key=key, audio_seconds=seconds,
+        )
         await self._write(record)
         self.summary.failed += 1
         self.summary.failures.append((name, message))
@@ -283,7 +280,7 @@ class BatchRunner:
 
     def _compact(self) -> None:
         """One record per file, in input order; records of other files kept as they were."""
-        if self.store.path is None:
+        if not self.store.resumable:
             return
         ordered = [self._final[str(p)] for p in self.files if str(p) in self._final]
         # Files not reached (interrupted) keep whatever they had.
@@ -304,7 +301,9 @@ def _strip_name(message: str, name: str) -> str:
     return message[len(prefix):] if message.startswith(prefix) else message
 
 
-async def run_batch(job: BatchJob, engine: Engine, store: Store, files: list[Path], on_progress=None) -> Summary:
+async def run_batch(
+    job: BatchJob, engine: Engine, store: Store, files: list[Path], on_progress: Callable[[Summary], None] | None = None
+) -> Summary:
     """Run every file on a started engine. Ctrl-C or SIGTERM stops it cleanly: in-flight
     requests are cancelled, everything finished is already on disk, and the returned
     summary says ``interrupted``."""
@@ -325,15 +324,20 @@ async def run_batch(job: BatchJob, engine: Engine, store: Store, files: list[Pat
     return runner.summary
 
 
-async def execute(settings, job: BatchJob, store: Store, files: list[Path], view) -> Summary:
-    """Open the engine the settings ask for, run the batch, always close the engine."""
-    from stepaudio_cli.engines import open_engine, starting_message
-
-    engine = open_engine(settings)
-    try:
-        with view.term.status(starting_message(settings)):
-            await engine.start()
-        with view:
-            return await run_batch(job, engine, store, files, view.update)
-    finally:
-        await engine.close()
+async def execute(
+    settings: EngineSettings,
+    job: BatchJob,
+    store: Store,
+    files: list[Path],
+    *,
+    on_status: Callable[[str | None], None] | None = None,
+    on_start: Callable[[], None] | None = None,
+    on_progress: Callable[[Summary], None] | None = None,
+) -> Summary:
+    """An engine session for the whole batch: ``on_status`` hears what the engine waits for
+    (loading, a server to come back), ``on_start`` that files are being sent, ``on_progress``
+    the summary after each file."""
+    async with open_engine(settings, on_status) as engine:
+        if on_start:
+            on_start()
+        return await run_batch(job, engine, store, files, on_progress)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import time
 
-from rich.markup import escape
-from rich.table import Table
-
 from stepaudio_cli.audio import format_duration
 from stepaudio_cli.batch import Summary
 from stepaudio_cli.terminal import Terminal
 
 PLAIN_EVERY_S = 10.0
+SHOW_FAILURES = 20
 
 
 class BatchView:
@@ -22,47 +20,38 @@ class BatchView:
         self._last_plain = 0.0
         self._progress = None
         self._task = None
+        self._line = term.status_line()  # before the bar exists (engine start)
+        self._note = ""  # what the engine waits for, shown beside the bar
+        self._summary = Summary(total=total)
 
-    def __enter__(self) -> BatchView:
+    # --- callbacks from the core -------------------------------------------------------------
+    def status(self, text: str | None) -> None:
+        if self._progress is None and self._task is None:
+            self._line(text)
+            return
+        self._note = text or ""
+        if self._progress is not None:
+            self._progress.update(self._task, note=self._note)
+        elif text:
+            self.term.info(f"batch: {text}")
+
+    def started(self) -> None:
+        """The engine is up: the progress bar replaces the spinner."""
+        self._line(None)
+        self.start = time.monotonic()
         if self.term.interactive and not self.term.quiet:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                SpinnerColumn,
-                TextColumn,
-                TimeRemainingColumn,
-            )
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
             self._progress = Progress(
-                SpinnerColumn(),
-                TextColumn("[bold]batch[/bold]"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"),
-                TimeRemainingColumn(),
-                console=self.term.err,
-                transient=False,
+                SpinnerColumn(), TextColumn("[bold]batch[/bold]"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), TextColumn("[yellow]{task.fields[note]}"),
+                console=self.term.err, transient=False,
             )
-            self._progress.__enter__()
-            self._task = self._progress.add_task("batch", total=self.total, stats="")
-        return self
+            self._progress.start()
+        self._task = self._progress.add_task("batch", total=self.total, stats="", note="") if self._progress else 0
 
-    def __exit__(self, *exc) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-
-    def _stats(self, s: Summary) -> str:
-        elapsed = max(time.monotonic() - self.start, 1e-6)
-        rate = (s.done + s.reused) / elapsed
-        parts = [f"{format_duration(s.audio_seconds)} audio", f"{rate:.2f} files/s"]
-        if s.failed:
-            parts.append(f"{s.failed} failed")
-        if s.skipped:
-            parts.append(f"{s.skipped} already done")
-        return " · ".join(parts)
-
-    def update(self, s: Summary, record: dict | None) -> None:
+    def update(self, s: Summary) -> None:
+        self._summary = s
         if self._progress is not None:
             self._progress.update(self._task, completed=s.finished, stats=self._stats(s))
             return
@@ -74,32 +63,45 @@ class BatchView:
             eta = f", ETA {format_duration(left / rate)}" if rate > 0 and left else ""
             self.term.info(f"batch: {s.finished}/{self.total} files, {self._stats(s)}{eta}")
 
+    def close(self) -> None:
+        self._line(None)
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def _stats(self, s: Summary) -> str:
+        elapsed = max(time.monotonic() - self.start, 1e-6)
+        rate = (s.done + s.reused) / elapsed
+        parts = [f"{format_duration(s.audio_seconds)} audio", f"{rate:.2f} files/s"]
+        if s.failed:
+            parts.append(f"{s.failed} failed")
+        if s.skipped:
+            parts.append(f"{s.skipped} already done")
+        return " · ".join(parts)
+
+    # --- the end ---------------------------------------------------------------------------------
     def summary(self, s: Summary, output: str) -> None:
         term = self.term
-        table = Table(title=None, show_header=False, box=None, pad_edge=False)
-        table.add_column(style="bold")
-        table.add_column()
-        table.add_row("done", str(s.done))
+        rows: list[tuple[str, str, str | None]] = [("done", str(s.done), None)]
         if s.reused:
-            table.add_row("duplicates", f"{s.reused} (same audio as another file, answered once)")
+            rows.append(("duplicates", f"{s.reused} (same audio as another file, answered once)", None))
         if s.skipped:
-            table.add_row("already done", str(s.skipped))
-        table.add_row("failed", f"[red]{s.failed}[/red]" if s.failed else "0")
+            rows.append(("already done", str(s.skipped), None))
+        rows.append(("failed", str(s.failed), "red" if s.failed else None))
         if s.cut_off:
-            table.add_row("cut off", f"[yellow]{s.cut_off}[/yellow] (stopped at the length limit; finish_reason \"length\")")
-        table.add_row("audio", format_duration(s.audio_seconds))
-        table.add_row("time", format_duration(s.elapsed))
-        table.add_row("results", escape(output))
-        if not term.quiet:
-            term.err.print(table)
-        for name, message in s.failures[:20]:
-            term.markup(f"[red]failed[/red] {escape(name)}: {escape(message)}")
-        if len(s.failures) > 20:
-            term.info(f"... and {len(s.failures) - 20} more failures (see the error field in the results)")
+            rows.append(("cut off", f"{s.cut_off} (stopped at the length limit; finish_reason \"length\")", "yellow"))
+        if s.stopped or s.interrupted:
+            rows.append(("not done", f"{s.total - s.finished} (no result yet: a rerun does them)", "yellow"))
+        rows += [("audio", format_duration(s.audio_seconds), None), ("time", format_duration(s.elapsed), None),
+                 ("results", output, None)]
+        term.pairs(rows)
+        for name, message in s.failures[:SHOW_FAILURES]:
+            term.labelled("failed", f"{name}: {message}")
+        if len(s.failures) > SHOW_FAILURES:
+            term.info(f"... and {len(s.failures) - SHOW_FAILURES} more failures (see the error field in the results)")
         if s.interrupted:
-            left = s.total - s.finished
-            term.warn(f"interrupted with {left} file(s) left; rerun the same command to resume")
-        elif s.failed:
+            term.warn(f"interrupted with {s.total - s.finished} file(s) left; rerun the same command to resume")
+        elif s.failed and not s.stopped:
             term.info("Rerun with --retry-failed to try the failed files again.")
         if s.cut_off:
             term.warn(f"{s.cut_off} answer(s) stopped at the length limit: raise --max-tokens or --max-model-len")

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from stepaudio_cli.audio import SAMPLE_RATE, Audio
+from stepaudio_cli.defaults import DEFAULT_MAX_NUM_SEQS
 from stepaudio_cli.models import R1_TEXT_SIZES, make_config, weight_bytes
-from stepaudio_cli.prompt import Request, Sampling
+from stepaudio_cli.request import Request, Sampling
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class BenchSettings:
     seconds: float = 10.0  # the clip for time to first token and the throughput requests
     max_model_len: int = 8192
     new_tokens: int = 256  # per request, decode and throughput runs
-    concurrency: int = 32
+    concurrency: int = DEFAULT_MAX_NUM_SEQS
     quantizations: tuple[str | None, ...] = (None,)
     tensor_parallel_size: int | None = None
     gpu_memory_utilization: float | None = None
@@ -98,8 +99,7 @@ def clip(seconds: float) -> Audio:
 
 
 async def run(settings: BenchSettings, on_status: Callable[[str], None] = lambda s: None) -> list[BenchResult]:
-    from stepaudio_cli.engines import collect
-    from stepaudio_cli.engines.local import LocalEngine
+    from stepaudio_cli.engines import EngineSettings, collect, make_engine
 
     device, bandwidth = copy_bandwidth()
     results = []
@@ -109,16 +109,16 @@ async def run(settings: BenchSettings, on_status: Callable[[str], None] = lambda
         audio = clip(settings.seconds)
         for quantization in settings.quantizations:
             label = quantization or "bf16"
-            engine = LocalEngine(
-                model, max_model_len=settings.max_model_len, max_num_seqs=settings.concurrency,
+            engine = make_engine(EngineSettings(
+                model=model, max_model_len=settings.max_model_len, max_num_seqs=settings.concurrency,
                 tensor_parallel_size=settings.tensor_parallel_size, quantization=quantization,
                 gpu_memory_utilization=settings.gpu_memory_utilization,
                 load_format="auto" if settings.model else "dummy",
-            )
+            ))
             on_status(f"{label}: starting the engine")
             start = time.perf_counter()
-            await engine.start()
             try:
+                await engine.start()
                 started = time.perf_counter() - start
                 kv = engine.kv_cache_tokens()
                 greedy = Sampling(temperature=0.0, top_p=1.0, max_tokens=1)

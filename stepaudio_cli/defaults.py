@@ -1,4 +1,5 @@
-"""Defaults and model constants; import-light so `--help` stays instant."""
+"""Defaults shared by the commands, the engines and the server; import-light so `--help`
+stays instant. Model facts (token names, sizes, formats) live in ``models.py``."""
 
 DEFAULT_MODEL = "stepfun-ai/Step-Audio-R1"
 DEFAULT_MAX_MODEL_LEN = 16384
@@ -8,3 +9,16 @@ DEFAULT_MAX_TOKENS = None
 # Official sampling for open questions.
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.9
+
+# Engine sizing.
+DEFAULT_MAX_NUM_SEQS = 32  # sequences batched at once (batch, serve)
+ASK_MAX_NUM_SEQS = 4  # one question: a small batch keeps start-up memory low
+GPU_MEMORY_FRACTION = 0.9
+CPU_MEMORY_FRACTION = 0.3  # on the CPU backend the "GPU" memory flag sizes the KV cache in RAM
+QUANTIZATIONS = ("fp8",)  # vLLM's online FP8 (Hopper/Ada GPUs)
+MAX_AUDIO_ITEMS = 64  # audio items (25 s chunks from our clients) per request: about 26 minutes
+
+# Servers.
+SERVER_CONCURRENCY = 32  # batch: requests in flight per server
+DEFAULT_TIMEOUT = 120.0  # seconds a server may stay silent mid-request before it counts as hung
+DEFAULT_WAIT_SERVER = 600.0  # batch: seconds to wait for a server to come back before stopping

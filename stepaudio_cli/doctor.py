@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import importlib.metadata as md
-import importlib.util
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stepaudio_cli import gpus
+from stepaudio_cli.defaults import GPU_MEMORY_FRACTION
+
 OVERHEAD_PER_GPU = 3 * 2**30  # activations, CUDA graphs, the audio encoder's work space
-
-
-@dataclass
-class Gpu:
-    name: str
-    memory: int  # bytes
 
 
 @dataclass
@@ -37,25 +33,12 @@ def dist_version(*names: str) -> tuple[str, str] | None:
     return None
 
 
-def gpus() -> list[Gpu]:
-    if importlib.util.find_spec("torch") is None:
-        return []
-    import torch
-
-    if not torch.cuda.is_available():
-        return []
-    return [
-        Gpu(torch.cuda.get_device_properties(i).name, torch.cuda.get_device_properties(i).total_memory)
-        for i in range(torch.cuda.device_count())
-    ]
-
-
 def kv_bytes_per_token(text: dict, dtype_bytes: int = 2) -> int:
     head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
     return 2 * text["num_hidden_layers"] * text["num_key_value_heads"] * head_dim * dtype_bytes
 
 
-def fit(weights: int, kv_per_token: int, max_model_len: int, gpu_memory: int, n_gpus: int, util: float = 0.9) -> int | None:
+def fit(weights: int, kv_per_token: int, max_model_len: int, gpu_memory: int, n_gpus: int, util: float = GPU_MEMORY_FRACTION) -> int | None:
     """Smallest tensor-parallel size (power of two, at most ``n_gpus``) that holds the
     weights plus one full-length sequence of KV cache, or None."""
     tp = 1
@@ -101,7 +84,7 @@ def run(model: str, max_model_len: int, util: float, quantization: str | None = 
             r.next_steps.append(f"pip install 'stepaudio[gpu]'   (brings a vLLM in {window})")
     torch = dist_version("torch")
     r.add("torch", torch[1] if torch else "not installed", torch is not None)
-    found = gpus()
+    found = gpus.visible()
     if found:
         import torch as _t
 

@@ -297,7 +297,7 @@ def git_blob_id(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_against(files: list[RemoteFile], local: Path, on_file=None) -> list[str]:
+def check_against(files: list[RemoteFile], local: Path) -> list[str]:
     """Problems with ``local`` compared to the hub's list: missing, wrong size, wrong hash."""
     from stepaudio_cli.audio import sha256_file
 
@@ -312,8 +312,6 @@ def check_against(files: list[RemoteFile], local: Path, on_file=None) -> list[st
             problems.append(f"{f.name}: sha256 differs from the hub (corrupted)")
         elif not f.sha256 and f.blob_id and git_blob_id(path) != f.blob_id:
             problems.append(f"{f.name}: content differs from the hub (corrupted)")
-        if on_file:
-            on_file(f)
     return problems
 
 

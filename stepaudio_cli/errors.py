@@ -28,10 +28,27 @@ class AudioError(UserError):
 
 
 class EngineError(UserError):
-    """The engine or server failed a request; ``retryable`` tells batch whether to retry."""
+    """The engine or server failed a request; ``retryable`` tells batch whether to retry,
+    ``server_down`` that the server itself is unreachable, hung or gone (not the request's
+    fault): a pool of servers sends the request elsewhere."""
 
     exit_code = 1
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    def __init__(self, message: str, *, retryable: bool = False, server_down: bool = False) -> None:
         super().__init__(message)
-        self.retryable = retryable
+        self.retryable = retryable or server_down
+        self.server_down = server_down
+
+
+class NoServerError(EngineError):
+    """No server answered for as long as we were told to wait: the run stops, and what was
+    not attempted is left for a rerun. Exit code 75 (EX_TEMPFAIL: try again later)."""
+
+    exit_code = 75
+
+
+class StoreError(UserError):
+    """The results file cannot be written (disk full, file or folder removed): the run
+    stops; what was written before stays valid."""
+
+    exit_code = 1

@@ -1,12 +1,14 @@
 """`stepaudio serve`: vLLM's OpenAI-compatible server with everything Step-Audio-R1 needs.
 
 The server runs as a child process in its own process group, so shutdown (Ctrl-C, SIGTERM,
-or the server dying) always takes every vLLM worker with it.
+or the server dying) always takes every vLLM worker with it; a watchdog process stops that
+group when `serve` itself dies without doing so (kill -9, a closed terminal, the OOM killer).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
 import json
 import os
@@ -15,13 +17,24 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stepaudio_cli import gpus
+from stepaudio_cli.defaults import (
+    CPU_MEMORY_FRACTION,
+    DEFAULT_MAX_NUM_SEQS,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+    GPU_MEMORY_FRACTION,
+    MAX_AUDIO_ITEMS,
+)
 from stepaudio_cli.errors import UserError
 from stepaudio_cli.models import check_checkpoint, looks_like_repo_id, resolve_model
-from stepaudio_cli.defaults import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+from stepaudio_cli.vllm_log import diagnose, log_size, read_since
 from stepaudio_cli.vllm_plugin import RAW_REASONING_PARSER, REASONING_PARSER
+from stepaudio_cli.watchdog import Watchdog
 
 CHAT_TEMPLATE = Path(__file__).parent / "vllm_plugin" / "chat_template.jinja"
 
@@ -35,25 +48,13 @@ class ServeOptions:
     tensor_parallel_size: str = "auto"
     pipeline_parallel_size: int = 1
     max_model_len: int | None = None  # None: the largest the KV cache allows, up to the model's maximum
-    max_num_seqs: int = 32
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
     quantization: str | None = None
     raw_reasoning: bool = False  # reasoning, </think> and answer all in `content` (StepFun's clients)
     gpu_memory_utilization: float | None = None
     dtype: str = "auto"
     distributed_executor_backend: str | None = None
     extra: list[str] = field(default_factory=list)
-
-
-def gpu_count_cheap() -> int:
-    """Visible NVIDIA GPUs without importing torch (serve's parent process stays light)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return 0
-    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -63,19 +64,49 @@ def check_port_free(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            reason = "already in use" if e.errno in (98, 48) else (e.strerror or str(e))
-            raise UserError(f"port {port} on {host}: {reason} (pick another with --port)") from None
+            if e.errno not in (errno.EADDRINUSE, errno.EACCES):
+                raise UserError(f"port {port} on {host}: {e.strerror or e} (pick another with --port)") from None
+            holder = port_holder(port)
+            reason = "already in use" + (f" by {holder}" if holder else "")
+            raise UserError(f"port {port} on {host}: {reason} (stop it, or pick another port with --port)") from None
 
 
-def build_command(opts: ServeOptions, model_path: Path, gpus: int) -> list[str]:
+def port_holder(port: int) -> str | None:
+    """Who listens on TCP ``port``: "pid N (command line)", from /proc (Linux, processes we
+    may inspect); None when it cannot be told."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{cols[9]}]")
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                return f"pid {proc.name} ({cmd[:120]})"
+        except OSError:
+            continue
+    return None
+
+
+def build_command(opts: ServeOptions, model_path: Path, n_gpus: int) -> list[str]:
     if opts.tensor_parallel_size == "auto":
-        tp = max(gpus // max(opts.pipeline_parallel_size, 1), 1)
+        tp = max(n_gpus // max(opts.pipeline_parallel_size, 1), 1)
     else:
         try:
             tp = int(opts.tensor_parallel_size)
         except ValueError:
             raise UserError(f"--tensor-parallel-size must be a number or 'auto', not {opts.tensor_parallel_size!r}") from None
-    mem = opts.gpu_memory_utilization or (0.9 if gpus else 0.3)
+    mem = opts.gpu_memory_utilization or (GPU_MEMORY_FRACTION if n_gpus else CPU_MEMORY_FRACTION)
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_path),
@@ -91,7 +122,7 @@ def build_command(opts: ServeOptions, model_path: Path, gpus: int) -> list[str]:
         "--pipeline-parallel-size", str(opts.pipeline_parallel_size),
         "--gpu-memory-utilization", str(mem),
         "--dtype", opts.dtype,
-        "--limit-mm-per-prompt", json.dumps({"audio": 64}),
+        "--limit-mm-per-prompt", json.dumps({"audio": MAX_AUDIO_ITEMS}),
         # Official sampling for open questions; no max_tokens default: a request that sets
         # none gets all the room the context leaves (reasoning can run to tens of thousands).
         "--override-generation-config",
@@ -103,7 +134,7 @@ def build_command(opts: ServeOptions, model_path: Path, gpus: int) -> list[str]:
         cmd += ["--api-key", opts.api_key]
     if opts.distributed_executor_backend:
         cmd += ["--distributed-executor-backend", opts.distributed_executor_backend]
-    if not gpus:
+    if not n_gpus:
         cmd += ["--enforce-eager"]  # no CUDA graphs / compilation on the CPU backend
     return cmd + list(opts.extra)
 
@@ -126,6 +157,8 @@ class Server:
         env = dict(os.environ)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         self._log = None if passthrough else open(log_path, "ab")
+        self._log_start = log_size(log_path) if self._log else 0
+        self.watchdog = Watchdog()
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -134,6 +167,7 @@ class Server:
             env=env,
             start_new_session=True,
         )
+        self.watchdog.watch_group(self.proc.pid)
 
     def wait_ready(self, url: str, timeout: float) -> None:
         import httpx
@@ -155,10 +189,11 @@ class Server:
         if self._log is None:
             return "see the output above"
         self._log.flush()
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return f"log: {self.log_path}"
+        text = read_since(self.log_path, self._log_start)
+        known = diagnose(text)
+        if known:
+            return f"{known} (log: {self.log_path})"
+        lines = text.splitlines()
         errors = [ln for ln in lines if "Error" in ln or "error" in ln]
         line = (errors or lines or ["(no output)"])[-1].strip()
         return f"{line[-300:]} (log: {self.log_path})"
@@ -177,6 +212,7 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
+        self.watchdog.release()
         if self._log:
             self._log.close()
 
@@ -188,7 +224,7 @@ def prepare(opts: ServeOptions) -> tuple[list[str], Path]:
     path = resolve_model(opts.model)
     check_checkpoint(path)
     check_port_free(opts.host, opts.port)
-    return build_command(opts, path, gpu_count_cheap()), path
+    return build_command(opts, path, gpus.count_cheap()), path
 
 
 def served_context(url: str, api_key: str | None) -> str:
@@ -211,29 +247,38 @@ def _raise_terminated(signum, frame):
     raise _Terminated()
 
 
-def run(opts: ServeOptions, term, *, log_path: Path, passthrough: bool, ready_timeout: float) -> int:
-    cmd, path = prepare(opts)
+def run(
+    opts: ServeOptions,
+    *,
+    log_path: Path,
+    passthrough: bool,
+    ready_timeout: float,
+    on_status: Callable[[str | None], None],
+    on_ready: Callable[[str, str], None],
+) -> int:
+    """Start the server and keep it up until Ctrl-C or SIGTERM (exit code 130 or 0), or until it
+    dies (UserError). ``on_status`` hears what is being waited for; ``on_ready`` gets the
+    server's URL and the context length it chose."""
+    cmd, _ = prepare(opts)
     url = base_url(opts.host, opts.port)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     server = Server(cmd, log_path, passthrough)
     try:
-        with term.status(f"Starting vLLM for {path}"):
+        on_status(f"Starting vLLM for {opts.model}")
+        try:
             server.wait_ready(url, ready_timeout)
-        context = served_context(url, opts.api_key)
-        how = "as asked" if opts.max_model_len else "the most the KV cache holds, up to the model's maximum"
-        term.success(f"Step-Audio-R1 server ready at {url}/v1 (context {context} tokens: {how})")
-        key = " --api-key ..." if opts.api_key else ""
-        term.info(f'Try: stepaudio ask --server {url}{key} clip.wav "What is happening in this audio?"')
-        if not passthrough:
-            term.info(f"Server log: {log_path}. Ctrl-C stops it.")
+        finally:
+            on_status(None)
+        on_ready(url, served_context(url, opts.api_key))
         code = server.proc.wait()
         raise UserError(f"vLLM exited unexpectedly with code {code}: {server.last_error()}", exit_code=1)
     except _Terminated:
-        term.info("Stopping the server ...")
+        on_status("Stopping the server")
         return 0
     except KeyboardInterrupt:
-        term.info("Stopping the server ...")
+        on_status("Stopping the server")
         return 130
     finally:
         server.stop()
+        on_status(None)
         signal.signal(signal.SIGTERM, previous)

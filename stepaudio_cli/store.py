@@ -8,68 +8,23 @@ record per input file, in input order.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import stat
 import os
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from stepaudio_cli.errors import UserError
-
-CSV_FIELDS = [
-    "file", "sha256", "prompt", "model", "answer", "reasoning", "error", "audio_seconds",
-    "prompt_tokens", "completion_tokens", "reasoning_tokens", "time_to_first_token", "total_seconds", "params", "key",
-]
-
-
-def _csv_row(record: dict) -> dict:
-    usage = record.get("usage") or {}
-    timings = record.get("timings") or {}
-    return {
-        "file": record["file"],
-        "sha256": record.get("sha256"),
-        "prompt": record.get("prompt"),
-        "model": record.get("model"),
-        "answer": record.get("answer"),
-        "reasoning": record.get("reasoning"),
-        "error": record.get("error"),
-        "audio_seconds": record.get("audio_seconds"),
-        "prompt_tokens": usage.get("prompt_tokens"),
-        "completion_tokens": usage.get("completion_tokens"),
-        "reasoning_tokens": usage.get("reasoning_tokens"),
-        "time_to_first_token": timings.get("time_to_first_token"),
-        "total_seconds": timings.get("total"),
-        "params": json.dumps(record.get("params"), sort_keys=True),
-        "key": record.get("key"),
-    }
-
-
-def _from_csv_row(row: dict) -> dict:
-    def num(v):
-        if v in (None, ""):
-            return None
-        return float(v) if "." in v or "e" in v else int(v)
-
-    return {
-        "file": row["file"],
-        "sha256": row.get("sha256") or None,
-        "prompt": row.get("prompt"),
-        "model": row.get("model"),
-        "answer": row.get("answer") or None,
-        "reasoning": row.get("reasoning") or None,
-        "error": row.get("error") or None,
-        "audio_seconds": num(row.get("audio_seconds")),
-        "usage": {k: num(row.get(k)) for k in ("prompt_tokens", "completion_tokens", "reasoning_tokens")},
-        "timings": {"time_to_first_token": num(row.get("time_to_first_token")), "total": num(row.get("total_seconds"))},
-        "params": json.loads(row["params"]) if row.get("params") else None,
-        "key": row.get("key") or None,
-    }
+from stepaudio_cli.errors import StoreError, UserError
+from stepaudio_cli.records import CSV_FIELDS, from_csv_row, to_csv_row
 
 
 class Store:
-    """Where batch records go. ``path`` None means stdout (no resume, no compaction)."""
+    """Where batch records go. ``path`` None means stdout (no resume, no compaction); so
+    does a path that is not a regular file (``/dev/stdout``, a pipe)."""
 
     def __init__(self, path: Path | None, fmt: str = "jsonl", stdout=None) -> None:
         if fmt not in ("jsonl", "csv"):
@@ -83,11 +38,25 @@ class Store:
         self._synced = 0  # lines known to be on disk
         self._fd: int | None = None
         self._wrote_header = False
+        self._end = 0  # size of the file up to its last complete record
+        self.stored = 0  # records written by this run
+
+    @property
+    def resumable(self) -> bool:
+        """A regular file (or one to be created): read back on resume, compacted at the end."""
+        if self.path is None:
+            return False
+        try:
+            return stat.S_ISREG(self.path.stat().st_mode)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
 
     # --- reading ----------------------------------------------------------------------
     def load(self) -> list[dict]:
         """Existing records; cuts a torn last line (from a crash) off the file first."""
-        if self.path is None or not self.path.exists():
+        if not self.resumable or not self.path.exists():
             return []
         try:
             data = self.path.read_bytes()
@@ -114,7 +83,7 @@ class Store:
             reader = csv.DictReader(io.StringIO(text, newline=""))
             if text and (reader.fieldnames is None or "file" not in reader.fieldnames):
                 raise UserError(f"{self.path}: not a stepaudio CSV results file (no 'file' column)")
-            records = [_from_csv_row(row) for row in reader]
+            records = [from_csv_row(row) for row in reader]
             self._wrote_header = bool(text)
         return records
 
@@ -142,7 +111,7 @@ class Store:
         if header:
             writer.writeheader()
         for r in records:
-            writer.writerow(_csv_row(r))
+            writer.writerow(to_csv_row(r))
         return buf.getvalue().encode()
 
     def append(self, record: dict) -> None:
@@ -151,49 +120,90 @@ class Store:
         Group commit: records that finish together (a batch whose requests end on the same
         step) share one fsync instead of queueing for one each; each still returns only
         after an fsync that began after its line was written.
+
+        A write that fails (disk full, file or folder removed) raises StoreError and leaves
+        the file as it was before it: every record already there stays whole.
         """
         with self._lock:
             data = self._serialize([record], header=not self._wrote_header)
-            self._wrote_header = True
             if self.path is None:
-                out = self._stdout
-                out.write(data.decode())
-                out.flush()
+                self._stdout.write(data.decode())
+                self._stdout.flush()
+                self._wrote_header = True
                 return
-            if self._fd is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            view = memoryview(data)
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
+            try:
+                self._write(data)
+            except OSError as e:
+                self._undo()
+                raise self._error(e) from None
+            self._wrote_header = True
             self._written += 1
+            self.stored += 1
             mine = self._written
         with self._sync_lock:
             if self._synced >= mine:  # an fsync that started after our write has finished
                 return
             with self._lock:
                 upto, fd = self._written, self._fd
-            os.fsync(fd)
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                raise self._error(e) from None
             self._synced = upto
 
+    def _write(self, data: bytes) -> None:
+        if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self._end = os.fstat(self._fd).st_size
+        info = os.fstat(self._fd)
+        if stat.S_ISREG(info.st_mode) and info.st_nlink == 0:
+            raise FileNotFoundError(2, "the file (or its folder) was removed during the run")
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        self._end += len(data)
+
+    def _undo(self) -> None:
+        """Cut a partly written record off (needs no free space)."""
+        if self._fd is not None:
+            try:
+                if stat.S_ISREG(os.fstat(self._fd).st_mode):
+                    os.ftruncate(self._fd, self._end)
+            except OSError:
+                pass
+
+    def _error(self, e: OSError) -> StoreError:
+        kept = f"the {self.stored} result(s) written before are safe; " if self.stored else ""
+        return StoreError(
+            f"{self.path}: cannot write the results ({e.strerror or e}); the run stopped: "
+            f"{kept}fix it and rerun the same command to continue"
+        )
+
     def rewrite(self, records: list[dict]) -> None:
-        """Atomically replace the file with ``records`` (compaction)."""
-        if self.path is None:
+        """Atomically replace the file with ``records`` (compaction). On failure the file is
+        left as it was and StoreError says why."""
+        if not self.resumable:
             return
         with self._lock:
             self.close()
             tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-            with open(tmp, "wb") as f:
-                f.write(self._serialize(records, header=True))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            dir_fd = os.open(self.path.parent, os.O_RDONLY)
             try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+                with open(tmp, "wb") as f:
+                    f.write(self._serialize(records, header=True))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path)
+                dir_fd = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise self._error(e) from None
             self._wrote_header = True
 
     def close(self) -> None:

@@ -27,6 +27,7 @@ class Terminal:
         self.out = Console(file=stdout or sys.stdout, highlight=False, soft_wrap=True, **plain)
         self.err = Console(file=stderr or _own_stderr(), highlight=False, soft_wrap=True, **plain)
         self.quiet = quiet
+        self._open_line = {"out": False, "err": False}  # streamed text without its newline yet
 
     @property
     def interactive(self) -> bool:
@@ -35,9 +36,11 @@ class Terminal:
 
     # --- one-line messages (stderr) -------------------------------------------------
     def error(self, message: str) -> None:
+        self.end_streams()  # text streamed so far stays, and the error gets its own line
         self.err.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
 
     def warn(self, message: str) -> None:
+        self.end_streams()
         self.err.print(Text.assemble(("warning: ", "yellow"), message), soft_wrap=True)
 
     def info(self, message: str) -> None:
@@ -48,22 +51,37 @@ class Terminal:
         if not self.quiet:
             self.err.print(Text(message, style="green"), soft_wrap=True)
 
-    def markup(self, message: str) -> None:
-        """stderr, with Rich markup (caller escapes user text with ``escape``)."""
+    def note(self, message: str) -> None:
+        """A secondary line (stats): dim on a colour terminal."""
         if not self.quiet:
-            self.err.print(message, soft_wrap=True)
+            self.err.print(Text(message, style="dim"), soft_wrap=True)
+
+    def labelled(self, label: str, message: str, style: str = "red", *, stdout: bool = False) -> None:
+        """``label message`` with the label styled, e.g. ``failed a.wav: ...``, ``ok  vLLM: ...``."""
+        if stdout or not self.quiet:
+            console = self.out if stdout else self.err
+            console.print(Text.assemble((label, style), " ", message), soft_wrap=True)
 
     # --- streaming text -------------------------------------------------------------
     def stream_reasoning(self, text: str) -> None:
         self.err.print(Text(text, style="dim"), end="")
         self.err.file.flush()
+        self._open_line["err"] = True
 
     def stream_answer(self, text: str) -> None:
+        if self._open_line["err"]:  # reasoning ends: a blank line before the answer
+            self.err.print("\n")
+            self._open_line["err"] = False
         self.out.print(Text(text), end="")
         self.out.file.flush()
+        self._open_line["out"] = True
 
-    def end_stream(self, console: str = "out") -> None:
-        (self.out if console == "out" else self.err).print()
+    def end_streams(self) -> None:
+        """End any streamed text with its newline."""
+        for name, console in (("err", self.err), ("out", self.out)):
+            if self._open_line[name]:
+                console.print()
+                self._open_line[name] = False
 
     def print_json(self, obj: Any) -> None:
         # Plain write: no Rich wrapping or highlighting may touch machine-readable output.
@@ -75,33 +93,92 @@ class Terminal:
         self.out.file.flush()
 
     # --- spinners -------------------------------------------------------------------
+    def status_line(self) -> StatusLine:
+        """A status to set and clear as things happen (an engine callback's target)."""
+        return StatusLine(self)
+
     @contextlib.contextmanager
     def status(self, message: str) -> Iterator[Callable[[str], None]]:
         """A spinner with elapsed time on a TTY; one plain line otherwise. Yields a function
         that replaces the message (a new line when not interactive)."""
-        if not self.interactive or self.quiet:
-            self.info(message + " ...")
-            yield lambda text: self.info(text + " ...")
+        line = StatusLine(self)
+        line(message)
+        try:
+            yield line
+        finally:
+            line(None)
+
+    # --- reports -----------------------------------------------------------------------
+    def section(self, title: str, lines: list[str]) -> None:
+        """A titled block of plain lines on stdout."""
+        self.out.print()
+        self.out.print(Text(title, style="bold"))
+        for line in lines:
+            self.out.print(Text(line), soft_wrap=True)
+
+    def pairs(self, rows: list[tuple[str, str, str | None]], *, stdout: bool = False) -> None:
+        """A two-column report: label (bold), value (with an optional style)."""
+        if not stdout and self.quiet:
             return
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-        columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-        with Progress(*columns, console=self.err, transient=True) as progress:
-            task = progress.add_task(escape(message), total=None)
-            yield lambda text: progress.update(task, description=escape(text))
-
-    # --- reports (stdout) --------------------------------------------------------------
-    def table(self, title: str, rows: list[tuple[str, list[str]]], columns: list[str]) -> None:
-        """A labelled table of results: one row per measure, one column per configuration."""
         from rich.table import Table
 
-        table = Table(title=title, title_justify="left", header_style="bold")
-        table.add_column("")
+        table = Table(show_header=False, box=None, pad_edge=False)
+        table.add_column(style="bold")
+        table.add_column()
+        for label, value, style in rows:
+            table.add_row(label, Text(value, style=style or ""))
+        (self.out if stdout else self.err).print(table)
+
+    def table(
+        self, title: str | None, rows: list[tuple[str, list[str]]], columns: list[str], *, first: str = "",
+        plain: bool = False,
+    ) -> None:
+        """A labelled table on stdout: one row per label, one column per name in ``columns``
+        (numbers right-aligned in a boxed table; ``plain``: no box, left-aligned)."""
+        from rich.table import Table
+
+        box = {"box": None, "pad_edge": False} if plain else {}
+        table = Table(title=title, title_justify="left", header_style="bold", **box)
+        table.add_column(first)
         for name in columns:
-            table.add_column(name, justify="right")
+            table.add_column(name, justify="left" if plain else "right")
         for label, values in rows:
             table.add_row(label, *values)
         self.out.print(table)
+
+
+class StatusLine:
+    """Call with a text to show it (a spinner with elapsed time on a TTY, one plain line
+    otherwise), with None to clear it. The same text twice shows once."""
+
+    def __init__(self, term: Terminal) -> None:
+        self.term = term
+        self.text: str | None = None
+        self._progress = None
+        self._task = None
+
+    def __call__(self, text: str | None) -> None:
+        if text == self.text:
+            return
+        self.text = text
+        if not self.term.interactive or self.term.quiet:
+            if text is not None:
+                self.term.info(text + " ...")
+            return
+        if text is None:
+            if self._progress is not None:
+                self._progress.stop()
+                self._progress = None
+            return
+        if self._progress is None:
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+            self._progress = Progress(*columns, console=self.term.err, transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task(escape(text), total=None)
+        else:
+            self._progress.update(self._task, description=escape(text))
 
 
 def _own_stderr():
@@ -118,4 +195,4 @@ def _own_stderr():
         return sys.stderr
 
 
-__all__ = ["Terminal", "escape"]
+__all__ = ["StatusLine", "Terminal"]

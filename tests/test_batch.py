@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from conftest import SCRIPT, noise, tone, write_wav
 from stepaudio_cli.batch import discover
 from stepaudio_cli.cli import app
+from stepaudio_cli.records import FIELDS
 from stepaudio_cli.store import Store
 
 runner = CliRunner()
@@ -50,8 +51,8 @@ def batch(*args: str):
 def test_discover_is_stable_and_counts_each_real_file_once(tmp_path):
     root = make_tree(tmp_path / "tree")
     files = [str(p.relative_to(root)) for p in discover([str(root)], recursive=True)]
-    assert files == ["a.wav", "calls/b.flac", "calls/broken.wav", "calls/copy-of-a.wav", "calls/2024/c.wav"] or files == [
-        "a.wav", "calls/2024/c.wav", "calls/b.flac", "calls/broken.wav", "calls/copy-of-a.wav"]
+    # Sorted by path; the symlink to a.wav is a.wav again and counts once.
+    assert files == ["a.wav", "calls/2024/c.wav", "calls/b.flac", "calls/broken.wav", "calls/copy-of-a.wav"]
     assert [str(p.relative_to(root)) for p in discover([str(root)])] == ["a.wav"]
     assert [p.name for p in discover([str(root)], ["*.flac"], recursive=True)] == ["b.flac"]
 
@@ -64,14 +65,15 @@ def test_batch_remote_records_every_file_and_resumes(vllm_server, tmp_path):
     assert first.exit_code == 1, first.stderr  # one file is bad
     recs = {Path(r["file"]).name: r for r in records(out)}
     assert sorted(recs) == ["a.wav", "b.flac", "broken.wav", "c.wav", "copy-of-a.wav"]
-    assert "broken.wav" in recs["broken.wav"]["file"] and "not a readable audio file" in recs["broken.wav"]["error"]
+    broken = str(root / "calls" / "broken.wav")
+    assert recs["broken.wav"]["file"] == broken and recs["broken.wav"]["error"].startswith("not a readable audio file")
     for name in ("a.wav", "b.flac", "c.wav", "copy-of-a.wav"):
         r = recs[name]
         assert (r["reasoning"], r["answer"], r["error"]) == (REASONING, ANSWER, None)
-        assert set(r) >= {"file", "sha256", "prompt", "model", "params", "usage", "timings"}
+        assert list(r) == FIELDS  # the record `ask --json` prints too
     assert recs["copy-of-a.wav"]["sha256"] == recs["a.wav"]["sha256"]
     assert recs["c.wav"]["audio_seconds"] == pytest.approx(3.0)
-    assert "failed bdir" not in first.stderr and f"{recs['broken.wav']['file']}: not a readable" in first.stderr
+    assert any(ln.startswith(f"failed {broken}: not a readable audio file") for ln in first.stderr.splitlines())
     before = out.read_bytes()
 
     again = batch(*args)
@@ -101,6 +103,35 @@ def test_batch_csv_and_hidden_reasoning(vllm_server, tmp_path):
     assert all(r["answer"] == ANSWER and r["reasoning"] == "" for r in rows)
     assert batch(*args).exit_code == 0
     assert len(list(csv.DictReader(out.open()))) == 3
+
+
+def test_prompt_file_system_prompt_and_overwrite(vllm_server, tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    for i in range(2):
+        write_wav(d / f"{i}.wav", tone(1.0 + i))
+    (tmp_path / "q.txt").write_text("What is in this clip?\n")
+    out = tmp_path / "r.jsonl"
+    base = [str(d), "--prompt-file", str(tmp_path / "q.txt"), "-s", vllm_server.url, "--api-key", "sekret", "-o", str(out)]
+    first = batch(*base)
+    assert first.exit_code == 0, first.stderr
+    assert [r["prompt"] for r in records(out)] == ["What is in this clip?"] * 2
+    keys = [r["key"] for r in records(out)]
+
+    # Another system prompt is another question: computed again, not "already done".
+    system = batch(*base, "--system", "Be brief.")
+    assert system.exit_code == 0 and "already done" not in system.stderr
+    recs = records(out)
+    assert [r["params"]["system"] for r in recs] == ["Be brief."] * 2
+    assert len(recs) == 2 and not set(keys) & {r["key"] for r in recs}
+
+    # --overwrite starts over: records of other runs are dropped, each file computed once.
+    out.write_text(out.read_text() + json.dumps({"file": "gone.wav", "key": "k", "error": None}) + "\n")
+    again = batch(*base, "--overwrite")
+    assert again.exit_code == 0 and "already done" not in again.stderr
+    recs = records(out)
+    assert [Path(r["file"]).name for r in recs] == ["0.wav", "1.wav"] and [r["key"] for r in recs] == keys
+    assert batch(*base, "--prompt", "Q").exit_code == 2  # --prompt and --prompt-file: one line, exit 2
 
 
 def test_batch_to_stdout(vllm_server, tmp_path):

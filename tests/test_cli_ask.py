@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -18,6 +19,7 @@ from typer.testing import CliRunner
 
 from conftest import SCRIPT, tone, write_wav
 from stepaudio_cli.cli import app
+from stepaudio_cli.records import FIELDS
 
 runner = CliRunner()
 REASONING, ANSWER = SCRIPT
@@ -70,10 +72,11 @@ def test_remote_ask_json(vllm_server, scripted_ckpt, clip, tmp_path):
     result = ask("--server", vllm_server.url, "--api-key", "sekret", "--json", str(clip), str(other), "Compare them.")
     assert result.exit_code == 0, result.stderr
     obj = json.loads(result.stdout)  # exactly one JSON document
-    assert set(obj) >= {"audio", "question", "reasoning", "answer", "model", "usage", "timings"}
-    assert (obj["reasoning"], obj["answer"]) == (REASONING, ANSWER)
-    assert [a["file"] for a in obj["audio"]] == [str(clip), str(other)]
-    assert obj["audio"][1]["seconds"] == pytest.approx(31.0)
+    assert list(obj) == FIELDS  # the record batch writes too
+    assert (obj["reasoning"], obj["answer"], obj["prompt"], obj["error"]) == (REASONING, ANSWER, "Compare them.", None)
+    assert obj["file"] == [str(clip), str(other)]
+    assert obj["audio_seconds"] == pytest.approx(34.0)
+    assert obj["finish_reason"] == "stop" and obj["params"]["temperature"] == 0.7
     # 3 chunks: 3 s, 25 s, 6 s -> (38 + 313 + 75) patches + 2 markers each, plus the text.
     assert obj["usage"]["prompt_tokens"] > 38 + 313 + 75 + 6
     n_reasoning = script_tokens(scripted_ckpt, REASONING)
@@ -145,6 +148,9 @@ class Replay(BaseHTTPRequestHandler):
 
     def do_POST(self):
         self.rfile.read(int(self.headers["Content-Length"]))
+        if self.mode == "hang":  # lists its model, then never answers a request
+            time.sleep(3600)
+            return
         if self.mode == "500":
             body = json.dumps({"error": {"message": "CUDA out of memory. Tried to allocate 2 GiB"}}).encode()
             self.send_response(500)
@@ -212,4 +218,4 @@ def test_no_color_on_a_terminal_is_plain_text(monkeypatch):
         return err.getvalue()
 
     assert "\x1b[2m" in render("")  # dim reasoning on a colour terminal
-    assert render("1") == "thinkingerror: bad.wav: no such file\n"
+    assert render("1") == "thinking\nerror: bad.wav: no such file\n"  # the error on a line of its own

@@ -18,9 +18,9 @@ from conftest import SCRIPT, LoopThread, noise, tone, write_wav
 from reference import next_token_logprobs
 from stepaudio_cli.audio import Audio, chunk_tokens, load_audio
 from stepaudio_cli.cli import app
-from stepaudio_cli.engines import collect
-from stepaudio_cli.engines.local import LocalEngine
-from stepaudio_cli.prompt import Request, Sampling, build_prompt
+from stepaudio_cli.engines import EngineSettings, collect, make_engine
+from stepaudio_cli.prompt import build_prompt
+from stepaudio_cli.request import Request, Sampling
 from stepaudio_cli.testing import SPECIAL_TOKENS, build_checkpoint
 
 pytestmark = pytest.mark.engine
@@ -30,7 +30,7 @@ PATCH = SPECIAL_TOKENS["<audio_patch>"]
 class Harness:
     def __init__(self, ckpt) -> None:
         self.loop = LoopThread()
-        self.engine = LocalEngine(str(ckpt), max_model_len=8192, max_num_seqs=8, dtype="float32")
+        self.engine = make_engine(EngineSettings(model=str(ckpt), max_model_len=8192, max_num_seqs=8, dtype="float32"))
         self.loop.run(self.engine.start())
 
     def first_token_logprobs(self, audios: list[Audio], question: str = "What is this?", k: int = 20):
@@ -188,7 +188,12 @@ def test_missing_vllm_is_one_line(ckpt, clip):
     assert "pip install vllm" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_ctrl_c_during_generation_exits_130_and_leaves_no_process(ckpt, clip, tmp_path):
+@pytest.mark.parametrize(
+    "when, sig", [("generation", "SIGINT"), ("start-up", "SIGINT"), ("generation", "SIGKILL")],
+)
+def test_interrupted_or_killed_ask_leaves_no_process(ckpt, clip, tmp_path, when, sig):
+    """Ctrl-C while the engine starts or generates: exit 130. kill -9 (nothing of ours runs
+    after it): the watchdog stops vLLM's engine processes. Either way none is left."""
     import signal
 
     log = tmp_path / "ask.log"
@@ -199,19 +204,31 @@ def test_ctrl_c_during_generation_exits_130_and_leaves_no_process(ckpt, clip, tm
         # the child the default a terminal's process has, whoever started the tests.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+    def engine_processes():
+        return [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name().startswith("VLLM")]
+
     try:
         deadline = time.monotonic() + 180
-        # Wait until reasoning text streams (the random model never closes it).
-        while time.monotonic() < deadline and len(log.read_bytes()) < 200:
-            assert proc.poll() is None, log.read_text()
-            time.sleep(0.2)
+        if when == "start-up":  # the engine's processes exist, the model is not up yet
+            while time.monotonic() < deadline and not engine_processes():
+                assert proc.poll() is None, log.read_text()
+                time.sleep(0.05)
+            assert "Loading" in log.read_text() and len(log.read_bytes()) < 200
+        else:  # reasoning text streams (the random model never closes it)
+            while time.monotonic() < deadline and len(log.read_bytes()) < 200:
+                assert proc.poll() is None, log.read_text()
+                time.sleep(0.2)
         family = psutil.Process(proc.pid).children(recursive=True)
-        assert family, "the engine runs in child processes"
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(60) == 130
+        assert engine_processes(), "the engine runs in child processes"
+        proc.send_signal(getattr(signal, sig))
+        code = proc.wait(60)
         text = log.read_text()
-        assert "error: interrupted" in text and "Traceback" not in text
-        time.sleep(2)
+        if sig == "SIGINT":
+            assert code == 130 and "error: interrupted" in text and "Traceback" not in text, text
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family):
+            time.sleep(0.2)
         left = [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert left == [], f"left behind: {left}"
     finally:

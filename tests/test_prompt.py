@@ -14,14 +14,9 @@ from hypothesis import strategies as st
 from conftest import tone
 from stepaudio_cli.audio import Audio
 from stepaudio_cli.errors import AudioError
-from stepaudio_cli.prompt import (
-    ReasoningSplitter,
-    Sampling,
-    build_messages,
-    build_prompt,
-    fit_max_tokens,
-    split_reasoning,
-)
+from stepaudio_cli.prompt import build_messages, build_prompt
+from stepaudio_cli.request import Sampling, fit_max_tokens
+from stepaudio_cli.splitter import ReasoningSplitter
 
 
 def audio(seconds: float, name: str = "a.wav") -> Audio:
@@ -86,6 +81,14 @@ def test_split(text, reasoning, answer):
     assert split_reasoning(text) == (reasoning, answer)
 
 
+def split_reasoning(text: str) -> tuple[str, str]:
+    """A complete output through the streaming splitter in one piece."""
+    splitter = ReasoningSplitter()
+    splitter.feed(text)
+    splitter.finish()
+    return splitter.reasoning, splitter.answer
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.text(alphabet="ab<>/thinkc \n", max_size=40),
@@ -115,7 +118,7 @@ def test_server_split_fields():
 
 
 def test_without_a_cap_the_engine_leaves_max_tokens_to_the_server():
-    from stepaudio_cli.prompt import Request, request_max_tokens
+    from stepaudio_cli.request import Request, request_max_tokens
 
     uncapped = Request(audios=(audio(10),), question="Q", sampling=Sampling())
     capped = Request(audios=(audio(10),), question="Q", sampling=Sampling(max_tokens=500))

@@ -61,10 +61,13 @@ def test_official_openai_client_with_input_audio(vllm_server, clip):
     assert ("".join(reasoning), "".join(content)) == (REASONING, ANSWER)
 
 
-def test_port_in_use_is_one_line(vllm_server, scripted_ckpt):
+def test_port_in_use_is_one_line_naming_the_holder(vllm_server, scripted_ckpt):
     result = runner.invoke(app, ["serve", str(scripted_ckpt), "--port", str(vllm_server.port)])
     assert result.exit_code == 2
-    assert result.stderr.strip() == f"error: port {vllm_server.port} on 127.0.0.1: already in use (pick another with --port)"
+    (line,) = result.stderr.strip().splitlines()
+    holder = next(p for p in psutil.Process(vllm_server.proc.pid).children() if "api_server" in " ".join(p.cmdline()))
+    assert line.startswith(f"error: port {vllm_server.port} on 127.0.0.1: already in use by pid {holder.pid} (")
+    assert "vllm.entrypoints.openai.api_server" in line and line.endswith("(stop it, or pick another port with --port)")
 
 
 def test_missing_model_and_wrong_model_are_one_line(tmp_path):

@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 from conftest import SCRIPT, LoopThread, tone
 from stepaudio_cli.audio import Audio
 from stepaudio_cli.cli import app
-from stepaudio_cli.engines import collect
-from stepaudio_cli.engines.local import LocalEngine
+from stepaudio_cli.engines import EngineSettings, collect, make_engine
 from stepaudio_cli.engines.remote import RemoteEngine
 from stepaudio_cli.errors import UserError
-from stepaudio_cli.prompt import NO_THINK_PREFIX, Request, Sampling, Thinking, build_prompt
+from stepaudio_cli.prompt import NO_THINK_PREFIX, build_prompt
+from stepaudio_cli.request import Request, Sampling, Thinking
 
 REASONING, ANSWER = SCRIPT
 AUDIO = (Audio("t.wav", tone(2.0)),)
@@ -29,7 +29,7 @@ def request(thinking: Thinking, max_tokens: int = 60) -> Request:
 @pytest.fixture(scope="module")
 def local(scripted_ckpt):
     loop = LoopThread()
-    engine = LocalEngine(str(scripted_ckpt), max_model_len=4096, max_num_seqs=4, thinking_processor=True)
+    engine = make_engine(EngineSettings(model=str(scripted_ckpt), max_model_len=4096, max_num_seqs=4, thinking_processor=True))
     loop.run(engine.start())
     yield lambda req: loop.run(collect(engine, req))
     loop.run(engine.close())
@@ -114,5 +114,5 @@ def test_ask_json_records_the_thinking_settings(vllm_server, clip):
     )
     assert result.exit_code == 0, result.stderr
     obj = json.loads(result.stdout)
-    assert obj["thinking"] == {"think": True, "think_budget": 2, "min_think": None}
+    assert (obj["params"]["think"], obj["params"]["think_budget"], obj["params"]["min_think"]) == (True, 2, None)
     assert obj["usage"]["reasoning_tokens"] <= 2 and obj["answer"] == ANSWER

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -9,14 +10,23 @@ from typing import Annotated
 import typer
 
 from stepaudio_cli.commands import common
-from stepaudio_cli.defaults import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+from stepaudio_cli.defaults import (
+    DEFAULT_MAX_MODEL_LEN,
+    DEFAULT_MAX_NUM_SEQS,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TIMEOUT,
+    DEFAULT_TOP_P,
+    DEFAULT_WAIT_SERVER,
+    SERVER_CONCURRENCY,
+)
 from stepaudio_cli.errors import UserError
-from stepaudio_cli.terminal import Terminal
 
 IO = "Input and output"
 
 
 def batch(
+    ctx: typer.Context,
     inputs: Annotated[list[str], typer.Argument(help="Directories and/or audio files.", metavar="DIR_OR_FILES...")],
     prompt: Annotated[str | None, typer.Option("--prompt", "-p", envvar="STEPAUDIO_PROMPT", help="The question for every file.")] = None,
     prompt_file: Annotated[Path | None, typer.Option(help="Read the question from a file.")] = None,
@@ -29,7 +39,7 @@ def batch(
     ] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="jsonl or csv.", rich_help_panel=IO)] = "jsonl",
     concurrency: Annotated[
-        int | None, typer.Option("--concurrency", "-c", envvar="STEPAUDIO_CONCURRENCY", min=1, help="Requests in flight (default: 2 x --max-num-seqs in-process, 32 per server).")
+        int | None, typer.Option("--concurrency", "-c", envvar="STEPAUDIO_CONCURRENCY", min=1, help=f"Requests in flight (default: 2 x --max-num-seqs in-process, {SERVER_CONCURRENCY} per server).")
     ] = None,
     retry_failed: Annotated[bool, typer.Option(help="On resume, try files that failed before again.", rich_help_panel=IO)] = False,
     overwrite: Annotated[bool, typer.Option(help="Start over: discard earlier results in the output file.", rich_help_panel=IO)] = False,
@@ -38,7 +48,7 @@ def batch(
     system: common.SystemOpt = None,
     temperature: common.TemperatureOpt = DEFAULT_TEMPERATURE,
     top_p: common.TopPOpt = DEFAULT_TOP_P,
-    max_tokens: common.MaxTokensOpt = common.DEFAULTS["max_tokens"],
+    max_tokens: common.MaxTokensOpt = DEFAULT_MAX_TOKENS,
     seed: common.SeedOpt = None,
     think_budget: common.ThinkBudgetOpt = None,
     min_think: common.MinThinkOpt = None,
@@ -47,8 +57,14 @@ def batch(
     server: common.ServerOpt = None,
     api_key: common.ApiKeyOpt = None,
     model: common.ModelOpt = None,
-    max_model_len: common.MaxModelLenOpt = common.DEFAULTS["max_model_len"],
-    max_num_seqs: Annotated[int, typer.Option(envvar="STEPAUDIO_MAX_NUM_SEQS", min=1, help="Sequences batched at once (in-process).", rich_help_panel=common.ENGINE)] = 32,
+    timeout: common.TimeoutOpt = DEFAULT_TIMEOUT,
+    wait_server: Annotated[
+        float,
+        typer.Option(envvar="STEPAUDIO_WAIT_SERVER", min=0.0, rich_help_panel=common.ENGINE,
+                     help="Seconds to wait for a server while none answers (--server); then the run stops and a rerun continues."),
+    ] = DEFAULT_WAIT_SERVER,
+    max_model_len: common.MaxModelLenOpt = DEFAULT_MAX_MODEL_LEN,
+    max_num_seqs: Annotated[int, typer.Option(envvar="STEPAUDIO_MAX_NUM_SEQS", min=1, help="Sequences batched at once (in-process).", rich_help_panel=common.ENGINE)] = DEFAULT_MAX_NUM_SEQS,
     tensor_parallel_size: common.TPOpt = None,
     gpu_memory_utilization: common.GpuMemOpt = None,
     dtype: common.DtypeOpt = "auto",
@@ -60,37 +76,43 @@ def batch(
     from stepaudio_cli.batch_view import BatchView
     from stepaudio_cli.store import Store
 
-    term = Terminal()
-    with common.user_errors(term):
-        question = _question(prompt, prompt_file)
-        thinking = common.thinking(think_budget, min_think, effort, no_think)
-        settings = common.EngineSettings.from_options(
-            server, api_key, model, max_model_len, tensor_parallel_size, gpu_memory_utilization, dtype, max_num_seqs,
-            quantization=quantization, load_format=load_format, thinking_processor=thinking.constrained,
-        )
-        if output is None:
-            if sys.stdout.isatty():
-                raise UserError("give --output FILE for the results (or pipe stdout: -o -)")
-            output = "-"
-        store = Store(None if output == "-" else Path(output), fmt, stdout=sys.stdout)
-        if output == "-" and (overwrite or retry_failed):
-            raise UserError("--overwrite and --retry-failed need an output file (-o FILE)")
-        files = core.discover(inputs, glob or (), recursive)
-        if not files:
-            raise UserError(f"no audio files found in {', '.join(inputs)}" + ("" if recursive else " (try --recursive)"))
-        default_concurrency = 32 * len(settings.servers) if settings.servers else 2 * max_num_seqs
-        job = core.BatchJob(
-            prompt=question, system=system, sampling=common.sampling(temperature, top_p, max_tokens, seed),
-            thinking=thinking,
-            concurrency=concurrency or default_concurrency, retries=retries, retry_failed=retry_failed,
-            overwrite=overwrite, hide_reasoning=hide_reasoning,
-        )
-        view = BatchView(term, len(files))
-        summary = common.run(core.execute(settings, job, store, files, view))
-        view.summary(summary, output if output != "-" else "stdout")
-        if summary.interrupted:
-            raise typer.Exit(130)
-        raise typer.Exit(1 if summary.failed else 0)
+    term = common.terminal(ctx)
+    question = _question(prompt, prompt_file)
+    thinking = common.thinking(think_budget, min_think, effort, no_think)
+    settings = common.engine_settings(
+        server, api_key, model, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
+        gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, quantization=quantization,
+        load_format=load_format, max_num_seqs=max_num_seqs, thinking_processor=thinking.constrained,
+        timeout=timeout, wait_server=wait_server,
+    )
+    if output is None:
+        if sys.stdout.isatty():
+            raise UserError("give --output FILE for the results (or pipe stdout: -o -)")
+        output = "-"
+    store = Store(None if output == "-" else Path(output), fmt, stdout=sys.stdout)
+    if not store.resumable and (overwrite or retry_failed):
+        raise UserError("--overwrite and --retry-failed need an output file (-o FILE)")
+    files = core.discover(inputs, glob or (), recursive)
+    if not files:
+        raise UserError(f"no audio files found in {', '.join(inputs)}" + ("" if recursive else " (try --recursive)"))
+    job = core.BatchJob(
+        prompt=question, system=system, sampling=common.sampling(temperature, top_p, max_tokens, seed),
+        thinking=thinking, concurrency=concurrency or settings.default_concurrency(), retries=retries,
+        retry_failed=retry_failed, overwrite=overwrite, hide_reasoning=hide_reasoning,
+    )
+    view = BatchView(term, len(files))
+    try:
+        summary = asyncio.run(core.execute(
+            settings, job, store, files, on_status=view.status, on_start=view.started, on_progress=view.update,
+        ))
+    finally:
+        view.close()
+    view.summary(summary, output if output != "-" else "stdout")
+    if summary.stopped:
+        raise summary.stopped
+    if summary.interrupted:
+        raise typer.Exit(130)
+    raise typer.Exit(1 if summary.failed else 0)
 
 
 def _question(prompt: str | None, prompt_file: Path | None) -> str:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 import typer
 
 from stepaudio_cli.commands import common
-from stepaudio_cli.terminal import Terminal
+from stepaudio_cli.defaults import DEFAULT_MAX_NUM_SEQS
+from stepaudio_cli.errors import UserError
 
 
 def bench(
+    ctx: typer.Context,
     model: Annotated[
         str | None,
         typer.Option("--model", "-m", envvar="STEPAUDIO_MODEL",
@@ -20,7 +23,7 @@ def bench(
     seconds: Annotated[float, typer.Option(min=1.0, help="Clip length for time to first token and throughput.")] = 10.0,
     max_model_len: Annotated[int, typer.Option(envvar="STEPAUDIO_MAX_MODEL_LEN", min=1024, help="Context length.")] = 8192,
     new_tokens: Annotated[int, typer.Option(min=2, help="Tokens per request in the decode and throughput runs.")] = 256,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Requests in flight for throughput.")] = 32,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Requests in flight for throughput.")] = DEFAULT_MAX_NUM_SEQS,
     quantization: Annotated[
         list[str] | None,
         typer.Option(help="bf16 and/or fp8 (repeat to compare both in one run)."),
@@ -32,38 +35,38 @@ def bench(
     """Measure R1 on these GPUs: start time, KV-cache room, first token, decode speed, throughput."""
     from stepaudio_cli import bench as core
 
-    term = Terminal(quiet=json_output)
-    with common.user_errors(term):
-        chosen = quantization or ["bf16"]
-        bad = [q for q in chosen if q not in ("bf16", "fp8")]
-        if bad:
-            raise common.UserError(f"--quantization must be bf16 or fp8, not {bad[0]!r}")
-        if model and tiny:
-            raise common.UserError("give --model or --tiny, not both")
-        settings = core.BenchSettings(
-            model=model, tiny=tiny, seconds=seconds, max_model_len=max_model_len, new_tokens=new_tokens,
-            concurrency=concurrency, quantizations=tuple(None if q == "bf16" else q for q in chosen),
-            tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
-        )
-        with term.status("Benchmarking") as update:
-            results = common.run(core.run(settings, on_status=update))
-        if json_output:
-            for r in results:
-                term.print_json(r.as_dict())
-            return
-        term.table(
-            f"Step-Audio-R1 on {results[0].device} ({'tiny test model' if tiny else model or 'real sizes, random weights'})",
-            [
-                ("engine start", [f"{r.engine_start_s:.1f} s" for r in results]),
-                ("KV cache", [f"{r.kv_cache_tokens:,} tokens" if r.kv_cache_tokens else "?" for r in results]),
-                (f"requests of {max_model_len:,} tokens at once", [str(r.requests_at_max_len or "?") for r in results]),
-                (f"first token, {seconds:g} s clip ({results[0].prompt_tokens} prompt tokens)",
-                 [f"{r.ttft_s * 1000:.0f} ms" for r in results]),
-                ("decode, 1 request", [_decode(r) for r in results]),
-                (f"throughput, {concurrency} requests", [f"{r.throughput_tok_s:,.0f} tok/s" for r in results]),
-            ],
-            [r.quantization for r in results],
-        )
+    term = common.terminal(ctx)
+    term.quiet = term.quiet or json_output
+    chosen = quantization or ["bf16"]
+    bad = [q for q in chosen if q not in ("bf16", "fp8")]
+    if bad:
+        raise UserError(f"--quantization must be bf16 or fp8, not {bad[0]!r}")
+    if model and tiny:
+        raise UserError("give --model or --tiny, not both")
+    settings = core.BenchSettings(
+        model=model, tiny=tiny, seconds=seconds, max_model_len=max_model_len, new_tokens=new_tokens,
+        concurrency=concurrency, quantizations=tuple(None if q == "bf16" else q for q in chosen),
+        tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+    )
+    with term.status("Benchmarking") as update:
+        results = asyncio.run(core.run(settings, on_status=update))
+    if json_output:
+        for r in results:
+            term.print_json(r.as_dict())
+        return
+    term.table(
+        f"Step-Audio-R1 on {results[0].device} ({'tiny test model' if tiny else model or 'real sizes, random weights'})",
+        [
+            ("engine start", [f"{r.engine_start_s:.1f} s" for r in results]),
+            ("KV cache", [f"{r.kv_cache_tokens:,} tokens" if r.kv_cache_tokens else "?" for r in results]),
+            (f"requests of {max_model_len:,} tokens at once", [str(r.requests_at_max_len or "?") for r in results]),
+            (f"first token, {seconds:g} s clip ({results[0].prompt_tokens} prompt tokens)",
+             [f"{r.ttft_s * 1000:.0f} ms" for r in results]),
+            ("decode, 1 request", [_decode(r) for r in results]),
+            (f"throughput, {concurrency} requests", [f"{r.throughput_tok_s:,.0f} tok/s" for r in results]),
+        ],
+        [r.quantization for r in results],
+    )
 
 
 def _decode(r) -> str:

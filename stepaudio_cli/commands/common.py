@@ -1,17 +1,12 @@
-"""Options and plumbing shared by the commands (engine choice, error handling)."""
+"""Options shared by the commands, the root Terminal, and the engine settings they build."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Annotated
 
 import typer
 
-from stepaudio_cli.errors import UserError  # noqa: F401 - re-exported for commands
-from stepaudio_cli.defaults import DEFAULT_MAX_MODEL_LEN, DEFAULT_MAX_TOKENS, DEFAULT_MODEL
+from stepaudio_cli.defaults import DEFAULT_MODEL, DEFAULT_TIMEOUT, GPU_MEMORY_FRACTION, CPU_MEMORY_FRACTION
 from stepaudio_cli.terminal import Terminal
 
 ENGINE = "Engine"
@@ -59,7 +54,7 @@ TPOpt = Annotated[
 GpuMemOpt = Annotated[
     float | None,
     typer.Option(
-        envvar="STEPAUDIO_GPU_MEMORY_UTILIZATION", min=0.05, max=1.0, help="Fraction of GPU memory for vLLM (default 0.9; on CPU, of RAM: 0.3).",
+        envvar="STEPAUDIO_GPU_MEMORY_UTILIZATION", min=0.05, max=1.0, help=f"Fraction of GPU memory for vLLM (default {GPU_MEMORY_FRACTION}; on CPU, of RAM: {CPU_MEMORY_FRACTION}).",
         rich_help_panel=ENGINE,
     ),
 ]
@@ -127,87 +122,58 @@ SystemOpt = Annotated[
 ]
 
 
-@dataclass
-class EngineSettings:
-    servers: list[str] = field(default_factory=list)
-    api_key: str | None = None
-    model: str = DEFAULT_MODEL
-    model_override: str | None = None  # served model name (remote)
-    max_model_len: int = DEFAULT_MAX_MODEL_LEN
-    tensor_parallel_size: int | None = None
-    gpu_memory_utilization: float | None = None
-    dtype: str = "auto"
-    max_num_seqs: int = 32
-    quantization: str | None = None
-    #: Load the reasoning-length logits processor (in-process). Only runs that limit the
-    #: reasoning need it: with it loaded vLLM 0.26 falls back from its faster model runner.
-    thinking_processor: bool = False
-    load_format: str = "auto"
+TimeoutOpt = Annotated[
+    float,
+    typer.Option(envvar="STEPAUDIO_TIMEOUT", min=1.0,
+                 help="Seconds a server may stay silent mid-request before it counts as hung (--server).",
+                 rich_help_panel=ENGINE),
+]
 
-    @classmethod
-    def from_options(
-        cls,
-        server: list[str] | None,
-        api_key: str | None,
-        model: str | None,
-        max_model_len: int,
-        tensor_parallel_size: int | None,
-        gpu_memory_utilization: float | None,
-        dtype: str,
-        max_num_seqs: int = 32,
-        *,
-        quantization: str | None = None,
-        thinking_processor: bool = False,
-        load_format: str = "auto",
-    ) -> EngineSettings:
-        if quantization not in (None, "fp8"):
-            raise UserError(f"--quantization must be fp8 (vLLM's online FP8), not {quantization!r}")
-        servers = [u for s in (server or []) for u in s.split(",") if u.strip()]
-        return cls(
-            servers=servers,
-            api_key=api_key,
-            model=model or DEFAULT_MODEL,
-            model_override=model if servers else None,
-            max_model_len=max_model_len,
-            tensor_parallel_size=tensor_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization,
-            dtype=dtype,
-            max_num_seqs=max_num_seqs,
-            quantization=quantization,
-            thinking_processor=thinking_processor,
-            load_format=load_format,
-        )
+
+def terminal(ctx: typer.Context) -> Terminal:
+    """The one Terminal, made at the root of the command line and handed down as ``ctx.obj``."""
+    root = ctx.find_root()
+    if not isinstance(root.obj, Terminal):  # a command invoked on its own (no root callback)
+        root.obj = Terminal()
+    return root.obj
+
+
+def engine_settings(
+    server: list[str] | None,
+    api_key: str | None,
+    model: str | None,
+    *,
+    max_model_len: int,
+    tensor_parallel_size: int | None,
+    gpu_memory_utilization: float | None,
+    dtype: str,
+    quantization: str | None,
+    load_format: str,
+    max_num_seqs: int,
+    thinking_processor: bool,
+    timeout: float = DEFAULT_TIMEOUT,
+    wait_server: float = 0.0,
+):
+    """The engine options every command shares, as the engines package's typed settings."""
+    from stepaudio_cli.engines.settings import EngineSettings
+
+    servers = EngineSettings.split_servers(server)
+    return EngineSettings(
+        servers=servers, api_key=api_key, model=model or DEFAULT_MODEL, served_model=model if servers else None,
+        timeout=timeout, wait_server=wait_server, max_model_len=max_model_len,
+        tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
+        max_num_seqs=max_num_seqs, quantization=quantization, thinking_processor=thinking_processor,
+        load_format=load_format,
+    )
 
 
 def sampling(temperature: float, top_p: float, max_tokens: int | None, seed: int | None):
-    from stepaudio_cli.prompt import Sampling
+    from stepaudio_cli.request import Sampling
 
     return Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
 
 
 def thinking(think_budget: int | None, min_think: int | None, effort: str | None, no_think: bool):
-    from stepaudio_cli.prompt import Thinking
+    from stepaudio_cli.request import Thinking
 
     return Thinking.from_options(think_budget, min_think, effort, no_think)
-
-
-DEFAULTS = {"max_model_len": DEFAULT_MAX_MODEL_LEN, "max_tokens": DEFAULT_MAX_TOKENS}
-
-
-@contextlib.contextmanager
-def user_errors(term: Terminal) -> Iterator[None]:
-    """Turn UserError into one line on stderr + its exit code, Ctrl-C into exit 130."""
-    try:
-        yield
-    except UserError as e:
-        term.error(e.message)
-        raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
-        term.err.print()
-        term.error("interrupted")
-        raise typer.Exit(130) from None
-
-
-def run(coro) -> object:
-    """asyncio.run, with Ctrl-C surfacing as KeyboardInterrupt after tasks were cancelled."""
-    return asyncio.run(coro)

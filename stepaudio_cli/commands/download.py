@@ -8,11 +8,12 @@ from typing import Annotated
 import typer
 
 from stepaudio_cli.commands import common
-from stepaudio_cli.defaults import DEFAULT_MODEL
 from stepaudio_cli.terminal import Terminal
+from stepaudio_cli.defaults import DEFAULT_MODEL
 
 
 def download(
+    ctx: typer.Context,
     repo_id: Annotated[str, typer.Argument(envvar="STEPAUDIO_MODEL", help="Hub repository id.")] = DEFAULT_MODEL,
     revision: Annotated[str | None, typer.Option(help="Branch, tag or commit.")] = None,
     local_dir: Annotated[Path | None, typer.Option(help="Put the files here instead of the HF cache (HF_HOME).")] = None,
@@ -29,32 +30,31 @@ def download(
     from stepaudio_cli.errors import UserError
     from stepaudio_cli.models import resolve_model
 
-    term = Terminal()
-    with common.user_errors(term):
-        if check and offline:
-            where = local_dir or resolve_model(repo_id, revision=revision)
-            problems = core.check_offline(Path(where))
-            _report(term, Path(where), problems, "offline check")
-            return
-        if offline:
-            raise UserError("--offline only makes sense with --check (downloading needs the hub)")
-        hub = core.Downloader(repo_id, revision=revision, endpoint=endpoint, token=token)
-        files = hub.files()
-        total = sum(f.size for f in files)
-        if check:
-            where = local_dir or resolve_model(repo_id, revision=hub.commit or revision)
-            problems = core.check_against(files, Path(where))
-            _report(term, Path(where), problems, f"checked {len(files)} files against {hub.endpoint}")
-            return
-        layout = hub.layout(local_dir)
-        have = sum(f.size for f in files if layout.complete(f))
-        core.check_disk(files, layout.root, have)
-        term.info(f"{repo_id}@{(hub.commit or revision or 'main')[:12]}: {len(files)} files, {total / 1e9:.2f} GB")
-        with DownloadProgress(term, total) as progress:
-            path = hub.download(files, layout, progress)
-        term.success(f"Downloaded to {path}")
-        term.info(f"Use it with: --model {path}" + ("" if local_dir else f"  (or --model {repo_id})"))
-        term.write_out(f"{path}\n")
+    term = common.terminal(ctx)
+    if check and offline:
+        where = local_dir or resolve_model(repo_id, revision=revision)
+        problems = core.check_offline(Path(where))
+        _report(term, Path(where), problems, "offline check")
+        return
+    if offline:
+        raise UserError("--offline only makes sense with --check (downloading needs the hub)")
+    hub = core.Downloader(repo_id, revision=revision, endpoint=endpoint, token=token)
+    files = hub.files()
+    total = sum(f.size for f in files)
+    if check:
+        where = local_dir or resolve_model(repo_id, revision=hub.commit or revision)
+        problems = core.check_against(files, Path(where))
+        _report(term, Path(where), problems, f"checked {len(files)} files against {hub.endpoint}")
+        return
+    layout = hub.layout(local_dir)
+    have = sum(f.size for f in files if layout.complete(f))
+    core.check_disk(files, layout.root, have)
+    term.info(f"{repo_id}@{(hub.commit or revision or 'main')[:12]}: {len(files)} files, {total / 1e9:.2f} GB")
+    with DownloadProgress(term, total) as progress:
+        path = hub.download(files, layout, progress)
+    term.success(f"Downloaded to {path}")
+    term.info(f"Use it with: --model {path}" + ("" if local_dir else f"  (or --model {repo_id})"))
+    term.write_out(f"{path}\n")
 
 
 def _report(term: Terminal, where: Path, problems: list[str], what: str) -> None:
@@ -62,6 +62,6 @@ def _report(term: Terminal, where: Path, problems: list[str], what: str) -> None
 
     if problems:
         for p in problems[:50]:
-            term.markup(f"[red]bad[/red] {p}")
+            term.labelled("bad", p)
         raise UserError(f"{where}: {len(problems)} problem(s) found ({what}); run `stepaudio download` to repair", exit_code=1)
     term.success(f"{where}: OK ({what})")

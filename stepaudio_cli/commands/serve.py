@@ -8,8 +8,7 @@ from typing import Annotated
 import typer
 
 from stepaudio_cli.commands import common
-from stepaudio_cli.defaults import DEFAULT_MODEL
-from stepaudio_cli.terminal import Terminal
+from stepaudio_cli.defaults import DEFAULT_MAX_NUM_SEQS, DEFAULT_MODEL
 
 DIST = "Multi-GPU / multi-node"
 
@@ -47,7 +46,7 @@ def serve(
                      help="Send reasoning, </think> and answer all in `content`, as StepFun's server does "
                           "(for clients that split the text themselves, like StepFun's own examples)."),
     ] = False,
-    max_num_seqs: Annotated[int, typer.Option(envvar="STEPAUDIO_MAX_NUM_SEQS", min=1, help="Requests batched at once.")] = 32,
+    max_num_seqs: Annotated[int, typer.Option(envvar="STEPAUDIO_MAX_NUM_SEQS", min=1, help="Requests batched at once.")] = DEFAULT_MAX_NUM_SEQS,
     gpu_memory_utilization: common.GpuMemOpt = None,
     dtype: common.DtypeOpt = "auto",
     log_file: Annotated[Path | None, typer.Option(help="Where vLLM's log goes (default: the cache folder).")] = None,
@@ -56,17 +55,27 @@ def serve(
 ) -> None:
     """Start vLLM's OpenAI-compatible server for Step-Audio-R1 (arguments after `--` go to vLLM)."""
     from stepaudio_cli import serve as core
-    from stepaudio_cli.engines.local import engine_log_path
+    from stepaudio_cli.vllm_log import engine_log_path
 
-    term = Terminal()
-    with common.user_errors(term):
-        opts = core.ServeOptions(
-            model=model, host=host, port=port, api_key=api_key, tensor_parallel_size=tensor_parallel_size,
-            pipeline_parallel_size=pipeline_parallel_size, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-            gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
-            distributed_executor_backend=distributed_executor_backend, extra=list(ctx.args), quantization=quantization,
-            raw_reasoning=raw_reasoning,
-        )
-        log = log_file or engine_log_path().with_name(f"serve-{port}.log")
-        code = core.run(opts, term, log_path=log, passthrough=verbose, ready_timeout=ready_timeout)
-        raise typer.Exit(code)
+    term = common.terminal(ctx)
+    opts = core.ServeOptions(
+        model=model, host=host, port=port, api_key=api_key, tensor_parallel_size=tensor_parallel_size,
+        pipeline_parallel_size=pipeline_parallel_size, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+        gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
+        distributed_executor_backend=distributed_executor_backend, extra=list(ctx.args), quantization=quantization,
+        raw_reasoning=raw_reasoning,
+    )
+    log = log_file or engine_log_path(f"serve-{port}.log")
+
+    def ready(url: str, context: str) -> None:
+        how = "as asked" if max_model_len else "the most the KV cache holds, up to the model's maximum"
+        term.success(f"Step-Audio-R1 server ready at {url}/v1 (context {context} tokens: {how})")
+        key = " --api-key ..." if api_key else ""
+        term.info(f'Try: stepaudio ask --server {url}{key} clip.wav "What is happening in this audio?"')
+        if not verbose:
+            term.info(f"Server log: {log}. Ctrl-C stops it.")
+
+    code = core.run(
+        opts, log_path=log, passthrough=verbose, ready_timeout=ready_timeout, on_status=term.status_line(), on_ready=ready,
+    )
+    raise typer.Exit(code)

@@ -1,37 +1,51 @@
-"""Engines: one small interface, two implementations (in-process vLLM, remote server)."""
+"""Engines: one small interface, two implementations (in-process vLLM, remote servers).
+
+    async with open_engine(settings, on_status=...) as engine:
+        result = await collect(engine, request)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
 
 from stepaudio_cli.engines.base import Done, Engine, Result, Timings, Usage, collect
+from stepaudio_cli.engines.settings import EngineSettings
 
-__all__ = ["Done", "Engine", "Result", "Timings", "Usage", "collect", "open_engine", "starting_message"]
+__all__ = ["Done", "Engine", "EngineSettings", "Result", "Timings", "Usage", "collect", "make_engine", "open_engine"]
 
-
-def starting_message(settings) -> str:
-    """What the spinner says while the engine ``settings`` asks for starts."""
-    if settings.servers:
-        return f"Connecting to {', '.join(settings.servers)}"
-    return f"Loading {settings.model}"
+#: Told what the engine is waiting for (a spinner's text), or None when it no longer waits.
+StatusCallback = Callable[[str | None], None]
 
 
-def open_engine(settings) -> Engine:
-    """The engine ``settings`` asks for: remote when a server URL is given, else local."""
-    if settings.servers:
-        from stepaudio_cli.engines.remote import RemoteEngine, RemotePool
+def make_engine(settings: EngineSettings, on_status: StatusCallback | None = None) -> Engine:
+    """The engine ``settings`` asks for, not started: a pool of servers, or vLLM in-process."""
+    if settings.remote:
+        from stepaudio_cli.engines.pool import ServerPool
+        from stepaudio_cli.engines.remote import RemoteEngine
 
-        if len(settings.servers) == 1:
-            return RemoteEngine(settings.servers[0], api_key=settings.api_key, model=settings.model_override)
-        return RemotePool(
-            [RemoteEngine(url, api_key=settings.api_key, model=settings.model_override) for url in settings.servers]
-        )
+        servers = [
+            RemoteEngine(url, api_key=settings.api_key, model=settings.served_model, timeout=settings.timeout)
+            for url in settings.servers
+        ]
+        return ServerPool(servers, wait=settings.wait_server, on_status=on_status)
     from stepaudio_cli.engines.local import LocalEngine
 
-    return LocalEngine(
-        settings.model,
-        max_model_len=settings.max_model_len,
-        tensor_parallel_size=settings.tensor_parallel_size,
-        gpu_memory_utilization=settings.gpu_memory_utilization,
-        dtype=settings.dtype,
-        max_num_seqs=settings.max_num_seqs,
-        quantization=settings.quantization,
-        thinking_processor=settings.thinking_processor,
-        load_format=settings.load_format,
-    )
+    return LocalEngine(settings)
+
+
+@contextlib.asynccontextmanager
+async def open_engine(settings: EngineSettings, on_status: StatusCallback | None = None) -> AsyncIterator[Engine]:
+    """An engine session: started on entry (``on_status`` says what it waits for), closed on
+    every way out, Ctrl-C and errors during start included."""
+    status = on_status or (lambda text: None)
+    engine = make_engine(settings, on_status)
+    try:
+        status(settings.starting_message())
+        try:
+            await engine.start()
+        finally:
+            status(None)
+        yield engine
+    finally:
+        await engine.close()

@@ -7,7 +7,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 
-from stepaudio_cli.prompt import Delta, Request
+from stepaudio_cli.request import Request
+from stepaudio_cli.splitter import Delta
 
 
 @dataclass
@@ -81,7 +82,7 @@ class Engine(abc.ABC):
     #: Context length, when known (used to refuse audio that cannot fit).
     max_model_len: int | None = None
 
-    async def start(self, on_status: Callable[[str], None] | None = None) -> None:  # noqa: B027
+    async def start(self) -> None:  # noqa: B027
         """Connect or load; raises UserError with a one-line reason."""
 
     @abc.abstractmethod
@@ -90,13 +91,6 @@ class Engine(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027
         """Release everything (processes, sockets). Safe to call twice."""
-
-    async def __aenter__(self) -> Engine:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.close()
 
 
 async def collect(

@@ -6,28 +6,25 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
-import sys
+import signal
 import time
 import uuid
-from pathlib import Path
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
+from stepaudio_cli import gpus
 from stepaudio_cli.audio import SAMPLE_RATE
+from stepaudio_cli.defaults import CPU_MEMORY_FRACTION, GPU_MEMORY_FRACTION, MAX_AUDIO_ITEMS
 from stepaudio_cli.engines.base import Clock, Done, Engine, Usage
+from stepaudio_cli.engines.settings import EngineSettings
 from stepaudio_cli.errors import EngineError, UserError
 from stepaudio_cli.models import TokenIds, find_sequence
-from stepaudio_cli.prompt import Delta, ReasoningSplitter, Request, build_prompt, request_max_tokens
+from stepaudio_cli.prompt import build_prompt
+from stepaudio_cli.request import Request, request_max_tokens
+from stepaudio_cli.splitter import Delta, ReasoningSplitter
+from stepaudio_cli.vllm_log import diagnose, engine_output_to_log, log_size, quiet_vllm_logs, read_since
+from stepaudio_cli.watchdog import Watchdog
 
-CPU_MEMORY_FRACTION = 0.3  # on the CPU backend the "GPU" memory flag sizes the KV cache in RAM
 THINKING_PROCESSOR = "stepaudio_cli.vllm_plugin.thinking:ThinkingLogitsProcessor"
-
-
-def quiet_vllm_logs() -> None:
-    """vLLM and transformers log to the terminal; keep them out of the user's output."""
-    if not os.environ.get("STEPAUDIO_DEBUG"):
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def import_vllm():
@@ -46,78 +43,21 @@ def import_vllm():
     return vllm
 
 
-def engine_log_path() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stepaudio"
-    base.mkdir(parents=True, exist_ok=True)
-    return base / "engine.log"
-
-
-@contextlib.contextmanager
-def engine_output_to_log():
-    """Point fd 2 (and so vLLM's workers, its C++ warnings, progress bars) at the engine log.
-
-    Our Terminal writes through its own duplicate of stderr and is unaffected.
-    ``STEPAUDIO_DEBUG=1`` leaves everything on the terminal.
-    """
-    if os.environ.get("STEPAUDIO_DEBUG"):
-        yield None
-        return
-    path = engine_log_path()
-    log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    sys.stderr.flush()
-    saved = os.dup(2)
-    os.dup2(log_fd, 2)
-    try:
-        yield path
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(log_fd)
-
-
-def gpu_count() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:  # noqa: BLE001 - any torch trouble means "no usable GPU"
-        return 0
-
-
 class LocalEngine(Engine):
-    def __init__(
-        self,
-        model: str,
-        *,
-        max_model_len: int = 16384,
-        tensor_parallel_size: int | None = None,
-        gpu_memory_utilization: float | None = None,
-        dtype: str = "auto",
-        max_num_seqs: int = 32,
-        quantization: str | None = None,
-        thinking_processor: bool = False,
-        load_format: str = "auto",
-        max_audio_items: int = 64,
-    ) -> None:
-        self.model = model
-        self.max_model_len = max_model_len
-        self.tensor_parallel_size = tensor_parallel_size
-        self.gpu_memory_utilization = gpu_memory_utilization
-        self.dtype = dtype
-        self.max_num_seqs = max_num_seqs
-        self.quantization = quantization
-        self.thinking_processor = thinking_processor
-        self.load_format = load_format  # "dummy": random weights from the config (bench)
-        self.max_audio_items = max_audio_items
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        self.model = settings.model
+        self.max_model_len = settings.max_model_len
         self.tensor_parallel_used = 1
         self._engine = None
         self._started_children: frozenset[int] = frozenset()  # child processes before start()
+        self._watchdog: Watchdog | None = None
 
-    async def start(self, on_status: Callable[[str], None] | None = None) -> None:
+    async def start(self) -> None:
         from stepaudio_cli.models import check_checkpoint, resolve_model
 
-        path = resolve_model(self.model)
+        s = self.settings
+        path = resolve_model(s.model)
         config = check_checkpoint(path)
         self._started_children = frozenset(p.pid for p in multiprocessing.active_children())
         with engine_output_to_log() as log:
@@ -125,36 +65,67 @@ class LocalEngine(Engine):
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM
 
-            gpus = gpu_count()
-            tp = self.tensor_parallel_used = self.tensor_parallel_size or max(gpus, 1)
-            if gpus and tp > gpus:
-                raise UserError(f"--tensor-parallel-size {tp} but only {gpus} GPU(s) are visible", exit_code=2)
-            mem = self.gpu_memory_utilization or (0.9 if gpus else CPU_MEMORY_FRACTION)
+            n_gpus = len(gpus.visible())
+            tp = self.tensor_parallel_used = s.tensor_parallel_size or max(n_gpus, 1)
+            if n_gpus and tp > n_gpus:
+                raise UserError(f"--tensor-parallel-size {tp} but only {n_gpus} GPU(s) are visible", exit_code=2)
             args = AsyncEngineArgs(
                 model=str(path),
-                max_model_len=self.max_model_len,
+                max_model_len=s.max_model_len,
                 tensor_parallel_size=tp,
-                gpu_memory_utilization=mem,
-                dtype=self.dtype,
-                max_num_seqs=self.max_num_seqs,
-                limit_mm_per_prompt={"audio": self.max_audio_items},
-                enforce_eager=not gpus,  # no CUDA graphs / compilation on the CPU backend
-                load_format=self.load_format,
+                gpu_memory_utilization=s.gpu_memory_utilization or (GPU_MEMORY_FRACTION if n_gpus else CPU_MEMORY_FRACTION),
+                dtype=s.dtype,
+                max_num_seqs=s.max_num_seqs,
+                limit_mm_per_prompt={"audio": MAX_AUDIO_ITEMS},
+                enforce_eager=not n_gpus,  # no CUDA graphs / compilation on the CPU backend
+                load_format=s.load_format,
                 disable_log_stats=True,
-                quantization=self.quantization,
-                logits_processors=[THINKING_PROCESSOR] if self.thinking_processor else None,
+                quantization=s.quantization,
+                logits_processors=[THINKING_PROCESSOR] if s.thinking_processor else None,
             )
+            offset = log_size(log)
+            # vLLM's engine processes die with us however we exit, kill -9 included.
+            self._watchdog = Watchdog()
             try:
-                self._engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+                self._engine = await self._build(AsyncLLM, args)
+            except asyncio.CancelledError:
+                raise
             except Exception as e:  # noqa: BLE001 - vLLM raises many kinds; the user needs one line
+                cause = diagnose(read_since(log, offset)) or _root_cause(e)
                 where = f" (engine log: {log})" if log else ""
-                raise EngineError(f"{path}: vLLM could not start the model: {_root_cause(e)}{where}") from None
+                raise EngineError(f"{path}: vLLM could not start the model: {cause}{where}") from None
         tokenizer = getattr(self._engine, "tokenizer", None)
         if tokenizer is None:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(str(path))
         self._tokens = TokenIds(tokenizer, str(path), config)
+
+    async def _build(self, engine_class, args):
+        """Build vLLM's engine in a thread, handing each engine process to the watchdog as it
+        appears. Cancelled (Ctrl-C) while starting: the engine processes are stopped at once,
+        which ends the start in the thread too, and nothing is left behind."""
+        build = asyncio.ensure_future(asyncio.to_thread(engine_class.from_engine_args, args))
+        watched: set[int] = set()
+        try:
+            while not build.done():
+                await asyncio.wait({build}, timeout=0.5)
+                for pid in self._new_children() - watched:
+                    self._watchdog.watch_pid(pid)
+                    watched.add(pid)
+            return build.result()
+        except asyncio.CancelledError:
+            while not build.done():
+                for pid in self._new_children():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                await asyncio.wait({build}, timeout=0.2)
+            if not build.cancelled() and build.exception() is None:
+                build.result().shutdown()
+            raise
+
+    def _new_children(self) -> set[int]:
+        return {p.pid for p in multiprocessing.active_children() if p.pid not in self._started_children}
 
     async def stream(self, request: Request) -> AsyncIterator[Delta | Done]:
         from vllm import SamplingParams
@@ -165,7 +136,7 @@ class LocalEngine(Engine):
         t = request.thinking
         extra = None
         if t.constrained:
-            if not self.thinking_processor:
+            if not self.settings.thinking_processor:
                 raise UserError("this engine was started without the reasoning-length processor (thinking_processor=True)")
             from stepaudio_cli.vllm_plugin.thinking import EXTRA_ARGS_KEY
 
@@ -242,9 +213,12 @@ class LocalEngine(Engine):
         if engine is not None:
             with engine_output_to_log():
                 engine.shutdown()
-                # vLLM signals its engine process to stop but may return before it has
-                # exited; wait for it (and stop a straggler), so nothing outlives close().
-                await asyncio.to_thread(_reap, self._started_children)
+        # vLLM signals its engine process to stop but may return before it has exited;
+        # wait for it (and stop a straggler), so nothing outlives close().
+        await asyncio.to_thread(_reap, self._started_children)
+        if self._watchdog is not None:
+            self._watchdog.release()
+            self._watchdog = None
 
 
 def _reap(existing: frozenset[int], timeout: float = 30.0) -> None:

@@ -1,0 +1,57 @@
+"""How `ask` looks: reasoning dim on stderr and the answer on stdout as they stream, or one
+JSON record; then warnings and a stats line."""
+
+from __future__ import annotations
+
+from stepaudio_cli.audio import format_duration
+from stepaudio_cli.engines import Result
+from stepaudio_cli.request import Request
+from stepaudio_cli.splitter import Delta
+from stepaudio_cli.records import ask_record
+from stepaudio_cli.terminal import Terminal
+
+
+def stats_line(request: Request, result: Result) -> str:
+    u, t = result.usage, result.timings
+    parts = [f"audio {format_duration(request.audio_seconds)}", f"{u.completion_tokens} tokens"]
+    if u.reasoning_tokens:
+        parts[-1] += f" ({u.reasoning_tokens} reasoning)"
+    if t.time_to_first_token is not None:
+        parts.append(f"first token {t.time_to_first_token:.2f}s")
+    if t.tokens_per_s:
+        parts.append(f"{t.tokens_per_s:.1f} tok/s")
+    parts.append(f"total {t.total:.1f}s")
+    if result.finish_reason == "length":
+        parts.append("stopped at max tokens")
+    return " · ".join(parts)
+
+
+class AskView:
+    def __init__(self, term: Terminal, *, json_output: bool = False, hide_reasoning: bool = False) -> None:
+        self.term = term
+        self.json_output = json_output
+        self.hide_reasoning = hide_reasoning
+        self.status = term.status_line()
+
+    def on_delta(self, delta: Delta) -> None:
+        if self.json_output:
+            return  # nothing partial: the record comes whole at the end
+        if delta.kind == "answer":
+            self.term.stream_answer(delta.text)
+        elif not self.hide_reasoning:
+            self.term.stream_reasoning(delta.text)
+
+    def finish(self, request: Request, result: Result) -> None:
+        if self.json_output:
+            self.term.print_json(ask_record(request, result, hide_reasoning=self.hide_reasoning))
+            return
+        self.term.end_streams()
+        if result.finish_reason == "length":
+            where = "inside its reasoning, with no answer" if not result.answer else "in its answer"
+            self.term.warn(
+                f"cut off at the length limit ({result.usage.completion_tokens} tokens) {where}: "
+                "raise --max-tokens (or --max-model-len)"
+            )
+        elif not result.answer:
+            self.term.warn("the model gave no answer after its reasoning")
+        self.term.note(stats_line(request, result))

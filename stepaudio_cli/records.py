@@ -1,0 +1,112 @@
+"""The result record: what `ask --json` prints and `batch` stores, as a JSONL line or a CSV
+row. One builder, one field list, one CSV mapping.
+
+    file           the audio file (ask with several files: their list)
+    sha256         the file's content hash (batch; resume and duplicate detection)
+    prompt         the question
+    model          the model that answered
+    params         sampling, system prompt and reasoning-length settings
+    key            hash of content + prompt + model + params (batch resume)
+    reasoning      the reasoning text (None when hidden or failed)
+    answer         the answer text
+    usage          prompt_tokens, completion_tokens, reasoning_tokens
+    timings        time_to_first_token, total, tokens_per_s (seconds)
+    finish_reason  "stop", or "length" when cut off at the length limit
+    audio_seconds  length of the audio
+    error          why the file failed, else None
+"""
+
+from __future__ import annotations
+
+import json
+
+from stepaudio_cli.engines import Result
+from stepaudio_cli.request import Request, Sampling, Thinking
+
+FIELDS = [
+    "file", "sha256", "prompt", "model", "params", "key", "reasoning", "answer", "usage", "timings",
+    "finish_reason", "audio_seconds", "error",
+]
+
+
+def params(sampling: Sampling, thinking: Thinking, system: str | None) -> dict:
+    return {**sampling.as_dict(), "system": system, **thinking.as_dict()}
+
+
+def to_record(
+    *,
+    file: str | list[str],
+    prompt: str,
+    model: str,
+    params: dict,
+    result: Result | None = None,
+    error: str | None = None,
+    sha256: str | None = None,
+    key: str | None = None,
+    audio_seconds: float | None = None,
+    hide_reasoning: bool = False,
+) -> dict:
+    """The one record: an answer (``result``) or a failure (``error``)."""
+    record = dict.fromkeys(FIELDS)
+    record.update(file=file, sha256=sha256, prompt=prompt, model=model, params=params, key=key, error=error)
+    if audio_seconds is not None:
+        record["audio_seconds"] = round(audio_seconds, 3)
+    if result is not None:
+        record.update(
+            reasoning=None if hide_reasoning else result.reasoning,
+            answer=result.answer,
+            model=result.model or model,
+            usage=result.usage.as_dict(),
+            timings=result.timings.as_dict(),
+            finish_reason=result.finish_reason,
+        )
+    return record
+
+
+def ask_record(request: Request, result: Result, *, hide_reasoning: bool = False) -> dict:
+    names = [a.name for a in request.audios]
+    return to_record(
+        file=names[0] if len(names) == 1 else names, prompt=request.question, model=result.model,
+        params=params(request.sampling, request.thinking, request.system), result=result,
+        audio_seconds=request.audio_seconds, hide_reasoning=hide_reasoning,
+    )
+
+
+# --- CSV: the same record, flattened --------------------------------------------------------
+
+CSV_FIELDS = [
+    "file", "sha256", "prompt", "model", "answer", "reasoning", "error", "finish_reason", "audio_seconds",
+    "prompt_tokens", "completion_tokens", "reasoning_tokens", "time_to_first_token", "total_seconds", "params", "key",
+]
+_USAGE = ("prompt_tokens", "completion_tokens", "reasoning_tokens")
+
+
+def to_csv_row(record: dict) -> dict:
+    usage = record.get("usage") or {}
+    timings = record.get("timings") or {}
+    row = {k: record.get(k) for k in CSV_FIELDS if k in record}
+    row.update({k: usage.get(k) for k in _USAGE})
+    row["time_to_first_token"] = timings.get("time_to_first_token")
+    row["total_seconds"] = timings.get("total")
+    row["params"] = json.dumps(record.get("params"), sort_keys=True)
+    return row
+
+
+def from_csv_row(row: dict) -> dict:
+    def text(k):
+        return row.get(k) or None
+
+    def num(k):
+        v = row.get(k)
+        if v in (None, ""):
+            return None
+        return float(v) if "." in v or "e" in v else int(v)
+
+    record = {k: text(k) for k in FIELDS if k in CSV_FIELDS}
+    record.update(
+        file=row["file"], prompt=row.get("prompt"), audio_seconds=num("audio_seconds"),
+        usage={k: num(k) for k in _USAGE},
+        timings={"time_to_first_token": num("time_to_first_token"), "total": num("total_seconds")},
+        params=json.loads(row["params"]) if row.get("params") else None,
+    )
+    return {k: record.get(k) for k in FIELDS}

@@ -1,0 +1,102 @@
+"""vLLM's log: where it goes (kept off the user's terminal), and what a failed start means.
+
+Shared by the in-process engine and ``serve``: both send vLLM's output to a log file and,
+when vLLM fails to start, turn the cause found there into one line that says what to change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+from pathlib import Path
+
+
+def quiet_vllm_logs() -> None:
+    """vLLM and transformers log to the terminal; keep them out of the user's output."""
+    if not os.environ.get("STEPAUDIO_DEBUG"):
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def engine_log_path(name: str = "engine.log") -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stepaudio"
+    base.mkdir(parents=True, exist_ok=True)
+    return base / name
+
+
+@contextlib.contextmanager
+def engine_output_to_log():
+    """Point fd 2 (and so vLLM's workers, its C++ warnings, progress bars) at the engine log.
+
+    Our Terminal writes through its own duplicate of stderr and is unaffected.
+    ``STEPAUDIO_DEBUG=1`` leaves everything on the terminal. Yields the log's path (None
+    under debug).
+    """
+    if os.environ.get("STEPAUDIO_DEBUG"):
+        yield None
+        return
+    path = engine_log_path()
+    log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(log_fd, 2)
+    try:
+        yield path
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(log_fd)
+
+
+def log_size(path: Path | None) -> int:
+    try:
+        return path.stat().st_size if path else 0
+    except OSError:
+        return 0
+
+
+def read_since(path: Path | None, offset: int) -> str:
+    """What vLLM wrote to the log from ``offset`` on (this start's part)."""
+    if path is None:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+_KV_TOO_SMALL = re.compile(r"max seq len \((\d+)\).*?estimated maximum model length is (\d+)", re.S)
+
+
+def diagnose(log_text: str) -> str | None:
+    """A start failure the user can fix, as one line that says what to change; None when the
+    log shows no known cause."""
+    m = _KV_TOO_SMALL.search(log_text)
+    if m:
+        want, fits = int(m.group(1)), int(m.group(2))
+        return (
+            f"the KV cache holds about {fits:,} tokens, less than one request of --max-model-len {want:,}: "
+            f"use --max-model-len {_round_down(fits)} or less, --quantization fp8, or more GPUs (-tp)"
+        )
+    if "larger than the available KV cache memory" in log_text:
+        return ("the KV cache is too small for one request of --max-model-len: lower --max-model-len, "
+                "use --quantization fp8, or more GPUs (-tp)")
+    if "No available memory for the cache blocks" in log_text:
+        return ("no memory is left for the KV cache once the weights are loaded: use --quantization fp8, "
+                "more GPUs (-tp), or a higher --gpu-memory-utilization")
+    if "CUDA out of memory" in log_text or "OutOfMemoryError" in log_text:
+        return ("the GPU ran out of memory while starting the model: use --quantization fp8 (35 GB of weights "
+                "instead of 66), more GPUs (-tp), or a lower --max-model-len")
+    return None
+
+
+def _round_down(tokens: int) -> int:
+    """A round number of tokens at most ``tokens``."""
+    step = 1024 if tokens >= 2048 else 256 if tokens >= 512 else 16
+    return max(16, tokens // step * step)
