@@ -8,6 +8,7 @@
 #   bash scripts/gpu-check.sh compare   benchmarks/batch_throughput.py --real-sizes (project path vs raw vLLM)
 #   bash scripts/gpu-check.sh multi-tp  2 GPUs: ask -tp 2, serve -tp 2
 #   bash scripts/gpu-check.sh multi-pp  2 GPUs: serve -pp 2, and serve with Ray -tp 2 (kit with RAY=1)
+#   bash scripts/gpu-check.sh faults    a context the KV cache cannot hold; kill -9 of ask and of serve
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD:/tmp/site VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1 STEPAUDIO_LOAD_FORMAT=dummy
@@ -53,6 +54,15 @@ PY
   kill -TERM $pid; wait $pid; echo "serve exit $?"
 }
 
+gpu_mib() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | awk '{s += $1} END {print s}'; }
+port_open() { python3 -c "import socket, sys; sys.exit(socket.socket().connect_ex(('127.0.0.1', $1)) != 0)"; }
+freed() {  # what, seconds waited for the GPU memory (and port 9999) to be given back
+  local t0=$SECONDS
+  for _ in $(seq 90); do [ "$(gpu_mib)" -lt 2000 ] && ! port_open 9999 && break; sleep 1; done
+  echo "after kill -9 of $1: $(gpu_mib) MiB of GPU memory used after $((SECONDS - t0)) s;" \
+    "vLLM processes left: $(pgrep -fc 'VLLM|vllm.entrypoints' || true); port 9999 $(port_open 9999 && echo held || echo free)"
+}
+
 case ${1:-} in
   bench)
     step bench $SA bench --quantization bf16 --quantization fp8 --new-tokens 512 --concurrency 32
@@ -83,5 +93,19 @@ case ${1:-} in
       python3 -c "from ray.scripts.scripts import main; main()" stop >/dev/null 2>&1
     fi
     ;;
-  *) echo "usage: $0 bench|single|serve|compare|multi-tp|multi-pp"; exit 2 ;;
+  faults)
+    nvidia-smi -L
+    step too-long $SA ask -m "$R1" --max-model-len 65536 /tmp/clips/clip00.wav "What is happening?"
+    $SA ask -m "$R1" --max-tokens 4000 --max-model-len 8192 /tmp/clips/clip00.wav "What is happening?" \
+      >/dev/null 2>"$OUT/killed-ask.err" &
+    pid=$!
+    for _ in $(seq 600); do [ "$(stat -c %s "$OUT/killed-ask.err")" -gt 400 ] && break; kill -0 $pid 2>/dev/null || break; sleep 1; done
+    echo "ask streaming: $(gpu_mib) MiB of GPU memory used"; kill -9 $pid; freed ask
+    $SA serve "$R1" --port 9999 --max-model-len 8192 -- --load-format dummy >"$OUT/killed-serve.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 600); do grep -q "stepaudio ask --server" "$OUT/killed-serve.log" && break; kill -0 $pid 2>/dev/null || break; sleep 1; done
+    head -n 2 "$OUT/killed-serve.log"
+    echo "serve ready: $(gpu_mib) MiB of GPU memory used"; kill -9 $pid; freed serve
+    ;;
+  *) echo "usage: $0 bench|single|serve|compare|multi-tp|multi-pp|faults"; exit 2 ;;
 esac

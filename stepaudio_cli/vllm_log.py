@@ -29,26 +29,32 @@ def engine_log_path(name: str = "engine.log") -> Path:
 
 @contextlib.contextmanager
 def engine_output_to_log():
-    """Point fd 2 (and so vLLM's workers, its C++ warnings, progress bars) at the engine log.
+    """Point fds 1 and 2 at the engine log while vLLM starts or stops: its engine processes
+    inherit them for life, so their logs (vLLM logs to stdout), C++ warnings and progress bars
+    stay out of the user's answer and terminal.
 
-    Our Terminal writes through its own duplicate of stderr and is unaffected.
-    ``STEPAUDIO_DEBUG=1`` leaves everything on the terminal. Yields the log's path (None
-    under debug).
+    Our Terminal writes errors through its own duplicate of stderr; nothing of ours goes to
+    stdout meanwhile. ``STEPAUDIO_DEBUG=1`` leaves everything on the terminal. Yields the
+    log's path (None under debug).
     """
     if os.environ.get("STEPAUDIO_DEBUG"):
         yield None
         return
     path = engine_log_path()
     log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
-    os.dup2(log_fd, 2)
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    for fd in saved:
+        os.dup2(log_fd, fd)
     try:
         yield path
     finally:
+        sys.stdout.flush()
         sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
         os.close(log_fd)
 
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-GRACE_S = 15.0
+GRACE_S = 5.0  # then SIGKILL: the parent is gone, nobody waits for a tidy shutdown
 
 
 class Watchdog:

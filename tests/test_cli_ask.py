@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from typer.testing import CliRunner
 
-from conftest import SCRIPT, tone, write_wav
+from conftest import SCRIPT, reply_json, tone, write_wav
 from stepaudio_cli.cli import app
 from stepaudio_cli.records import FIELDS
 
@@ -139,12 +139,7 @@ class Replay(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
-        body = json.dumps({"data": [{"id": "replay", "max_model_len": 16384}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        reply_json(self, {"data": [{"id": "replay", "max_model_len": 16384}]})
 
     def do_POST(self):
         self.rfile.read(int(self.headers["Content-Length"]))
@@ -152,12 +147,7 @@ class Replay(BaseHTTPRequestHandler):
             time.sleep(3600)
             return
         if self.mode == "500":
-            body = json.dumps({"error": {"message": "CUDA out of memory. Tried to allocate 2 GiB"}}).encode()
-            self.send_response(500)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            reply_json(self, {"error": {"message": "CUDA out of memory. Tried to allocate 2 GiB"}}, status=500)
             return
         chunks = [_chunk(reasoning="Let me listen"), _chunk(reasoning=" closely."), _chunk(content="It is")]
         payload = b"".join(chunks)

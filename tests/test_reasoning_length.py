@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
+from conftest import reply_json
 from stepaudio_cli.audio import Audio
 from stepaudio_cli.engines import EngineSettings, collect, open_engine
 from stepaudio_cli.request import Request, Sampling, Thinking
@@ -28,21 +29,13 @@ class Scripted(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def _json(self, obj) -> None:
-        body = json.dumps(obj).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
     def do_GET(self):
-        self._json({"data": [{"id": "scripted", "max_model_len": 4096}]})
+        reply_json(self, {"data": [{"id": "scripted", "max_model_len": 4096}]})
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.path == "/tokenize":
-            return self._json({"tokens": TOKENS[body["prompt"]]})
+            return reply_json(self, {"tokens": TOKENS[body["prompt"]]})
         self.asked.append(body)
         reasoning, content, finish = self.scripts.pop(0)
         chunks = [{"reasoning": r} for r in reasoning] + [{"content": c} for c in content]

@@ -50,7 +50,7 @@ class LocalEngine(Engine):
         self.max_model_len = settings.max_model_len
         self.tensor_parallel_used = 1
         self._engine = None
-        self._started_children: frozenset[int] = frozenset()  # child processes before start()
+        self._started_children: frozenset[int] | None = None  # child processes before start() made any
         self._watchdog: Watchdog | None = None
 
     async def start(self) -> None:
@@ -109,7 +109,7 @@ class LocalEngine(Engine):
         watched: set[int] = set()
         try:
             while not build.done():
-                await asyncio.wait({build}, timeout=0.5)
+                await asyncio.wait({build}, timeout=0.1)
                 for pid in self._new_children() - watched:
                     self._watchdog.watch_pid(pid)
                     watched.add(pid)
@@ -125,7 +125,8 @@ class LocalEngine(Engine):
             raise
 
     def _new_children(self) -> set[int]:
-        return {p.pid for p in multiprocessing.active_children() if p.pid not in self._started_children}
+        before = self._started_children or frozenset()
+        return {p.pid for p in multiprocessing.active_children() if p.pid not in before}
 
     async def stream(self, request: Request) -> AsyncIterator[Delta | Done]:
         from vllm import SamplingParams
@@ -215,7 +216,8 @@ class LocalEngine(Engine):
                 engine.shutdown()
         # vLLM signals its engine process to stop but may return before it has exited;
         # wait for it (and stop a straggler), so nothing outlives close().
-        await asyncio.to_thread(_reap, self._started_children)
+        if self._started_children is not None:
+            await asyncio.to_thread(_reap, self._started_children)
         if self._watchdog is not None:
             self._watchdog.release()
             self._watchdog = None

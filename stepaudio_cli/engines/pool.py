@@ -18,7 +18,7 @@ from stepaudio_cli.request import Request
 from stepaudio_cli.splitter import Delta
 
 FIRST_PROBE_S = 1.0
-MAX_PROBE_S = 30.0
+MAX_PROBE_S = 10.0  # a probe is one cheap GET: a server that is back is used within seconds
 
 
 class _Member:
