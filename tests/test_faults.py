@@ -140,7 +140,7 @@ def crash(server: ServerProcess) -> None:
     wait_for(lambda: port_free(server.port), 30, "the port to be free")
 
 
-def test_the_only_server_dying_pauses_the_batch_until_it_is_back_or_stops_it(servers, vllm_server, tmp_path):
+def test_the_only_server_dying_pauses_the_batch_until_it_is_back_or_stops_it(servers, vllm_server, clip, tmp_path):
     a = servers.live()
     files = audio_dir(tmp_path / "in", 20)
     out = tmp_path / "r.jsonl"
@@ -157,13 +157,28 @@ def test_the_only_server_dying_pauses_the_batch_until_it_is_back_or_stops_it(ser
     assert done_before < 20 and len(recs) == 20
     assert all((r["answer"], r["error"]) == (ANSWER, None) for r in recs), [r["error"] for r in recs if r["error"]]
 
-    # Gone for longer than --wait-server: the run stops; unanswered files get no record.
+    # Gone for longer than --wait-server: the run stops; unanswered files get no record. An
+    # `ask` streaming from the same server at that moment keeps what it showed.
+    ask_err, ask_out = tmp_path / "ask.err", tmp_path / "ask.out"
+    # --min-think holds </think> and <|EOT|> back: a long reasoning stream to cut.
+    asking = subprocess.Popen(
+        [sys.executable, "-m", "stepaudio_cli", "ask", "-s", a.url, "--min-think", "3000", str(clip), "Q?"],
+        stdout=ask_out.open("wb"), stderr=ask_err.open("wb"),
+    )
     out2 = tmp_path / "r2.jsonl"
     common = [str(files), "-p", "Q", "--concurrency", "2", "-o", str(out2)]
     log = tmp_path / "batch2.log"
     proc = spawn(["batch", *common, "-s", a.url, "--wait-server", "3"], log)
-    wait_for(lambda: lines(out2) >= 4, 120, "the first results")
-    crash(a)
+    wait_for(lambda: lines(out2) >= 4 and REASONING.encode() in ask_err.read_bytes(), 120, "results and reasoning")
+    crash(a)  # vLLM dies, no goodbye
+
+    assert asking.wait(60) == 1
+    text = ask_err.read_text()
+    shown, _, tail = text.rpartition("\n" + "error: ")
+    assert REASONING in shown  # the reasoning stays on screen
+    assert "dropped mid-stream" in tail and tail.count("\n") == 1 and "Traceback" not in text
+    assert ask_out.read_text() == ""
+
     assert proc.wait(120) == 75, log.read_text()
     text = log.read_text()
     errors = [ln for ln in text.splitlines() if ln.startswith("error:")]
@@ -178,26 +193,6 @@ def test_the_only_server_dying_pauses_the_batch_until_it_is_back_or_stops_it(ser
     assert re.search(rf"already done\s+{len(first)}\b", rerun.stderr), rerun.stderr
     recs = records(out2)
     assert len(recs) == 20 and all((r["answer"], r["error"]) == (ANSWER, None) for r in recs)
-
-
-def test_ask_keeps_what_streamed_when_the_server_dies_mid_stream(servers, clip, tmp_path):
-    a = servers.live()
-    err = tmp_path / "err.log"
-    out = tmp_path / "out.log"
-    # --min-think holds </think> and <|EOT|> back: a long reasoning stream to cut.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stepaudio_cli", "ask", "-s", a.url, "--min-think", "3000", str(clip), "Q?"],
-        stdout=out.open("wb"), stderr=err.open("wb"),
-    )
-    wait_for(lambda: REASONING.encode() in err.read_bytes(), 120, "reasoning to stream")
-    time.sleep(1)
-    crash(a)  # vLLM dies, no goodbye
-    assert proc.wait(60) == 1
-    text = err.read_text()
-    shown, _, tail = text.rpartition("\n" + "error: ")
-    assert REASONING in shown  # the reasoning stays on screen
-    assert "dropped mid-stream" in tail and tail.count("\n") == 1 and "Traceback" not in text
-    assert out.read_text() == ""
 
 
 # --- a hung server ---------------------------------------------------------------------------
