@@ -134,6 +134,20 @@ def test_prompt_file_system_prompt_and_overwrite(vllm_server, tmp_path):
     assert batch(*base, "--prompt", "Q").exit_code == 2  # --prompt and --prompt-file: one line, exit 2
 
 
+def test_audio_too_long_for_the_context_is_that_file_s_failure(vllm_server, tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    write_wav(d / "long.wav", tone(400.0))  # ~5,300 prompt tokens; the server's context is 4,096
+    write_wav(d / "short.wav", tone(1.0))
+    out = tmp_path / "r.jsonl"
+    result = batch(str(d), "-p", "Q", "-s", vllm_server.url, "--api-key", "sekret", "-o", str(out))
+    assert result.exit_code == 1, result.stderr
+    recs = {Path(r["file"]).name: r for r in records(out)}
+    assert recs["short.wav"]["answer"] == ANSWER
+    assert recs["long.wav"]["error"].startswith("6m40s of audio needs ") and "raise --max-model-len" in recs["long.wav"]["error"]
+    assert recs["long.wav"]["audio_seconds"] == pytest.approx(400.0)
+
+
 def test_batch_to_stdout(vllm_server, tmp_path):
     write_wav(tmp_path / "x.wav", tone(1.0))
     result = batch(str(tmp_path / "x.wav"), "-p", "Q", "-s", vllm_server.url, "--api-key", "sekret", "-o", "-")
