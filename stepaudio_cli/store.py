@@ -34,12 +34,11 @@ class Store:
         self._stdout = stdout
         self._lock = threading.Lock()  # one writer of lines at a time
         self._sync_lock = threading.Lock()  # one fsync at a time
-        self._written = 0  # lines written so far
+        self.written = 0  # records written by this run
         self._synced = 0  # lines known to be on disk
         self._fd: int | None = None
         self._wrote_header = False
         self._end = 0  # size of the file up to its last complete record
-        self.stored = 0  # records written by this run
 
     @property
     def resumable(self) -> bool:
@@ -137,14 +136,13 @@ class Store:
                 self._undo()
                 raise self._error(e) from None
             self._wrote_header = True
-            self._written += 1
-            self.stored += 1
-            mine = self._written
+            self.written += 1
+            mine = self.written
         with self._sync_lock:
             if self._synced >= mine:  # an fsync that started after our write has finished
                 return
             with self._lock:
-                upto, fd = self._written, self._fd
+                upto, fd = self.written, self._fd
             try:
                 os.fsync(fd)
             except OSError as e:
@@ -175,7 +173,7 @@ class Store:
                 pass
 
     def _error(self, e: OSError) -> StoreError:
-        kept = f"the {self.stored} result(s) written before are safe; " if self.stored else ""
+        kept = f"the {self.written} result(s) written before are safe; " if self.written else ""
         return StoreError(
             f"{self.path}: cannot write the results ({e.strerror or e}); the run stopped: "
             f"{kept}fix it and rerun the same command to continue"

@@ -116,9 +116,9 @@ class Terminal:
         for line in lines:
             self.out.print(Text(line), soft_wrap=True)
 
-    def pairs(self, rows: list[tuple[str, str, str | None]], *, stdout: bool = False) -> None:
-        """A two-column report: label (bold), value (with an optional style)."""
-        if not stdout and self.quiet:
+    def pairs(self, rows: list[tuple[str, str, str | None]]) -> None:
+        """A two-column report on stderr: label (bold), value (with an optional style)."""
+        if self.quiet:
             return
         from rich.table import Table
 
@@ -127,7 +127,7 @@ class Terminal:
         table.add_column()
         for label, value, style in rows:
             table.add_row(label, Text(value, style=style or ""))
-        (self.out if stdout else self.err).print(table)
+        self.err.print(table)
 
     def table(
         self, title: str | None, rows: list[tuple[str, list[str]]], columns: list[str], *, first: str = "",

@@ -88,9 +88,7 @@ class LocalEngine(Engine):
             self._watchdog = Watchdog()
             try:
                 self._engine = await self._build(AsyncLLM, args)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - vLLM raises many kinds; the user needs one line
+            except Exception as e:  # (Ctrl-C's CancelledError is no Exception: it passes)  # noqa: BLE001 - vLLM raises many kinds; the user needs one line
                 cause = diagnose(read_since(log, offset)) or _root_cause(e)
                 where = f" (engine log: {log})" if log else ""
                 raise EngineError(f"{path}: vLLM could not start the model: {cause}{where}") from None
