@@ -23,7 +23,7 @@ import numpy as np
 
 from stepaudio_cli.audio import SAMPLE_RATE, Audio
 from stepaudio_cli.defaults import DEFAULT_MAX_NUM_SEQS
-from stepaudio_cli.models import R1_TEXT_SIZES, make_config, weight_bytes
+from stepaudio_cli.checkpoint import R1_TEXT_SIZES, make_config, weight_bytes
 from stepaudio_cli.request import Request, Sampling
 
 
@@ -60,7 +60,7 @@ class BenchResult:
 
 def real_size_checkpoint(directory: Path, *, tiny: bool) -> Path:
     """A config + tokenizer directory vLLM can build with dummy weights."""
-    from stepaudio_cli.testing import TinySizes, build_checkpoint, build_tokenizer
+    from stepaudio_cli.tiny_checkpoint import TinySizes, build_checkpoint, build_tokenizer
 
     if tiny:
         return build_checkpoint(directory, sizes=TinySizes())
@@ -154,6 +154,6 @@ async def run(settings: BenchSettings, on_status: Callable[[str], None] = lambda
 
 
 def _text_config(path: Path) -> dict:
-    from stepaudio_cli.models import resolve_model, text_config
+    from stepaudio_cli.checkpoint import resolve_model, text_config
 
     return text_config(json.loads((resolve_model(str(path)) / "config.json").read_text()))

@@ -1,7 +1,7 @@
 """The `stepaudio` command: assembles the commands; nothing heavy is imported here.
 
 One Terminal is made at the root and handed down (``ctx.obj``, read with
-``commands.common.terminal()``); every command runs inside one error boundary that turns a
+``commands.options.terminal()``); every command runs inside one error boundary that turns a
 UserError (EngineError, AudioError, ...) into ``error: <message>`` and its exit code, and
 Ctrl-C into exit 130. Commands never catch these themselves.
 """
@@ -18,7 +18,7 @@ from stepaudio_cli import __version__
 from stepaudio_cli.commands.ask import ask
 from stepaudio_cli.commands.batch import batch
 from stepaudio_cli.commands.bench import bench
-from stepaudio_cli.commands.common import terminal
+from stepaudio_cli.commands.options import terminal
 from stepaudio_cli.commands.config import config_app
 from stepaudio_cli.commands.doctor import doctor
 from stepaudio_cli.commands.download import download
@@ -70,12 +70,12 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
     """Audio reasoning with Step-Audio-R1."""
-    from stepaudio_cli import config
+    from stepaudio_cli import config_file
     from stepaudio_cli.terminal import Terminal
 
     ctx.obj = Terminal()
     with error_boundary(ctx):
-        ctx.default_map = config.click_default_map(ctx.command)
+        ctx.default_map = config_file.click_default_map(ctx.command)
 
 
 app.command(no_args_is_help=True)(command(ask))

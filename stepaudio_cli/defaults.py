@@ -1,5 +1,5 @@
 """Defaults shared by the commands, the engines and the server; import-light so `--help`
-stays instant. Model facts (token names, sizes, formats) live in ``models.py``."""
+stays instant. Model facts (token names, sizes, formats) live in ``checkpoint.py``."""
 
 DEFAULT_MODEL = "stepfun-ai/Step-Audio-R1"
 DEFAULT_MAX_MODEL_LEN = 16384

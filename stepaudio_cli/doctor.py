@@ -52,7 +52,7 @@ def fit(weights: int, kv_per_token: int, max_model_len: int, gpu_memory: int, n_
 
 def model_size(path: Path | None, quantization: str | None = None) -> tuple[int, dict]:
     """(weight bytes as loaded, text config) of a local checkpoint, or R1's published sizes."""
-    from stepaudio_cli.models import R1_AUDIO_SIZES, R1_TEXT_SIZES, check_checkpoint, text_config, weight_bytes
+    from stepaudio_cli.checkpoint import R1_AUDIO_SIZES, R1_TEXT_SIZES, check_checkpoint, text_config, weight_bytes
 
     if path is None:
         return weight_bytes(R1_TEXT_SIZES, quantization), R1_TEXT_SIZES
@@ -104,7 +104,7 @@ def run(model: str, max_model_len: int, util: float, quantization: str | None = 
     r.add("vLLM plugin", "registered (StepAudio2ForCausalLM, step_audio_r1 parser)" if plugin else "not registered", plugin)
 
     from stepaudio_cli.errors import UserError
-    from stepaudio_cli.models import resolve_model
+    from stepaudio_cli.checkpoint import resolve_model
 
     try:
         path = resolve_model(model)

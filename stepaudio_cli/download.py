@@ -317,7 +317,7 @@ def check_against(files: list[RemoteFile], local: Path) -> list[str]:
 
 def check_offline(local: Path) -> list[str]:
     """Without the hub: config is Step-Audio, every shard named by the index is complete."""
-    from stepaudio_cli.models import check_checkpoint
+    from stepaudio_cli.checkpoint import check_checkpoint
 
     problems = []
     try:

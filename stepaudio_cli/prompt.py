@@ -14,7 +14,7 @@ import base64
 from collections.abc import Sequence
 
 from stepaudio_cli.audio import Audio
-from stepaudio_cli.models import AUDIO_PATCH, BOT, EOT, THINK_END, THINK_START
+from stepaudio_cli.checkpoint import AUDIO_PATCH, BOT, EOT, THINK_END, THINK_START
 
 ASSISTANT_PREFIX = THINK_START + "\n"
 # The format the model was trained on for direct answers: an empty reasoning block.

@@ -31,7 +31,7 @@ from stepaudio_cli.defaults import (
     MAX_AUDIO_ITEMS,
 )
 from stepaudio_cli.errors import UserError
-from stepaudio_cli.models import check_checkpoint, looks_like_repo_id, resolve_model
+from stepaudio_cli.checkpoint import check_checkpoint, looks_like_repo_id, resolve_model
 from stepaudio_cli.vllm_log import diagnose, log_size, read_since
 from stepaudio_cli.vllm_plugin import RAW_REASONING_PARSER, REASONING_PARSER
 from stepaudio_cli.watchdog import Watchdog
@@ -148,7 +148,7 @@ def base_url(host: str, port: int) -> str:
     return f"http://[{h}]:{port}" if ":" in h else f"http://{h}:{port}"
 
 
-class Server:
+class VllmServerProcess:
     """The vLLM server child process."""
 
     def __init__(self, cmd: list[str], log_path: Path, passthrough: bool) -> None:
@@ -262,7 +262,7 @@ def run(
     cmd = prepare(opts)
     url = base_url(opts.host, opts.port)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    server = Server(cmd, log_path, passthrough)
+    server = VllmServerProcess(cmd, log_path, passthrough)
     try:
         on_status(f"Starting vLLM for {opts.model}")
         try:

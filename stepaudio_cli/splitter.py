@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from stepaudio_cli.models import THINK_END, THINK_START
+from stepaudio_cli.checkpoint import THINK_END, THINK_START
 
 Kind = Literal["reasoning", "answer"]
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from stepaudio_cli.testing import build_checkpoint
+from stepaudio_cli.tiny_checkpoint import build_checkpoint
 
 # Several CPU engines run at once in the suite (a server, in-process engines); give each a
 # small fixed KV cache instead of a fraction of the machine's memory.

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stepaudio_cli.cli import app
-from stepaudio_cli.models import R1_TEXT_SIZES, weight_bytes
+from stepaudio_cli.checkpoint import R1_TEXT_SIZES, weight_bytes
 
 pytestmark = pytest.mark.engine
 

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from conftest import SCRIPT, ServerProcess, free_port, tone, write_wav
 from stepaudio_cli.cli import app
-from stepaudio_cli.testing import MOVED_SPECIAL_TOKENS, build_checkpoint, build_tokenizer
+from stepaudio_cli.tiny_checkpoint import MOVED_SPECIAL_TOKENS, build_checkpoint, build_tokenizer
 
 runner = CliRunner()
 REASONING, ANSWER = SCRIPT

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from stepaudio_cli.cli import app
 from stepaudio_cli.doctor import fit, kv_bytes_per_token
-from stepaudio_cli.models import R1_TEXT_SIZES, weight_bytes
+from stepaudio_cli.checkpoint import R1_TEXT_SIZES, weight_bytes
 
 runner = CliRunner()
 
@@ -57,9 +57,9 @@ def test_command_line_beats_everything(config_file, monkeypatch, tmp_path):
     monkeypatch.setenv("STEPAUDIO_MAX_TOKENS", "456")
     group = typer.main.get_command(app)
     with group.make_context("stepaudio", ["ask", "--max-tokens", "789", "a.wav", "q"]) as ctx:
-        from stepaudio_cli import config
+        from stepaudio_cli import config_file
 
-        ctx.default_map = config.click_default_map(group)
+        ctx.default_map = config_file.click_default_map(group)
         sub = group.commands["ask"].make_context("ask", ["--max-tokens", "789", "a.wav", "q"], parent=ctx)
         assert sub.params["max_tokens"] == 789
         assert sub.params["temperature"] == 0.5

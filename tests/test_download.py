@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from stepaudio_cli.cli import app
 from stepaudio_cli.download import safetensors_problem
-from stepaudio_cli.models import make_config
+from stepaudio_cli.checkpoint import make_config
 
 REPO = "stepfun-ai/Step-Audio-R1"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -188,7 +188,7 @@ def test_download_to_the_cache_resolves_offline_afterwards(hub, tmp_path, monkey
     snapshot = Path(result.stdout.strip())
     assert snapshot.name == COMMIT and str(snapshot).startswith(str(tmp_path / "hf"))
     assert_files(snapshot)
-    from stepaudio_cli.models import resolve_model
+    from stepaudio_cli.checkpoint import resolve_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert resolve_model(REPO) == snapshot  # --model REPO works with no network

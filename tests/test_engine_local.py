@@ -21,7 +21,7 @@ from stepaudio_cli.cli import app
 from stepaudio_cli.engines import EngineSettings, collect, make_engine
 from stepaudio_cli.prompt import build_prompt
 from stepaudio_cli.request import Request, Sampling
-from stepaudio_cli.testing import SPECIAL_TOKENS, build_checkpoint
+from stepaudio_cli.tiny_checkpoint import SPECIAL_TOKENS, build_checkpoint
 
 pytestmark = pytest.mark.engine
 PATCH = SPECIAL_TOKENS["<audio_patch>"]

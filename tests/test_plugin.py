@@ -12,7 +12,7 @@ import torch
 from conftest import noise, tone
 from reference import whisper_mel
 from stepaudio_cli.audio import adapter_frames, chunk_tokens, encoder_frames, mel_frames
-from stepaudio_cli.vllm_plugin.frontend import log_mel
+from stepaudio_cli.vllm_plugin.mel import log_mel
 
 
 @pytest.mark.parametrize("seconds", [0.5, 3.0, 10.0, 25.0])
@@ -69,7 +69,7 @@ def test_registration_is_idempotent_and_visible_to_vllm():
         "from transformers import AutoConfig\n"
         "assert 'StepAudio2ForCausalLM' in ModelRegistry.get_supported_archs()\n"
         "assert 'step_audio_r1' in ReasoningParserManager.list_registered()\n"
-        "from stepaudio_cli.models import make_config\n"
+        "from stepaudio_cli.checkpoint import make_config\n"
         "for model_type in ('step_audio_2', 'step_audio_qwen2'):\n"
         "    raw = make_config(); raw.pop('model_type')\n"
         "    cfg = AutoConfig.for_model(model_type, **raw)\n"

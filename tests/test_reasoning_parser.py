@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stepaudio_cli.testing import MOVED_SPECIAL_TOKENS, SPECIAL_TOKENS, build_tokenizer
+from stepaudio_cli.tiny_checkpoint import MOVED_SPECIAL_TOKENS, SPECIAL_TOKENS, build_tokenizer
 
 pytest.importorskip("vllm")
 

@@ -142,7 +142,7 @@ def test_chat_template_renders_what_build_prompt_writes(vllm_server, scripted_ck
 
     from stepaudio_cli.audio import Audio, chunk_tokens
     from stepaudio_cli.prompt import build_messages, build_prompt
-    from stepaudio_cli.testing import SPECIAL_TOKENS
+    from stepaudio_cli.tiny_checkpoint import SPECIAL_TOKENS
 
     audio = Audio("a.wav", (0.1 * np.sin(np.arange(16000 * 30) / 16000 * 2 * np.pi * 440)).astype(np.float32))
     served = httpx.post(

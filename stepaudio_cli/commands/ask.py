@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from stepaudio_cli.commands import common
+from stepaudio_cli.commands import options
 from stepaudio_cli.defaults import (
     ASK_MAX_NUM_SEQS,
     DEFAULT_MAX_MODEL_LEN,
@@ -29,42 +29,42 @@ def ask(
     hide_reasoning: Annotated[
         bool, typer.Option("--hide-reasoning", envvar="STEPAUDIO_HIDE_REASONING", help="Do not show the reasoning.")
     ] = False,
-    system: common.SystemOpt = None,
-    temperature: common.TemperatureOpt = DEFAULT_TEMPERATURE,
-    top_p: common.TopPOpt = DEFAULT_TOP_P,
-    max_tokens: common.MaxTokensOpt = DEFAULT_MAX_TOKENS,
-    seed: common.SeedOpt = None,
-    think_budget: common.ThinkBudgetOpt = None,
-    min_think: common.MinThinkOpt = None,
-    effort: common.EffortOpt = None,
-    no_think: common.NoThinkOpt = False,
-    server: common.ServerOpt = None,
-    api_key: common.ApiKeyOpt = None,
-    model: common.ModelOpt = None,
-    timeout: common.TimeoutOpt = DEFAULT_TIMEOUT,
-    max_model_len: common.MaxModelLenOpt = DEFAULT_MAX_MODEL_LEN,
-    tensor_parallel_size: common.TPOpt = None,
-    gpu_memory_utilization: common.GpuMemOpt = None,
-    dtype: common.DtypeOpt = "auto",
-    quantization: common.QuantOpt = None,
-    load_format: common.LoadFormatOpt = "auto",
+    system: options.SystemOpt = None,
+    temperature: options.TemperatureOpt = DEFAULT_TEMPERATURE,
+    top_p: options.TopPOpt = DEFAULT_TOP_P,
+    max_tokens: options.MaxTokensOpt = DEFAULT_MAX_TOKENS,
+    seed: options.SeedOpt = None,
+    think_budget: options.ThinkBudgetOpt = None,
+    min_think: options.MinThinkOpt = None,
+    effort: options.EffortOpt = None,
+    no_think: options.NoThinkOpt = False,
+    server: options.ServerOpt = None,
+    api_key: options.ApiKeyOpt = None,
+    model: options.ModelOpt = None,
+    timeout: options.TimeoutOpt = DEFAULT_TIMEOUT,
+    max_model_len: options.MaxModelLenOpt = DEFAULT_MAX_MODEL_LEN,
+    tensor_parallel_size: options.TPOpt = None,
+    gpu_memory_utilization: options.GpuMemOpt = None,
+    dtype: options.DtypeOpt = "auto",
+    quantization: options.QuantOpt = None,
+    load_format: options.LoadFormatOpt = "auto",
 ) -> None:
     """Ask one question about one or more audio files; streams reasoning and answer."""
     from stepaudio_cli import ask as core
     from stepaudio_cli.ask_view import AskView
 
-    term = common.terminal(ctx)
+    term = options.terminal(ctx)
     term.quiet = term.quiet or json_output  # stderr stays empty unless something fails
     if len(inputs) < 2:
         raise UserError("give at least one audio file and a question, e.g. stepaudio ask clip.wav \"What is this?\"")
     *sources, question = inputs
-    think = common.thinking(think_budget, min_think, effort, no_think)
-    settings = common.engine_settings(
+    think = options.thinking(think_budget, min_think, effort, no_think)
+    settings = options.engine_settings(
         server, api_key, model, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
         gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, quantization=quantization,
         load_format=load_format, max_num_seqs=ASK_MAX_NUM_SEQS, thinking_processor=think.constrained, timeout=timeout,
     )
-    request = core.prepare(sources, question, system, common.sampling(temperature, top_p, max_tokens, seed), think)
+    request = core.prepare(sources, question, system, options.sampling(temperature, top_p, max_tokens, seed), think)
     view = AskView(term, json_output=json_output, hide_reasoning=hide_reasoning)
     result = asyncio.run(core.ask(settings, request, on_status=view.status, on_delta=view.on_delta))
     view.finish(request, result)

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from stepaudio_cli.commands import common
+from stepaudio_cli.commands import options
 from stepaudio_cli.defaults import (
     DEFAULT_MAX_MODEL_LEN,
     DEFAULT_MAX_NUM_SEQS,
@@ -45,41 +45,41 @@ def batch(
     overwrite: Annotated[bool, typer.Option(help="Start over: discard earlier results in the output file.", rich_help_panel=IO)] = False,
     retries: Annotated[int, typer.Option(min=0, help="Retries per file for server errors (with backoff).")] = 3,
     hide_reasoning: Annotated[bool, typer.Option("--hide-reasoning", envvar="STEPAUDIO_HIDE_REASONING", help="Leave reasoning out of the results.")] = False,
-    system: common.SystemOpt = None,
-    temperature: common.TemperatureOpt = DEFAULT_TEMPERATURE,
-    top_p: common.TopPOpt = DEFAULT_TOP_P,
-    max_tokens: common.MaxTokensOpt = DEFAULT_MAX_TOKENS,
-    seed: common.SeedOpt = None,
-    think_budget: common.ThinkBudgetOpt = None,
-    min_think: common.MinThinkOpt = None,
-    effort: common.EffortOpt = None,
-    no_think: common.NoThinkOpt = False,
-    server: common.ServerOpt = None,
-    api_key: common.ApiKeyOpt = None,
-    model: common.ModelOpt = None,
-    timeout: common.TimeoutOpt = DEFAULT_TIMEOUT,
+    system: options.SystemOpt = None,
+    temperature: options.TemperatureOpt = DEFAULT_TEMPERATURE,
+    top_p: options.TopPOpt = DEFAULT_TOP_P,
+    max_tokens: options.MaxTokensOpt = DEFAULT_MAX_TOKENS,
+    seed: options.SeedOpt = None,
+    think_budget: options.ThinkBudgetOpt = None,
+    min_think: options.MinThinkOpt = None,
+    effort: options.EffortOpt = None,
+    no_think: options.NoThinkOpt = False,
+    server: options.ServerOpt = None,
+    api_key: options.ApiKeyOpt = None,
+    model: options.ModelOpt = None,
+    timeout: options.TimeoutOpt = DEFAULT_TIMEOUT,
     wait_server: Annotated[
         float,
-        typer.Option(envvar="STEPAUDIO_WAIT_SERVER", min=0.0, rich_help_panel=common.ENGINE,
+        typer.Option(envvar="STEPAUDIO_WAIT_SERVER", min=0.0, rich_help_panel=options.ENGINE,
                      help="Seconds to wait for a server while none answers (--server); then the run stops and a rerun continues."),
     ] = DEFAULT_WAIT_SERVER,
-    max_model_len: common.MaxModelLenOpt = DEFAULT_MAX_MODEL_LEN,
-    max_num_seqs: Annotated[int, typer.Option(envvar="STEPAUDIO_MAX_NUM_SEQS", min=1, help="Sequences batched at once (in-process).", rich_help_panel=common.ENGINE)] = DEFAULT_MAX_NUM_SEQS,
-    tensor_parallel_size: common.TPOpt = None,
-    gpu_memory_utilization: common.GpuMemOpt = None,
-    dtype: common.DtypeOpt = "auto",
-    quantization: common.QuantOpt = None,
-    load_format: common.LoadFormatOpt = "auto",
+    max_model_len: options.MaxModelLenOpt = DEFAULT_MAX_MODEL_LEN,
+    max_num_seqs: Annotated[int, typer.Option(envvar="STEPAUDIO_MAX_NUM_SEQS", min=1, help="Sequences batched at once (in-process).", rich_help_panel=options.ENGINE)] = DEFAULT_MAX_NUM_SEQS,
+    tensor_parallel_size: options.TPOpt = None,
+    gpu_memory_utilization: options.GpuMemOpt = None,
+    dtype: options.DtypeOpt = "auto",
+    quantization: options.QuantOpt = None,
+    load_format: options.LoadFormatOpt = "auto",
 ) -> None:
     """Ask the same question about every audio file in directories; resumable JSONL/CSV results."""
     from stepaudio_cli import batch as core
     from stepaudio_cli.batch_view import BatchView
     from stepaudio_cli.store import Store
 
-    term = common.terminal(ctx)
+    term = options.terminal(ctx)
     question = _question(prompt, prompt_file)
-    thinking = common.thinking(think_budget, min_think, effort, no_think)
-    settings = common.engine_settings(
+    thinking = options.thinking(think_budget, min_think, effort, no_think)
+    settings = options.engine_settings(
         server, api_key, model, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
         gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, quantization=quantization,
         load_format=load_format, max_num_seqs=max_num_seqs, thinking_processor=thinking.constrained,
@@ -96,7 +96,7 @@ def batch(
     if not files:
         raise UserError(f"no audio files found in {', '.join(inputs)}" + ("" if recursive else " (try --recursive)"))
     job = core.BatchJob(
-        prompt=question, system=system, sampling=common.sampling(temperature, top_p, max_tokens, seed),
+        prompt=question, system=system, sampling=options.sampling(temperature, top_p, max_tokens, seed),
         thinking=thinking, concurrency=concurrency or settings.default_concurrency(), retries=retries,
         retry_failed=retry_failed, overwrite=overwrite, hide_reasoning=hide_reasoning,
     )

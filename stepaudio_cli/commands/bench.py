@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from stepaudio_cli.commands import common
+from stepaudio_cli.commands import options
 from stepaudio_cli.defaults import DEFAULT_MAX_NUM_SEQS
 from stepaudio_cli.errors import UserError
 
@@ -28,14 +28,14 @@ def bench(
         list[str] | None,
         typer.Option(help="bf16 and/or fp8 (repeat to compare both in one run)."),
     ] = None,
-    tensor_parallel_size: common.TPOpt = None,
-    gpu_memory_utilization: common.GpuMemOpt = None,
+    tensor_parallel_size: options.TPOpt = None,
+    gpu_memory_utilization: options.GpuMemOpt = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object per configuration.")] = False,
 ) -> None:
     """Measure R1 on these GPUs: start time, KV-cache room, first token, decode speed, throughput."""
     from stepaudio_cli import bench as core
 
-    term = common.terminal(ctx)
+    term = options.terminal(ctx)
     term.quiet = term.quiet or json_output
     chosen = quantization or ["bf16"]
     bad = [q for q in chosen if q not in ("bf16", "fp8")]

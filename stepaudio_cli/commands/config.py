@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from stepaudio_cli.commands import common
+from stepaudio_cli.commands import options
 from stepaudio_cli.errors import UserError
 
 config_app = typer.Typer(help="Show the effective settings and where each one comes from.", no_args_is_help=True)
@@ -21,16 +21,16 @@ def show(
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object: setting -> {value, source}.")] = False,
 ) -> None:
     """Effective settings of a command: value and source (env, config file or default)."""
-    from stepaudio_cli import config
+    from stepaudio_cli import config_file
 
-    term = common.terminal(ctx)
+    term = options.terminal(ctx)
     root = ctx.find_root()
     cmd = root.command.commands.get(command)  # type: ignore[attr-defined]
-    if cmd is None or command not in config.COMMANDS:
-        raise UserError(f"no command {command!r} (one of: {', '.join(config.COMMANDS)})")
+    if cmd is None or command not in config_file.COMMANDS:
+        raise UserError(f"no command {command!r} (one of: {', '.join(config_file.COMMANDS)})")
     sub = cmd.make_context(command, [], parent=root, resilient_parsing=True)
     rows: dict[str, dict] = {}
-    path = config.config_path()
+    path = config_file.config_path()
     for param in cmd.params:
         if param.param_type_name != "option" or param.name in ("help",):
             continue
@@ -54,6 +54,6 @@ def show(
 @config_app.command("path")
 def path(ctx: typer.Context) -> None:
     """Print the config file's path (STEPAUDIO_CONFIG, else XDG_CONFIG_HOME/stepaudio/config.toml)."""
-    from stepaudio_cli import config
+    from stepaudio_cli import config_file
 
-    common.terminal(ctx).write_out(f"{config.config_path()}\n")
+    options.terminal(ctx).write_out(f"{config_file.config_path()}\n")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from stepaudio_cli.commands import common
+from stepaudio_cli.commands import options
 from stepaudio_cli.defaults import DEFAULT_MAX_MODEL_LEN, DEFAULT_MODEL, GPU_MEMORY_FRACTION, QUANTIZATIONS
 from stepaudio_cli.errors import UserError
 
@@ -14,14 +14,14 @@ from stepaudio_cli.errors import UserError
 def doctor(
     ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", envvar="STEPAUDIO_MODEL", help="Path or repo id.")] = DEFAULT_MODEL,
-    max_model_len: common.MaxModelLenOpt = DEFAULT_MAX_MODEL_LEN,
-    gpu_memory_utilization: common.GpuMemOpt = None,
-    quantization: common.QuantOpt = None,
+    max_model_len: options.MaxModelLenOpt = DEFAULT_MAX_MODEL_LEN,
+    gpu_memory_utilization: options.GpuMemOpt = None,
+    quantization: options.QuantOpt = None,
 ) -> None:
     """What is installed, whether the model fits the GPUs, and what to do next."""
     from stepaudio_cli import doctor as core
 
-    term = common.terminal(ctx)
+    term = options.terminal(ctx)
     if quantization not in (None, *QUANTIZATIONS):
         raise UserError(f"--quantization must be fp8, not {quantization!r}")
     report = core.run(model, max_model_len, gpu_memory_utilization or GPU_MEMORY_FRACTION, quantization)

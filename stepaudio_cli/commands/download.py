@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from stepaudio_cli.commands import common
+from stepaudio_cli.commands import options
 from stepaudio_cli.terminal import Terminal
 from stepaudio_cli.defaults import DEFAULT_MODEL
 
@@ -28,9 +28,9 @@ def download(
     from stepaudio_cli import download as core
     from stepaudio_cli.download_view import DownloadProgress
     from stepaudio_cli.errors import UserError
-    from stepaudio_cli.models import resolve_model
+    from stepaudio_cli.checkpoint import resolve_model
 
-    term = common.terminal(ctx)
+    term = options.terminal(ctx)
     if check and offline:
         where = local_dir or resolve_model(repo_id, revision=revision)
         problems = core.check_offline(Path(where))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from stepaudio_cli.commands import common
+from stepaudio_cli.commands import options
 from stepaudio_cli.defaults import DEFAULT_MAX_NUM_SEQS, DEFAULT_MODEL
 
 DIST = "Multi-GPU / multi-node"
@@ -39,7 +39,7 @@ def serve(
         typer.Option(envvar="STEPAUDIO_MAX_MODEL_LEN", min=1024,
                      help="Context length (default: the most the KV cache holds, up to the model's maximum)."),
     ] = None,
-    quantization: common.QuantOpt = None,
+    quantization: options.QuantOpt = None,
     raw_reasoning: Annotated[
         bool,
         typer.Option("--raw-reasoning", envvar="STEPAUDIO_RAW_REASONING",
@@ -47,8 +47,8 @@ def serve(
                           "(for clients that split the text themselves, like StepFun's own examples)."),
     ] = False,
     max_num_seqs: Annotated[int, typer.Option(envvar="STEPAUDIO_MAX_NUM_SEQS", min=1, help="Requests batched at once.")] = DEFAULT_MAX_NUM_SEQS,
-    gpu_memory_utilization: common.GpuMemOpt = None,
-    dtype: common.DtypeOpt = "auto",
+    gpu_memory_utilization: options.GpuMemOpt = None,
+    dtype: options.DtypeOpt = "auto",
     log_file: Annotated[Path | None, typer.Option(help="Where vLLM's log goes (default: the cache folder).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show vLLM's log on the terminal.")] = False,
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for /health.")] = 1800.0,
@@ -57,7 +57,7 @@ def serve(
     from stepaudio_cli import serve as core
     from stepaudio_cli.vllm_log import engine_log_path
 
-    term = common.terminal(ctx)
+    term = options.terminal(ctx)
     opts = core.ServeOptions(
         model=model, host=host, port=port, api_key=api_key, tensor_parallel_size=tensor_parallel_size,
         pipeline_parallel_size=pipeline_parallel_size, max_model_len=max_model_len, max_num_seqs=max_num_seqs,

@@ -17,14 +17,14 @@ from stepaudio_cli.defaults import CPU_MEMORY_FRACTION, GPU_MEMORY_FRACTION, MAX
 from stepaudio_cli.engines.base import Clock, Done, Engine, Usage
 from stepaudio_cli.engines.settings import EngineSettings
 from stepaudio_cli.errors import EngineError, UserError
-from stepaudio_cli.models import TokenIds, find_sequence
+from stepaudio_cli.checkpoint import TokenIds, find_sequence
 from stepaudio_cli.prompt import build_prompt
 from stepaudio_cli.request import Request, request_max_tokens
 from stepaudio_cli.splitter import Delta, ReasoningSplitter
 from stepaudio_cli.vllm_log import diagnose, engine_output_to_log, log_size, quiet_vllm_logs, read_since
 from stepaudio_cli.watchdog import Watchdog
 
-THINKING_PROCESSOR = "stepaudio_cli.vllm_plugin.thinking:ThinkingLogitsProcessor"
+THINKING_PROCESSOR = "stepaudio_cli.vllm_plugin.logits_processor:ThinkingLogitsProcessor"
 
 
 def import_vllm():
@@ -54,7 +54,7 @@ class LocalEngine(Engine):
         self._watchdog: Watchdog | None = None
 
     async def start(self) -> None:
-        from stepaudio_cli.models import check_checkpoint, resolve_model
+        from stepaudio_cli.checkpoint import check_checkpoint, resolve_model
 
         s = self.settings
         path = resolve_model(s.model)
@@ -137,7 +137,7 @@ class LocalEngine(Engine):
         if t.constrained:
             if not self.settings.thinking_processor:
                 raise UserError("this engine was started without the reasoning-length processor (thinking_processor=True)")
-            from stepaudio_cli.vllm_plugin.thinking import EXTRA_ARGS_KEY
+            from stepaudio_cli.vllm_plugin.logits_processor import EXTRA_ARGS_KEY
 
             tok = self._tokens
             spec = {"end_ids": tok.think_end, "stop_ids": tok.stop, "budget": t.budget, "min": t.min_tokens}

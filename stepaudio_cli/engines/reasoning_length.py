@@ -14,12 +14,12 @@ from typing import Protocol
 
 from stepaudio_cli.engines.base import Clock, Done, Usage
 from stepaudio_cli.errors import EngineError
-from stepaudio_cli.models import EOT, THINK_END
+from stepaudio_cli.checkpoint import EOT, THINK_END
 from stepaudio_cli.prompt import ASSISTANT_PREFIX
 from stepaudio_cli.request import Request
 from stepaudio_cli.splitter import Delta, ReasoningSplitter
 
-class Server(Protocol):
+class ChatServer(Protocol):
     """What the scheme needs of a server (the remote engine is one)."""
 
     url: str
@@ -31,7 +31,7 @@ class Server(Protocol):
     async def token_ids(self, text: str) -> list[int]: ...
 
 
-async def phased(server: Server, request: Request, max_tokens: int | None, run: Run) -> AsyncIterator[Delta]:
+async def phased(server: ChatServer, request: Request, max_tokens: int | None, run: Run) -> AsyncIterator[Delta]:
     """Reasoning length control against a stock server, in up to three requests that each
     continue the assistant message: a reasoning-only stretch with ``</think>`` and
     ``<|EOT|>`` banned (``--min-think``), a stretch capped at the budget, then the rest

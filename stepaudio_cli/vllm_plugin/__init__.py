@@ -7,7 +7,7 @@ Nothing here imports torch or vLLM at module import time.
 
 from __future__ import annotations
 
-from stepaudio_cli.models import ARCHITECTURE
+from stepaudio_cli.checkpoint import ARCHITECTURE
 
 REASONING_PARSER = "step_audio_r1"
 RAW_REASONING_PARSER = "step_audio_r1_raw"  # everything in `content`, as StepFun's server sends it
@@ -22,7 +22,7 @@ def register() -> None:
     from transformers import AutoConfig
     from vllm import ModelRegistry
 
-    from stepaudio_cli.vllm_plugin.config import StepAudio2Config, StepAudioQwen2Config
+    from stepaudio_cli.vllm_plugin.hf_config import StepAudio2Config, StepAudioQwen2Config
 
     for config_class in (StepAudio2Config, StepAudioQwen2Config):
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)

@@ -44,10 +44,10 @@ from stepaudio_cli.audio import (
     max_audio_samples,
     split_chunks,
 )
-from stepaudio_cli.models import AUDIO_PATCH, TokenIds
+from stepaudio_cli.checkpoint import AUDIO_PATCH, TokenIds
 from stepaudio_cli.vllm_plugin import compat
-from stepaudio_cli.vllm_plugin.config import StepAudio2Config, StepAudioQwen2Config
-from stepaudio_cli.vllm_plugin.frontend import log_mel
+from stepaudio_cli.vllm_plugin.hf_config import StepAudio2Config, StepAudioQwen2Config
+from stepaudio_cli.vllm_plugin.mel import log_mel
 from stepaudio_cli.vllm_plugin.tower import Adapter, AudioEncoder, encode_chunks
 
 from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMultiModal, SupportsPP

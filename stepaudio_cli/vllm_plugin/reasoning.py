@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from vllm.reasoning.abs_reasoning_parsers import ReasoningParser
 
-from stepaudio_cli.models import EOT, THINK_END, THINK_START, find_sequence
+from stepaudio_cli.checkpoint import EOT, THINK_END, THINK_START, find_sequence
 from stepaudio_cli.splitter import partial_tag_suffix
 from stepaudio_cli.vllm_plugin.compat import delta_message
 

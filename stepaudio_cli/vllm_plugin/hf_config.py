@@ -2,7 +2,7 @@
 
 Both layouts StepFun's own serving code reads are accepted: nested (``text_config`` +
 ``audio_encoder_config``) and flat (the text model's keys at the top level). The keys that
-change the computation are required (:data:`stepaudio_cli.models.TEXT_KEYS`): a checkpoint
+change the computation are required (:data:`stepaudio_cli.checkpoint.TEXT_KEYS`): a checkpoint
 without ``rope_theta`` fails at start naming it instead of silently running with
 transformers' default.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig, Qwen2Config
 
-from stepaudio_cli.models import MODEL_TYPES, text_config
+from stepaudio_cli.checkpoint import MODEL_TYPES, text_config
 
 
 class StepAudio2EncoderConfig(PretrainedConfig):

@@ -1,4 +1,6 @@
-"""Where model weights live: local paths, hub repo ids resolved from the local cache."""
+"""What a Step-Audio checkpoint is and where it lives: architecture and token names, the config
+schema (required keys, nested and flat layouts), token ids looked up from the tokenizer,
+resolving a path or hub repo id, the up-front check of a model folder, and weight arithmetic."""
 
 from __future__ import annotations
 

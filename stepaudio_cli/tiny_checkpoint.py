@@ -111,7 +111,7 @@ def build_checkpoint(
     """
     from safetensors.numpy import save_file
 
-    from stepaudio_cli.models import make_config
+    from stepaudio_cli.checkpoint import make_config
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
