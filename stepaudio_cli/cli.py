@@ -78,13 +78,46 @@ def _root(
         ctx.default_map = config_file.click_default_map(ctx.command)
 
 
-app.command(no_args_is_help=True)(command(ask))
-app.command(no_args_is_help=True)(command(batch))
-app.command()(command(download))
-app.command()(command(doctor))
-app.command()(command(bench))
+def examples(*lines: str) -> str:
+    """A command's --help ends with a few examples (one per line, as typed)."""
+    return "[bold]Examples[/bold]\n\n" + "\n\n".join(f"  $ {line}" for line in lines)
+
+
+app.command(no_args_is_help=True, epilog=examples(
+    'stepaudio ask clip.wav "What is happening?"',
+    'stepaudio ask a.wav b.mp3 "Which one is the real piano?"',
+    'cat call.ogg | stepaudio ask - "Summarise the call" --hide-reasoning',
+    'stepaudio ask --json clip.wav "Transcribe it" | jq -r .answer',
+    'stepaudio ask --server http://127.0.0.1:9999 clip.wav "Who is speaking?"',
+))(command(ask))
+app.command(no_args_is_help=True, epilog=examples(
+    'stepaudio batch recordings/ -r --prompt "Is the speaker angry?" -o results.jsonl',
+    'stepaudio batch recordings/ --prompt "..." -o results.jsonl   # again: resumes',
+    'stepaudio batch calls/ -p "..." -o out.csv -f csv --server http://gpu1:9999 --server http://gpu2:9999',
+))(command(batch))
+app.command(epilog=examples(
+    "stepaudio download",
+    "stepaudio download --local-dir /data/sar1",
+    "stepaudio download --check",
+))(command(download))
+app.command(epilog=examples("stepaudio doctor", "stepaudio doctor --quantization fp8 --max-model-len 32768"))(
+    command(doctor)
+)
+app.command(epilog=examples(
+    "stepaudio bench",
+    "stepaudio bench --quantization bf16 --quantization fp8 --concurrency 32",
+    "stepaudio bench --model /data/sar1 --json",
+))(command(bench))
 app.add_typer(config_app, name="config")
-app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(command(serve))
+app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    epilog=examples(
+        "stepaudio serve",
+        "stepaudio serve --quantization fp8 --max-model-len 16384",
+        'STEPAUDIO_API_KEY="$KEY" stepaudio serve --host 0.0.0.0',
+        "stepaudio serve /data/sar1 -- --enable-prefix-caching",
+    ),
+)(command(serve))
 for _sub in config_app.registered_commands:
     _sub.callback = command(_sub.callback)
 

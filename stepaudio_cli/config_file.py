@@ -24,9 +24,6 @@ from pathlib import Path
 
 from stepaudio_cli.errors import UserError
 
-COMMANDS = ("ask", "batch", "serve", "download", "doctor")
-
-
 def config_path() -> Path:
     explicit = os.environ.get("STEPAUDIO_CONFIG")
     if explicit:
@@ -89,8 +86,16 @@ def default_map(raw: dict, options: dict[str, set[str]], path: Path) -> dict[str
     return result
 
 
+def configurable(group) -> dict[str, set[str]]:
+    """The commands of ``group`` the file can configure (those with options; not groups like
+    ``config`` itself), each with its parameter names."""
+    return {
+        name: {p.name for p in cmd.params if p.name != "help"}
+        for name, cmd in group.commands.items()
+        if not hasattr(cmd, "commands") and any(p.param_type_name == "option" for p in cmd.params)
+    }
+
+
 def click_default_map(group) -> dict[str, dict]:
     """The config file as click's ``default_map`` for the commands of ``group``."""
-    commands = group.commands
-    options = {name: {p.name for p in commands[name].params} for name in COMMANDS if name in commands}
-    return default_map(load(), options, config_path())
+    return default_map(load(), configurable(group), config_path())

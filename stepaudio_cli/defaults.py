@@ -16,6 +16,7 @@ ASK_MAX_NUM_SEQS = 4  # one question: a small batch keeps start-up memory low
 GPU_MEMORY_FRACTION = 0.9
 CPU_MEMORY_FRACTION = 0.3  # on the CPU backend the "GPU" memory flag sizes the KV cache in RAM
 QUANTIZATIONS = ("fp8",)  # vLLM's online FP8 (Hopper/Ada GPUs)
+KV_CACHE_DTYPES = ("auto", "fp8")  # fp8: twice the KV cache (Hopper/Ada GPUs); can cost accuracy
 MAX_AUDIO_ITEMS = 64  # audio items (25 s chunks from our clients) per request: about 26 minutes
 
 # Servers.

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from stepaudio_cli.audio import Audio, format_duration
+from stepaudio_cli.audio import SAMPLE_RATE, Audio, format_duration, max_audio_samples
 from stepaudio_cli.defaults import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from stepaudio_cli.errors import AudioError, UserError
 from stepaudio_cli.prompt import ASSISTANT_PREFIX, NO_THINK_PREFIX
@@ -109,7 +109,8 @@ def fit_max_tokens(
     if room < need:
         longest = max(audios, key=lambda a: a.prompt_tokens)
         total = sum(a.duration for a in audios)
-        max_seconds = max(0, (max_model_len - text_tokens - need) // 14)  # ~13.5 tokens/s incl. markers
+        audio_room = max_model_len - text_tokens - need
+        max_seconds = max_audio_samples(audio_room) // SAMPLE_RATE if audio_room > 0 else 0
         who = longest.name if len(audios) == 1 else f"{longest.name} (and {len(audios) - 1} more)"
         raise AudioError(
             f"{who}: {format_duration(total)} of audio needs {audio_tokens} prompt tokens; with max model length "

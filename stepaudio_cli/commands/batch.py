@@ -64,11 +64,14 @@ def batch(
                      help="Seconds to wait for a server while none answers (--server); then the run stops and a rerun continues."),
     ] = DEFAULT_WAIT_SERVER,
     max_model_len: options.MaxModelLenOpt = DEFAULT_MAX_MODEL_LEN,
-    max_num_seqs: Annotated[int, typer.Option(envvar="STEPAUDIO_MAX_NUM_SEQS", min=1, help="Sequences batched at once (in-process).", rich_help_panel=options.ENGINE)] = DEFAULT_MAX_NUM_SEQS,
+    max_num_seqs: options.MaxNumSeqsOpt = DEFAULT_MAX_NUM_SEQS,
     tensor_parallel_size: options.TPOpt = None,
+    pipeline_parallel_size: options.PPOpt = 1,
+    distributed_executor_backend: options.ExecutorOpt = None,
     gpu_memory_utilization: options.GpuMemOpt = None,
     dtype: options.DtypeOpt = "auto",
     quantization: options.QuantOpt = None,
+    kv_cache_dtype: options.KvCacheDtypeOpt = "auto",
     load_format: options.LoadFormatOpt = "auto",
 ) -> None:
     """Ask the same question about every audio file in directories; resumable JSONL/CSV results."""
@@ -78,13 +81,8 @@ def batch(
 
     term = options.terminal(ctx)
     question = _question(prompt, prompt_file)
-    thinking = options.thinking(think_budget, min_think, effort, no_think)
-    settings = options.engine_settings(
-        server, api_key, model, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
-        gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, quantization=quantization,
-        load_format=load_format, max_num_seqs=max_num_seqs, thinking_processor=thinking.constrained,
-        timeout=timeout, wait_server=wait_server,
-    )
+    thinking = options.thinking(ctx)
+    settings = options.engine_settings(ctx, thinking_processor=thinking.constrained)
     if output is None:
         if sys.stdout.isatty():
             raise UserError("give --output FILE for the results (or pipe stdout: -o -)")
@@ -96,7 +94,7 @@ def batch(
     if not files:
         raise UserError(f"no audio files found in {', '.join(inputs)}" + ("" if recursive else " (try --recursive)"))
     job = core.BatchJob(
-        prompt=question, system=system, sampling=options.sampling(temperature, top_p, max_tokens, seed),
+        prompt=question, system=system, sampling=options.sampling(ctx),
         thinking=thinking, concurrency=concurrency or settings.default_concurrency(), retries=retries,
         retry_failed=retry_failed, overwrite=overwrite, hide_reasoning=hide_reasoning,
     )

@@ -30,7 +30,7 @@ def bench(
     ] = None,
     tensor_parallel_size: options.TPOpt = None,
     gpu_memory_utilization: options.GpuMemOpt = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object per configuration.")] = False,
+    json_output: options.JsonOpt = False,
 ) -> None:
     """Measure R1 on these GPUs: start time, KV-cache room, first token, decode speed, throughput."""
     from stepaudio_cli import bench as core

@@ -17,17 +17,18 @@ SECRET = {"api_key", "token"}
 @config_app.command("show")
 def show(
     ctx: typer.Context,
-    command: Annotated[str, typer.Option("--command", "-c", help="Whose settings: ask, batch, serve, download.")] = "ask",
-    json_output: Annotated[bool, typer.Option("--json", help="One JSON object: setting -> {value, source}.")] = False,
+    command: Annotated[str, typer.Option("--command", "-c", help="Whose settings: a command's name (ask, batch, serve, ...).")] = "ask",
+    json_output: options.JsonOpt = False,
 ) -> None:
     """Effective settings of a command: value and source (env, config file or default)."""
     from stepaudio_cli import config_file
 
     term = options.terminal(ctx)
     root = ctx.find_root()
-    cmd = root.command.commands.get(command)  # type: ignore[attr-defined]
-    if cmd is None or command not in config_file.COMMANDS:
-        raise UserError(f"no command {command!r} (one of: {', '.join(config_file.COMMANDS)})")
+    commands = config_file.configurable(root.command)
+    if command not in commands:
+        raise UserError(f"no command {command!r} (one of: {', '.join(commands)})")
+    cmd = root.command.commands[command]  # type: ignore[attr-defined]
     sub = cmd.make_context(command, [], parent=root, resilient_parsing=True)
     rows: dict[str, dict] = {}
     path = config_file.config_path()

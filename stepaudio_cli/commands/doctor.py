@@ -7,8 +7,7 @@ from typing import Annotated
 import typer
 
 from stepaudio_cli.commands import options
-from stepaudio_cli.defaults import DEFAULT_MAX_MODEL_LEN, DEFAULT_MODEL, GPU_MEMORY_FRACTION, QUANTIZATIONS
-from stepaudio_cli.errors import UserError
+from stepaudio_cli.defaults import DEFAULT_MAX_MODEL_LEN, DEFAULT_MODEL, GPU_MEMORY_FRACTION
 
 
 def doctor(
@@ -22,9 +21,8 @@ def doctor(
     from stepaudio_cli import doctor as core
 
     term = options.terminal(ctx)
-    if quantization not in (None, *QUANTIZATIONS):
-        raise UserError(f"--quantization must be fp8, not {quantization!r}")
-    report = core.run(model, max_model_len, gpu_memory_utilization or GPU_MEMORY_FRACTION, quantization)
+    s = options.engine_settings(ctx)
+    report = core.run(s.model, s.max_model_len, s.gpu_memory_utilization or GPU_MEMORY_FRACTION, s.quantization)
     for what, detail, ok in report.lines:
         term.labelled("ok " if ok else "!! ", f"{what}: {detail}", "green" if ok else "yellow", stdout=True)
     if report.next_steps:

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 import typer
 
-from stepaudio_cli.defaults import DEFAULT_MODEL, DEFAULT_TIMEOUT, GPU_MEMORY_FRACTION, CPU_MEMORY_FRACTION
+from stepaudio_cli.defaults import (
+    CPU_MEMORY_FRACTION,
+    DEFAULT_MODEL,
+    GPU_MEMORY_FRACTION,
+    KV_CACHE_DTYPES,
+    QUANTIZATIONS,
+)
+from stepaudio_cli.checkpoint import R1_AUDIO_SIZES, R1_TEXT_SIZES, weight_bytes
 from stepaudio_cli.terminal import Terminal
 
 ENGINE = "Engine"
+# Weight sizes for help texts, from the one weight arithmetic (checkpoint.weight_bytes).
+BF16_GB, FP8_GB = (round(weight_bytes(R1_TEXT_SIZES, q, audio=R1_AUDIO_SIZES) / 1e9) for q in (None, "fp8"))
 SAMPLING = "Sampling"
 
 ServerOpt = Annotated[
@@ -38,7 +48,24 @@ ModelOpt = Annotated[
 ]
 MaxModelLenOpt = Annotated[
     int,
-    typer.Option(envvar="STEPAUDIO_MAX_MODEL_LEN", min=1024, help="Context length (in-process).", rich_help_panel=ENGINE),
+    typer.Option(envvar="STEPAUDIO_MAX_MODEL_LEN", min=1024, help="Context length in tokens (in-process).",
+                 rich_help_panel=ENGINE),
+]
+MaxNumSeqsOpt = Annotated[
+    int,
+    typer.Option(envvar="STEPAUDIO_MAX_NUM_SEQS", min=1, help="Requests batched at once (in-process).",
+                 rich_help_panel=ENGINE),
+]
+DIST = "Multi-GPU / multi-node"
+PPOpt = Annotated[
+    int,
+    typer.Option("--pipeline-parallel-size", "-pp", envvar="STEPAUDIO_PIPELINE_PARALLEL_SIZE", min=1,
+                 help="Pipeline stages (e.g. one per node).", rich_help_panel=DIST),
+]
+ExecutorOpt = Annotated[
+    str | None,
+    typer.Option(envvar="STEPAUDIO_DISTRIBUTED_EXECUTOR_BACKEND",
+                 help="vLLM executor: mp (one node) or ray (several nodes).", rich_help_panel=DIST),
 ]
 TPOpt = Annotated[
     int | None,
@@ -47,7 +74,7 @@ TPOpt = Annotated[
         "-tp",
         envvar="STEPAUDIO_TENSOR_PARALLEL_SIZE",
         min=1,
-        help="GPUs to shard over (in-process; default: all visible GPUs).",
+        help="GPUs to shard each pipeline stage over (default: all visible GPUs).",
         rich_help_panel=ENGINE,
     ),
 ]
@@ -66,7 +93,17 @@ QuantOpt = Annotated[
     str | None,
     typer.Option(
         envvar="STEPAUDIO_QUANTIZATION",
-        help="Quantize the weights as they load: fp8 (about 35 GB instead of 66; Hopper/Ada GPUs).",
+        help=f"Quantize the weights as they load: {', '.join(QUANTIZATIONS)} (about {FP8_GB} GB instead of "
+             f"{BF16_GB}; Hopper/Ada GPUs).",
+        rich_help_panel=ENGINE,
+    ),
+]
+KvCacheDtypeOpt = Annotated[
+    str,
+    typer.Option(
+        envvar="STEPAUDIO_KV_CACHE_DTYPE",
+        help=f"KV cache dtype: {', '.join(KV_CACHE_DTYPES)} (fp8 holds twice the tokens; Hopper/Ada GPUs; "
+             "can cost accuracy).",
         rich_help_panel=ENGINE,
     ),
 ]
@@ -122,6 +159,8 @@ SystemOpt = Annotated[
 ]
 
 
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
 TimeoutOpt = Annotated[
     float,
     typer.Option(envvar="STEPAUDIO_TIMEOUT", min=1.0,
@@ -138,42 +177,34 @@ def terminal(ctx: typer.Context) -> Terminal:
     return root.obj
 
 
-def engine_settings(
-    server: list[str] | None,
-    api_key: str | None,
-    model: str | None,
-    *,
-    max_model_len: int,
-    tensor_parallel_size: int | None,
-    gpu_memory_utilization: float | None,
-    dtype: str,
-    quantization: str | None,
-    load_format: str,
-    max_num_seqs: int,
-    thinking_processor: bool,
-    timeout: float = DEFAULT_TIMEOUT,
-    wait_server: float = 0.0,
-):
-    """The engine options every command shares, as the engines package's typed settings."""
+def engine_settings(ctx: typer.Context, **fixed):
+    """The engine settings of a command, from its parsed options: every parameter named like an
+    :class:`EngineSettings` field goes to that field (``server`` and ``model`` are read as the
+    remote/in-process pair). ``fixed`` gives fields the command does not take as options."""
     from stepaudio_cli.engines.settings import EngineSettings
 
-    servers = EngineSettings.split_servers(server)
+    params = {**ctx.params, **fixed}
+    servers = EngineSettings.split_servers(params.get("server"))
+    model = params.get("model")
+    names = {f.name for f in dataclasses.fields(EngineSettings)} - {"servers", "model", "served_model"}
+    given = {k: v for k, v in params.items() if k in names}
     return EngineSettings(
-        servers=servers, api_key=api_key, model=model or DEFAULT_MODEL, served_model=model if servers else None,
-        timeout=timeout, wait_server=wait_server, max_model_len=max_model_len,
-        tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
-        max_num_seqs=max_num_seqs, quantization=quantization, thinking_processor=thinking_processor,
-        load_format=load_format,
+        servers=servers, model=(None if servers else model) or DEFAULT_MODEL, served_model=model if servers else None,
+        **given,
     )
 
 
-def sampling(temperature: float, top_p: float, max_tokens: int | None, seed: int | None):
+def sampling(ctx: typer.Context):
+    """The sampling settings of a command (ask, batch), from its parsed options."""
     from stepaudio_cli.request import Sampling
 
-    return Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    p = ctx.params
+    return Sampling(temperature=p["temperature"], top_p=p["top_p"], max_tokens=p["max_tokens"], seed=p["seed"])
 
 
-def thinking(think_budget: int | None, min_think: int | None, effort: str | None, no_think: bool):
+def thinking(ctx: typer.Context):
+    """The reasoning-length settings of a command (ask, batch), from its parsed options."""
     from stepaudio_cli.request import Thinking
 
-    return Thinking.from_options(think_budget, min_think, effort, no_think)
+    p = ctx.params
+    return Thinking.from_options(p["think_budget"], p["min_think"], p["effort"], p["no_think"])

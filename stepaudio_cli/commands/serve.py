@@ -10,8 +10,6 @@ import typer
 from stepaudio_cli.commands import options
 from stepaudio_cli.defaults import DEFAULT_MAX_NUM_SEQS, DEFAULT_MODEL
 
-DIST = "Multi-GPU / multi-node"
-
 
 def serve(
     ctx: typer.Context,
@@ -23,32 +21,26 @@ def serve(
     api_key: Annotated[
         str | None, typer.Option(envvar="STEPAUDIO_API_KEY", help="Require this bearer token on /v1 requests.")
     ] = None,
-    tensor_parallel_size: Annotated[
-        str, typer.Option("--tensor-parallel-size", "-tp", envvar="STEPAUDIO_TENSOR_PARALLEL_SIZE",
-                          help="GPUs per pipeline stage, or 'auto' (all visible GPUs).", rich_help_panel=DIST)
-    ] = "auto",
-    pipeline_parallel_size: Annotated[
-        int, typer.Option("--pipeline-parallel-size", "-pp", min=1, help="Pipeline stages (e.g. one per node).",
-                          rich_help_panel=DIST)
-    ] = 1,
-    distributed_executor_backend: Annotated[
-        str | None, typer.Option(help="vLLM executor: mp (one node) or ray (several nodes).", rich_help_panel=DIST)
-    ] = None,
     max_model_len: Annotated[
         int | None,
-        typer.Option(envvar="STEPAUDIO_MAX_MODEL_LEN", min=1024,
+        typer.Option(envvar="STEPAUDIO_MAX_MODEL_LEN", min=1024, rich_help_panel=options.ENGINE,
                      help="Context length (default: the most the KV cache holds, up to the model's maximum)."),
     ] = None,
-    quantization: options.QuantOpt = None,
     raw_reasoning: Annotated[
         bool,
         typer.Option("--raw-reasoning", envvar="STEPAUDIO_RAW_REASONING",
                      help="Send reasoning, </think> and answer all in `content`, as StepFun's server does "
                           "(for clients that split the text themselves, like StepFun's own examples)."),
     ] = False,
-    max_num_seqs: Annotated[int, typer.Option(envvar="STEPAUDIO_MAX_NUM_SEQS", min=1, help="Requests batched at once.")] = DEFAULT_MAX_NUM_SEQS,
+    tensor_parallel_size: options.TPOpt = None,
+    pipeline_parallel_size: options.PPOpt = 1,
+    distributed_executor_backend: options.ExecutorOpt = None,
+    max_num_seqs: options.MaxNumSeqsOpt = DEFAULT_MAX_NUM_SEQS,
     gpu_memory_utilization: options.GpuMemOpt = None,
     dtype: options.DtypeOpt = "auto",
+    quantization: options.QuantOpt = None,
+    kv_cache_dtype: options.KvCacheDtypeOpt = "auto",
+    load_format: options.LoadFormatOpt = "auto",
     log_file: Annotated[Path | None, typer.Option(help="Where vLLM's log goes (default: the cache folder).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show vLLM's log on the terminal.")] = False,
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for /health.")] = 1800.0,
@@ -59,11 +51,8 @@ def serve(
 
     term = options.terminal(ctx)
     opts = core.ServeOptions(
-        model=model, host=host, port=port, api_key=api_key, tensor_parallel_size=tensor_parallel_size,
-        pipeline_parallel_size=pipeline_parallel_size, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-        gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
-        distributed_executor_backend=distributed_executor_backend, extra=list(ctx.args), quantization=quantization,
-        raw_reasoning=raw_reasoning,
+        engine=options.engine_settings(ctx), host=host, port=port, api_key=api_key, raw_reasoning=raw_reasoning,
+        extra=list(ctx.args),
     )
     log = log_file or engine_log_path(f"serve-{port}.log")
 

@@ -13,9 +13,8 @@ from collections.abc import AsyncIterator
 
 from stepaudio_cli import gpus
 from stepaudio_cli.audio import SAMPLE_RATE
-from stepaudio_cli.defaults import CPU_MEMORY_FRACTION, GPU_MEMORY_FRACTION, MAX_AUDIO_ITEMS
 from stepaudio_cli.engines.base import Clock, Done, Engine, Usage
-from stepaudio_cli.engines.settings import EngineSettings
+from stepaudio_cli.engines.settings import EngineSettings, vllm_args
 from stepaudio_cli.errors import EngineError, UserError
 from stepaudio_cli.checkpoint import TokenIds, find_sequence
 from stepaudio_cli.prompt import build_prompt
@@ -23,9 +22,6 @@ from stepaudio_cli.request import Request, request_max_tokens
 from stepaudio_cli.splitter import Delta, ReasoningSplitter
 from stepaudio_cli.vllm_log import diagnose, engine_output_to_log, log_size, quiet_vllm_logs, read_since
 from stepaudio_cli.watchdog import Watchdog
-
-THINKING_PROCESSOR = "stepaudio_cli.vllm_plugin.logits_processor:ThinkingLogitsProcessor"
-
 
 def import_vllm():
     quiet_vllm_logs()
@@ -65,24 +61,9 @@ class LocalEngine(Engine):
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM
 
-            n_gpus = len(gpus.visible())
-            tp = self.tensor_parallel_used = s.tensor_parallel_size or max(n_gpus, 1)
-            if n_gpus and tp > n_gpus:
-                raise UserError(f"--tensor-parallel-size {tp} but only {n_gpus} GPU(s) are visible", exit_code=2)
-            args = AsyncEngineArgs(
-                model=str(path),
-                max_model_len=s.max_model_len,
-                tensor_parallel_size=tp,
-                gpu_memory_utilization=s.gpu_memory_utilization or (GPU_MEMORY_FRACTION if n_gpus else CPU_MEMORY_FRACTION),
-                dtype=s.dtype,
-                max_num_seqs=s.max_num_seqs,
-                limit_mm_per_prompt={"audio": MAX_AUDIO_ITEMS},
-                enforce_eager=not n_gpus,  # no CUDA graphs / compilation on the CPU backend
-                load_format=s.load_format,
-                disable_log_stats=True,
-                quantization=s.quantization,
-                logits_processors=[THINKING_PROCESSOR] if s.thinking_processor else None,
-            )
+            args = vllm_args(s, path, len(gpus.visible()))
+            self.tensor_parallel_used = args["tensor_parallel_size"]
+            args = AsyncEngineArgs(**args, disable_log_stats=True)
             offset = log_size(log)
             # vLLM's engine processes die with us however we exit, kill -9 included.
             self._watchdog = Watchdog()

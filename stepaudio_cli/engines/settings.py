@@ -1,18 +1,36 @@
-"""What an engine session needs to know: typed, owned by the engines package."""
+"""What an engine session needs to know, typed, and the one translation of it into vLLM's
+arguments (:func:`vllm_args`), shared by the in-process engine and ``serve``'s command line."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from stepaudio_cli.defaults import (
+    CPU_MEMORY_FRACTION,
     DEFAULT_MAX_MODEL_LEN,
     DEFAULT_MAX_NUM_SEQS,
     DEFAULT_MODEL,
     DEFAULT_TIMEOUT,
+    GPU_MEMORY_FRACTION,
+    KV_CACHE_DTYPES,
+    MAX_AUDIO_ITEMS,
     QUANTIZATIONS,
     SERVER_CONCURRENCY,
 )
 from stepaudio_cli.errors import UserError
+
+#: The reasoning-length logits processor, as vLLM loads it by name.
+THINKING_PROCESSOR = "stepaudio_cli.vllm_plugin.logits_processor:ThinkingLogitsProcessor"
+
+
+def _engine(**kw):
+    """A field that shapes the engine vLLM builds (its memory, its sharding, its numbers):
+    two engines with the same such fields are interchangeable."""
+    return field(metadata={"engine": True}, **kw)
+
 
 @dataclass(frozen=True)
 class EngineSettings:
@@ -20,29 +38,40 @@ class EngineSettings:
 
     servers: tuple[str, ...] = ()
     api_key: str | None = None
-    model: str = DEFAULT_MODEL  # in-process: path or repo id
     served_model: str | None = None  # remote: the model name to ask for (default: the server's first)
     timeout: float = DEFAULT_TIMEOUT  # remote: seconds of silence before a server counts as hung
     wait_server: float = 0.0  # remote: how long to wait for a server to come back (0: fail at once)
-    max_model_len: int = DEFAULT_MAX_MODEL_LEN
-    tensor_parallel_size: int | None = None
-    gpu_memory_utilization: float | None = None
-    dtype: str = "auto"
-    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
-    quantization: str | None = None
+    model: str = _engine(default=DEFAULT_MODEL)  # in-process: path or repo id
+    #: None: the largest context the KV cache holds, up to the model's maximum (serve's default).
+    max_model_len: int | None = _engine(default=DEFAULT_MAX_MODEL_LEN)
+    tensor_parallel_size: int | None = _engine(default=None)  # None: every visible GPU (per stage)
+    pipeline_parallel_size: int = _engine(default=1)
+    distributed_executor_backend: str | None = _engine(default=None)  # mp (one node) or ray (several)
+    gpu_memory_utilization: float | None = _engine(default=None)  # None: 0.9 of a GPU, 0.3 of RAM on CPU
+    dtype: str = _engine(default="auto")
+    quantization: str | None = _engine(default=None)
+    kv_cache_dtype: str = _engine(default="auto")
+    max_num_seqs: int = _engine(default=DEFAULT_MAX_NUM_SEQS)
     #: Load the reasoning-length logits processor (in-process). Only runs that limit the
     #: reasoning need it: with it loaded vLLM 0.26 falls back from its faster model runner.
-    thinking_processor: bool = False
-    load_format: str = "auto"  # "dummy": random weights from config.json (GPU checks)
+    thinking_processor: bool = _engine(default=False)
+    load_format: str = _engine(default="auto")  # "dummy": random weights from config.json (GPU checks)
 
     def __post_init__(self) -> None:
         if self.quantization not in (None, *QUANTIZATIONS):
-            raise UserError(f"--quantization must be fp8 (vLLM's online FP8), not {self.quantization!r}")
+            raise UserError(f"--quantization must be {' or '.join(QUANTIZATIONS)}, not {self.quantization!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise UserError(f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, not {self.kv_cache_dtype!r}")
 
     @staticmethod
     def split_servers(server: list[str] | None) -> tuple[str, ...]:
         """``--server`` values, each possibly a comma-separated list."""
         return tuple(u.strip() for s in (server or []) for u in s.split(",") if u.strip())
+
+    @classmethod
+    def engine_fields(cls) -> tuple[str, ...]:
+        """The fields that shape an engine (what makes two engines interchangeable)."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("engine"))
 
     @property
     def remote(self) -> bool:
@@ -55,3 +84,49 @@ class EngineSettings:
     def starting_message(self) -> str:
         """What a spinner says while this engine starts."""
         return f"Connecting to {', '.join(self.servers)}" if self.servers else f"Loading {self.model}"
+
+
+def vllm_args(settings: EngineSettings, model_path: Path, n_gpus: int) -> dict[str, object]:
+    """vLLM's engine arguments for ``settings`` (AsyncEngineArgs names), the model at
+    ``model_path``, on ``n_gpus`` visible GPUs (0: vLLM's CPU backend)."""
+    s = settings
+    tp = s.tensor_parallel_size or max(n_gpus // s.pipeline_parallel_size, 1)
+    if n_gpus and tp * s.pipeline_parallel_size > n_gpus and s.distributed_executor_backend != "ray":
+        raise UserError(
+            f"--tensor-parallel-size {tp} x --pipeline-parallel-size {s.pipeline_parallel_size} needs "
+            f"{tp * s.pipeline_parallel_size} GPUs, but {n_gpus} are visible"
+        )
+    args = {
+        "model": str(model_path),
+        # -1: vLLM fits the context to the KV cache, up to the model's max_position_embeddings.
+        "max_model_len": s.max_model_len or -1,
+        "tensor_parallel_size": tp,
+        "pipeline_parallel_size": s.pipeline_parallel_size,
+        "distributed_executor_backend": s.distributed_executor_backend,
+        "gpu_memory_utilization": s.gpu_memory_utilization or (GPU_MEMORY_FRACTION if n_gpus else CPU_MEMORY_FRACTION),
+        "dtype": s.dtype,
+        "quantization": s.quantization,
+        "kv_cache_dtype": s.kv_cache_dtype,
+        "max_num_seqs": s.max_num_seqs,
+        "limit_mm_per_prompt": {"audio": MAX_AUDIO_ITEMS},
+        "enforce_eager": not n_gpus,  # no CUDA graphs / compilation on the CPU backend
+        "load_format": s.load_format,
+        "logits_processors": [THINKING_PROCESSOR] if s.thinking_processor else None,
+    }
+    return {k: v for k, v in args.items() if v is not None}
+
+
+def command_line_flags(args: dict[str, object]) -> list[str]:
+    """vLLM's command-line flags for engine arguments from :func:`vllm_args` (its OpenAI server)."""
+    flags: list[str] = []
+    for name, value in args.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags += [flag] if value else []
+        elif isinstance(value, list):
+            flags += [flag, *map(str, value)]
+        elif isinstance(value, dict):
+            flags += [flag, json.dumps(value)]
+        else:
+            flags += [flag, str(value)]
+    return flags
