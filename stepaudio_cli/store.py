@@ -285,7 +285,17 @@ class Store:
                 return False  # changed by someone else: every record we wrote is there, uncompacted
             if end != len(data):
                 return False
-            new = self._serialize(select(records), header=True)
+            chosen = select(records)
+            if info.st_nlink > 1:  # a rename would leave its other names on the old content: two files
+                if chosen:
+                    return False  # left uncompacted: every record is there, and resume reads the last
+                try:  # nothing kept (--overwrite): emptied in place
+                    os.truncate(self.target, 0)
+                except OSError as e:
+                    raise self._error(e) from None
+                self._wrote_header = False
+                return True
+            new = self._serialize(chosen, header=True)
             if new == data:
                 return True
             self._replace(new, stat.S_IMODE(info.st_mode))

@@ -269,6 +269,23 @@ def test_a_symlinked_results_file_stays_one_file(scripted, tmp_path):
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["r.jsonl"]  # no temp or lock file left
 
 
+def test_a_hard_linked_results_file_keeps_one_content(scripted, tmp_path):
+    url, _ = scripted()
+    inputs = audio_dir(tmp_path / "in", 2)
+    out, other = tmp_path / "r.jsonl", tmp_path / "also.jsonl"
+    args = [str(inputs), "-p", "Q", "-s", url, "-o", str(out)]
+    assert batch(*args).exit_code == 0
+    os.link(out, other)
+    assert batch(*args, "--system", "Be brief.").exit_code == 0  # not compacted: a rename would split the names
+    assert os.path.samefile(out, other)
+    recs = [json.loads(ln) for ln in out.read_text().splitlines()]
+    assert [r["params"]["system"] for r in recs] == [None, None, "Be brief.", "Be brief."]
+    again = batch(*args, "--system", "Be brief.")
+    assert again.exit_code == 0 and "already done" in again.stderr  # resume reads the last record of each
+    assert batch(*args, "--overwrite").exit_code == 0  # emptied in place, then written again
+    assert os.path.samefile(out, other) and len(out.read_text().splitlines()) == 2
+
+
 def test_compaction_keeps_what_is_on_disk(tmp_path):
     out = tmp_path / "r.jsonl"
     store = Store(out)
