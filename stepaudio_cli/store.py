@@ -54,7 +54,7 @@ class Store:
         if fmt not in ("jsonl", "csv"):
             raise UserError(f"--format must be jsonl or csv, not {fmt!r}")
         self.path = path  # as the user named it: messages
-        self.target = Path(os.path.realpath(path)) if path is not None else None  # every read and write
+        self.target = _resolve(path) if path is not None else None  # every read and write
         self.fmt = fmt
         self._stdout = stdout
         self._lock = threading.Lock()  # one writer of lines at a time
@@ -338,6 +338,16 @@ class Store:
         if self._run_lock is not None:
             self._run_lock.release()
             self._run_lock = None
+
+
+def _resolve(path: Path) -> Path:
+    """Where the records go: a symlink's target, once (a regular file, or one to be created);
+    a device or pipe (``/dev/stdout``, ``/dev/full``) as named."""
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        regular = True  # not there yet (or a dangling link: its target is created)
+    return Path(os.path.realpath(path)) if regular else path
 
 
 # --- reading a results file -------------------------------------------------------------------

@@ -13,7 +13,7 @@ import struct
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -66,20 +66,13 @@ class Scripted(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def scripted():
-    servers = []
-
+def scripted(http_servers):
     def start(**attrs) -> tuple[str, type]:
         handler = type("H", (Scripted,), {"gate": threading.Event(), "asked": threading.Event(), **attrs})
         handler.gate.set()
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}", handler
+        return http_servers(handler), handler
 
-    yield start
-    for s in servers:
-        s.shutdown()
+    return start
 
 
 def batch(*args: str):
