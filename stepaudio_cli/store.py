@@ -100,6 +100,7 @@ class Store:
         self._run_lock.acquire()
         try:
             self._records = self._read_and_check()
+            self._remove_stale_temp_files()
         except BaseException:
             self.close()
             raise
@@ -142,6 +143,16 @@ class Store:
         self._ident = (info.st_dev, info.st_ino)
         self._wrote_header = self.fmt == "csv" and end > 0
         return records
+
+    def _remove_stale_temp_files(self) -> None:
+        """Temp files of a compaction that was killed (kill -9) before its rename: only this
+        file's, named as ``_replace`` names them, and only while we hold the lock."""
+        pattern = re.compile(re.escape(f".{self.target.name}.") + r"[a-z0-9_]{8}\.tmp")
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.target.parent):
+                if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
 
     def _parse(self, data: bytes) -> tuple[list[dict], int]:
         """Records, and the length up to the end of the last whole one; UserError naming the

@@ -293,6 +293,20 @@ def test_compaction_keeps_what_is_on_disk(tmp_path):
     assert [json.loads(ln)["file"] for ln in out.read_text().splitlines()] == ["b.wav", "a.wav"]
 
 
+def test_temp_files_of_a_killed_compaction_are_removed_and_others_kept(tmp_path):
+    out = tmp_path / "r.jsonl"
+    out.write_bytes(_jsonl(a_record()))
+    stale = tmp_path / ".r.jsonl.k3x_9q0a.tmp"  # as mkstemp names them; a kill -9 left it
+    stale.write_bytes(b"half a compaction")
+    others = [tmp_path / ".r.jsonl.notes.tmp", tmp_path / ".other.jsonl.k3x_9q0a.tmp", tmp_path / "r.jsonl.k3x_9q0a.tmp"]
+    for other in others:
+        other.write_bytes(b"not ours")
+    store = Store(out)
+    store.open()
+    store.close()
+    assert not stale.exists() and all(o.read_bytes() == b"not ours" for o in others)
+
+
 # --- CSV a spreadsheet will not run ------------------------------------------------------------------------
 
 
