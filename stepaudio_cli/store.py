@@ -118,7 +118,9 @@ class Store:
         for item in inputs:
             with contextlib.suppress(OSError):
                 if os.path.samestat(mine, os.stat(item)):
-                    raise UserError(f"{self.path}: is one of the inputs ({item}); give the results another name with -o")
+                    raise UserError(
+                        f"{self.path}: is one of the inputs ({item}); give the results another name with -o"
+                    )
 
     def _read_and_check(self) -> list[dict]:
         try:
@@ -164,7 +166,9 @@ class Store:
             problem = e
         kind = _sniff(data)
         if kind:
-            raise UserError(f"{self.path}: is {kind}, not a stepaudio results file; it was left unchanged (give another -o)")
+            raise UserError(
+                f"{self.path}: is {kind}, not a stepaudio results file; it was left unchanged (give another -o)"
+            )
         other = "csv" if self.fmt == "jsonl" else "jsonl"
         with contextlib.suppress(_NotOurs):
             parsers[other](data)
@@ -508,7 +512,9 @@ class _RunLock:
         content = os.pread(fd, 4096, 0)
         if not _LOCK_TEXT.match(content):
             os.close(fd)
-            raise StoreError(f"{self.shown}: {self.path} exists and is not a stepaudio lock file; it was left unchanged")
+            raise StoreError(
+                f"{self.shown}: {self.path} exists and is not a stepaudio lock file; it was left unchanged"
+            )
         started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} started {started}\n".encode(), 0)

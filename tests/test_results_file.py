@@ -118,7 +118,8 @@ NOT_OURS = {
     "jsonl-as-csv": ("r.jsonl", _jsonl(*[a_record(file=f"{i}.wav") for i in range(12)]), "csv",
                      "is a stepaudio JSONL results file, not CSV: give --format jsonl"),
     "csv-as-jsonl": ("r.csv", _csv_file(a_record()), "jsonl", "is a stepaudio CSV results file, not JSONL"),
-    "a-list": ("r.jsonl", _jsonl(a_record(), [1, 2]), "jsonl", ":2: not a stepaudio record (a JSON list, not an object)"),
+    "a-list": ("r.jsonl", _jsonl(a_record(), [1, 2]), "jsonl",
+               ":2: not a stepaudio record (a JSON list, not an object)"),
     "missing-keys": ("r.jsonl", _jsonl(a_record(), {"file": "a.wav"}) + b'{"file": "b.w', "jsonl",
                      ":2: not a stepaudio record (no 'sha256'"),
     "wrong-type": ("r.jsonl", _jsonl(a_record(usage="many")), "jsonl", ":1: not a stepaudio record ('usage' is not"),
@@ -170,7 +171,9 @@ def test_results_that_are_one_of_the_inputs_are_refused(tmp_path, how):
     before = victim.read_bytes()
     result = batch(str(inputs), "-p", "Q", "-s", NOWHERE, "-o", str(out))
     assert result.exit_code == 2
-    assert error_lines(result) == [f"error: {out}: is one of the inputs ({victim}); give the results another name with -o"]
+    assert error_lines(result) == [
+        f"error: {out}: is one of the inputs ({victim}); give the results another name with -o"
+    ]
     assert victim.read_bytes() == before
 
 
@@ -298,7 +301,7 @@ def test_temp_files_of_a_killed_compaction_are_removed_and_others_kept(tmp_path)
     out.write_bytes(_jsonl(a_record()))
     stale = tmp_path / ".r.jsonl.k3x_9q0a.tmp"  # as mkstemp names them; a kill -9 left it
     stale.write_bytes(b"half a compaction")
-    others = [tmp_path / ".r.jsonl.notes.tmp", tmp_path / ".other.jsonl.k3x_9q0a.tmp", tmp_path / "r.jsonl.k3x_9q0a.tmp"]
+    others = [tmp_path / name for name in (".r.jsonl.notes.tmp", ".other.jsonl.k3x_9q0a.tmp", "r.jsonl.k3x_9q0a.tmp")]
     for other in others:
         other.write_bytes(b"not ours")
     store = Store(out)
