@@ -3,6 +3,11 @@
 Decoding goes through libsndfile (wav, flac, ogg, mp3, ...) first and falls back to
 ffmpeg through pydub for containers libsndfile cannot read (m4a, aac, webm, mp4 video).
 Every failure is an :class:`AudioError` whose message starts with the file's name.
+
+Size: files are decoded from disk as they are read (libsndfile), never more audio than a
+context can hold (``audio_limit_seconds``): longer audio is refused from the header before it
+is read, or as soon as the limit is passed. Formats only ffmpeg reads are handed to it whole,
+up to ``MAX_FFMPEG_INPUT_BYTES``, and it stops decoding past the limit.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ import hashlib
 import io
 import os
 import shutil
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from stepaudio_cli.checkpoint import LONGEST_CONTEXT
 from stepaudio_cli.errors import AudioError
 
 SAMPLE_RATE = 16_000
@@ -26,6 +33,8 @@ MEL_PADDING = 479
 CHUNK_SECONDS = 25
 CHUNK_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE
 STDIN_NAME = "<stdin>"
+# Containers libsndfile cannot read are handed to ffmpeg in one piece: a bound on what is read.
+MAX_FFMPEG_INPUT_BYTES = 1 << 30
 
 # Extensions offered to directory scans (batch). Decoding itself never trusts the suffix.
 AUDIO_EXTENSIONS = frozenset(
@@ -72,9 +81,21 @@ def max_audio_samples(context_tokens: int) -> int:
     return max(context_tokens // per_chunk, 1) * CHUNK_SAMPLES
 
 
+def audio_limit_seconds(context_tokens: int | None = None) -> float:
+    """The most audio worth decoding for a context of ``context_tokens`` (None: the longest
+    context the model family has)."""
+    return max_audio_samples(context_tokens or LONGEST_CONTEXT) / SAMPLE_RATE
+
+
 def prompt_tokens_for_chunks(chunk_lengths: list[int]) -> int:
     """Prompt tokens for audio: ``<audio_start>`` + N x ``<audio_patch>`` + ``<audio_end>`` per chunk."""
     return sum(chunk_tokens(n) + 2 for n in chunk_lengths)
+
+
+def prompt_tokens_for_samples(n_samples: int) -> int:
+    """Prompt tokens for ``n_samples`` of audio at 16 kHz, cut in chunks as ``split_chunks`` does."""
+    full, rest = divmod(n_samples, CHUNK_SAMPLES)
+    return prompt_tokens_for_chunks([CHUNK_SAMPLES] * full + ([rest] if rest or not full else []))
 
 
 @dataclass(frozen=True)
@@ -95,7 +116,37 @@ class Audio:
 
     @property
     def prompt_tokens(self) -> int:
-        return prompt_tokens_for_chunks([len(c) for c in self.chunks()])
+        return prompt_tokens_for_samples(len(self.samples))
+
+
+@dataclass(frozen=True)
+class AudioLength:
+    """How long an audio file is, from its header, before it is decoded: what
+    ``request.fit_max_tokens`` needs to refuse it early."""
+
+    name: str
+    n_samples: int  # at 16 kHz
+
+    @property
+    def duration(self) -> float:
+        return self.n_samples / SAMPLE_RATE
+
+    @property
+    def prompt_tokens(self) -> int:
+        return prompt_tokens_for_samples(self.n_samples)
+
+
+def header_length(path: str | os.PathLike, name: str) -> AudioLength | None:
+    """The length a file's header states (formats libsndfile reads); None when it cannot say."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(os.fspath(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError):
+        return None
+    if info.samplerate <= 0 or info.frames < 0:
+        return None
+    return AudioLength(name, round(info.frames * SAMPLE_RATE / info.samplerate))
 
 
 def wav_bytes(samples: np.ndarray) -> bytes:
@@ -115,49 +166,83 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def read_source(source: str, *, stdin=None) -> tuple[str, bytes]:
-    """Return (display name, raw bytes) for a path or ``-`` (standard input)."""
-    if source == "-":
-        import sys
+def read_stdin(stdin=None) -> bytes:
+    import sys
 
-        stream = stdin if stdin is not None else sys.stdin.buffer
-        data = stream.read()
-        if not data:
-            raise AudioError(f"{STDIN_NAME}: no data on standard input")
-        return STDIN_NAME, data
-    path = Path(source)
-    if not path.exists():
-        raise AudioError(f"{source}: no such file")
-    if path.is_dir():
-        raise AudioError(f"{source}: is a directory (use `stepaudio batch` for folders)")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise AudioError(f"{source}: cannot read file ({e.strerror or e})") from None
-    return source, data
+    stream = stdin if stdin is not None else sys.stdin.buffer
+    data = stream.read()
+    if not data:
+        raise AudioError(f"{STDIN_NAME}: no data on standard input")
+    return data
 
 
-def load_audio(source: str, *, stdin=None) -> Audio:
+def load_audio(source: str, *, stdin=None, context_tokens: int | None = None) -> Audio:
     """Load a file path or ``-`` (stdin) into :class:`Audio`."""
-    name, data = read_source(source, stdin=stdin)
-    return decode_bytes(data, name)
+    if source == "-":
+        return decode_bytes(read_stdin(stdin), STDIN_NAME, context_tokens)
+    return load_file(source, source, context_tokens)
 
 
-def decode_bytes(data: bytes, name: str) -> Audio:
-    """Decode an in-memory audio file of any supported format (the one decoding path of
-    `ask` and `batch`, so a bad file gets the same message in both)."""
+def load_file(path: str | os.PathLike, name: str, context_tokens: int | None = None) -> Audio:
+    """Decode the file at ``path`` (named ``name`` in messages) as it is read from disk: never
+    more audio than ``context_tokens`` hold (see ``audio_limit_seconds``)."""
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{name}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{name}: is a directory (use `stepaudio batch` for folders)")
+    try:
+        with open(path, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):  # a pipe (<(...), /dev/stdin): read what it sends
+                return decode_bytes(f.read(), name, context_tokens)
+            if info.st_size == 0:
+                raise AudioError(f"{name}: file is empty")
+            return _decode(f, info.st_size, name, context_tokens)
+    except OSError as e:
+        raise AudioError(f"{name}: cannot read file ({e.strerror or e})") from None
+
+
+def decode_bytes(data: bytes, name: str, context_tokens: int | None = None) -> Audio:
+    """Decode an in-memory audio file of any supported format (the same decoding as files,
+    so a bad file gets the same message in `ask` and `batch`)."""
     if not data:
         raise AudioError(f"{name}: file is empty")
+    return _decode(io.BytesIO(data), len(data), name, context_tokens)
+
+
+def _decode(f, size: int, name: str, context_tokens: int | None) -> Audio:
+    limit = audio_limit_seconds(context_tokens)
     try:
-        samples, rate, channels = _decode_soundfile(data)
+        samples, rate, channels = _decode_soundfile(f, name, limit, context_tokens)
     except _NotSoundfile as first:
-        samples, rate, channels = _decode_ffmpeg(data, name, first.reason)
+        if size > MAX_FFMPEG_INPUT_BYTES:
+            raise AudioError(
+                f"{name}: {size / 2**30:.1f} GiB in a format only ffmpeg reads (at most "
+                f"{MAX_FFMPEG_INPUT_BYTES / 2**30:.0f} GiB): extract the audio first, e.g. ffmpeg -i IN -vn OUT.flac"
+            ) from None
+        f.seek(0)
+        samples, rate, channels = _decode_ffmpeg(f.read(), name, first.reason, limit, context_tokens)
     if samples.size == 0:
         raise AudioError(f"{name}: contains no audio samples")
     if not np.all(np.isfinite(samples)):
         raise AudioError(f"{name}: contains invalid (NaN or infinite) samples")
     mono = _downmix(samples)
     return Audio(name=name, samples=resample(mono, rate), source_rate=rate, source_channels=channels)
+
+
+def _too_long(name: str, seconds: float | None, context_tokens: int | None) -> AudioError:
+    limit = audio_limit_seconds(context_tokens)
+    length = f"{format_duration(seconds)} of audio" if seconds else f"over {format_duration(limit)} of audio"
+    if context_tokens:
+        return AudioError(
+            f"{name}: {length} does not fit max model length {context_tokens} (about {format_duration(limit)} "
+            "at most); use shorter audio or raise --max-model-len"
+        )
+    return AudioError(
+        f"{name}: {length} is more than the model's longest context ({LONGEST_CONTEXT} tokens) holds; "
+        f"split it into parts under {format_duration(limit)}"
+    )
 
 
 def _downmix(samples: np.ndarray) -> np.ndarray:
@@ -183,18 +268,31 @@ class _NotSoundfile(Exception):
         self.reason = reason
 
 
-def _decode_soundfile(data: bytes) -> tuple[np.ndarray, int, int]:
+def _decode_soundfile(f, name: str, limit: float, context_tokens: int | None) -> tuple[np.ndarray, int, int]:
     import soundfile as sf
 
+    errors = (sf.LibsndfileError, RuntimeError, TypeError, ValueError)
     try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            samples = f.read(dtype="float32", always_2d=True)
-            return samples, int(f.samplerate), int(f.channels)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        sound = sf.SoundFile(f)
+    except errors as e:
         raise _NotSoundfile(_short(str(e))) from None
+    with sound:
+        rate, channels = int(sound.samplerate), int(sound.channels)
+        most = int(limit * rate) + 1  # one frame past the limit tells that there is more
+        if sound.frames >= most:  # the header says so: refused before anything is read
+            raise _too_long(name, sound.frames / rate, context_tokens)
+        try:
+            samples = sound.read(frames=most, dtype="float32", always_2d=True)
+        except errors as e:
+            raise _NotSoundfile(_short(str(e))) from None
+    if len(samples) >= most:
+        raise _too_long(name, None, context_tokens)
+    return samples, rate, channels
 
 
-def _decode_ffmpeg(data: bytes, name: str, first_reason: str) -> tuple[np.ndarray, int, int]:
+def _decode_ffmpeg(
+    data: bytes, name: str, first_reason: str, limit: float, context_tokens: int | None
+) -> tuple[np.ndarray, int, int]:
     if shutil.which("ffmpeg") is None:
         raise AudioError(
             f"{name}: not a format libsndfile reads ({first_reason}); install ffmpeg to decode m4a/aac/webm/mp4"
@@ -206,14 +304,16 @@ def _decode_ffmpeg(data: bytes, name: str, first_reason: str) -> tuple[np.ndarra
         from pydub import AudioSegment
         from pydub.exceptions import CouldntDecodeError
 
-    try:
-        seg = AudioSegment.from_file(io.BytesIO(data))
+    try:  # ffmpeg stops a second past the limit
+        seg = AudioSegment.from_file(io.BytesIO(data), duration=limit + 1)
     except IndexError:  # pydub indexes the audio streams ffprobe found: there were none
         raise AudioError(f"{name}: no audio stream (a video or container without sound)") from None
     except (CouldntDecodeError, OSError, ValueError) as e:
         raise AudioError(f"{name}: not a readable audio file ({_ffmpeg_reason(e)})") from None
     if seg.frame_count() == 0:
         raise AudioError(f"{name}: contains no audio samples")
+    if seg.duration_seconds > limit:
+        raise _too_long(name, None, context_tokens)
     channels = seg.channels
     raw = np.array(seg.get_array_of_samples())
     scale = float(1 << (8 * seg.sample_width - 1))

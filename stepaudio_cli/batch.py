@@ -1,8 +1,10 @@
 """Batch processing: many files, many requests in flight, durable and resumable results.
 
-Work per file: read bytes -> sha256 -> key (content + prompt + model + sampling) -> skip if a
-good record with that key exists -> decode (thread) -> request (engine, with retries) ->
-append the record. Identical content under several names is computed once.
+Work per file: sha256 (streamed) -> key (content + prompt + model + sampling) -> skip if a
+good record with that key exists -> check the length its header states against the context ->
+decode (thread, from disk) -> request (engine, with retries) -> append the record. Identical
+content under several names is computed once. A file that cannot be read or decoded is that
+file's failure record, never the run's end.
 """
 
 from __future__ import annotations
@@ -15,15 +17,16 @@ import json
 import os
 import random
 import signal
+import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stepaudio_cli.audio import AUDIO_EXTENSIONS, decode_bytes
+from stepaudio_cli.audio import AUDIO_EXTENSIONS, header_length, load_file, sha256_file
 from stepaudio_cli.engines import Engine, EngineSettings, collect, open_engine
 from stepaudio_cli.errors import EngineError, NoServerError, StoreError, UserError
-from stepaudio_cli.request import Request, Sampling, Thinking
+from stepaudio_cli.request import Request, Sampling, Thinking, fit_max_tokens
 from stepaudio_cli.records import params, to_record
 from stepaudio_cli.store import Store
 
@@ -127,23 +130,21 @@ class BatchRunner:
         self._by_file: dict[str, list[dict]] = {}  # earlier records of each file of this run
         self._by_key: dict[str, dict] = {}  # good records by key, for reuse
         self._inflight: dict[str, asyncio.Future] = {}
-        self._earlier: list[dict] = []  # records of files outside this run, kept as they are
         self._final: dict[str, dict] = {}  # the record that stands for each file of this run
         self._params = params(job.sampling, job.thinking, job.system)
 
     # --- resume -------------------------------------------------------------------------
     def _load(self) -> None:
+        records = self.store.load()  # refuses a file that is not ours before anything changes
         if self.job.overwrite:
-            self.store.rewrite([])
+            self.store.rewrite(lambda on_disk: [])
             return
         names = {str(p) for p in self.files}
-        for record in self.store.load():
-            if record.get("file") in names:
+        for record in records:
+            if record["file"] in names:
                 self._by_file.setdefault(record["file"], []).append(record)
-                if not record.get("error") and record.get("key"):
+                if not record["error"] and record["key"]:
                     self._by_key[record["key"]] = record
-            else:
-                self._earlier.append(record)
 
     def _previous(self, name: str, key: str) -> dict | None:
         """The last record for ``name`` with this key, if any (good or failed)."""
@@ -190,7 +191,7 @@ class BatchRunner:
     async def _one(self, path: Path, infer: asyncio.Semaphore) -> dict | None:
         name = str(path)
         try:
-            data, sha = await asyncio.to_thread(_read_and_hash, path)  # off the event loop
+            sha, stamp = await asyncio.to_thread(_hash, path)  # off the event loop
         except OSError as e:
             return await self._record_failure(name, None, None, f"cannot read ({e.strerror or e})")
         key = request_key(sha, self.job, self.engine.model)
@@ -213,17 +214,26 @@ class BatchRunner:
         self._inflight[key] = future
         record = None
         try:
-            record = await self._compute(name, data, sha, key, infer)
+            record = await self._compute(name, path, stamp, sha, key, infer)
             return record
         finally:
             future.set_result(record)
             self._inflight.pop(key, None)
 
-    async def _compute(self, name: str, data: bytes, sha: str, key: str, infer: asyncio.Semaphore) -> dict:
+    async def _compute(self, name: str, path: Path, stamp: tuple, sha: str, key: str, infer: asyncio.Semaphore) -> dict:
+        length = None
         try:
-            audio = await asyncio.to_thread(decode_bytes, data, name)
+            length = await asyncio.to_thread(header_length, path, name)
+            if length is not None:  # audio the context cannot hold is refused before it is read
+                fit_max_tokens([length], self.job.sampling, self.engine.max_model_len)
+            audio = await asyncio.to_thread(load_file, path, name, self.engine.max_model_len)
+            if await asyncio.to_thread(_stamp, path) != stamp:
+                raise UserError(f"{name}: changed while it was being read; rerun to try it again")
         except UserError as e:
-            return await self._record_failure(name, sha, key, _strip_name(e.message, name))
+            seconds = length.duration if length is not None else None
+            return await self._record_failure(name, sha, key, _strip_name(e.message, name), seconds)
+        except Exception as e:  # whatever a decoder raises (MemoryError included): this file's failure, not the run's
+            return await self._record_failure(name, sha, key, f"cannot decode ({type(e).__name__}: {e})")
         request = Request(
             audios=(audio,), question=self.job.prompt, system=self.job.system, sampling=self.job.sampling,
             thinking=self.job.thinking, stream=False,
@@ -279,21 +289,42 @@ class BatchRunner:
         await asyncio.to_thread(self.store.append, record)
 
     def _compact(self) -> None:
-        """One record per file, in input order; records of other files kept as they were."""
-        if not self.store.resumable:
-            return
-        ordered = [self._final[str(p)] for p in self.files if str(p) in self._final]
-        # Files not reached (interrupted) keep whatever they had.
+        self.store.rewrite(self._standing)
+
+    def _standing(self, on_disk: list[dict]) -> list[dict]:
+        """Compaction, from the records on disk now: records of files outside this run as they
+        are, then one per file of this run, in input order: the last one with the key of the
+        record that stands for it, or (a file not reached) its last one."""
+        names = {str(p) for p in self.files}
+        by_key: dict[tuple[str, str | None], dict] = {}
+        latest: dict[str, dict] = {}
+        for record in on_disk:
+            if record["file"] in names:
+                by_key[record["file"], record["key"]] = latest[record["file"]] = record
+        ordered = []
         for p in self.files:
             name = str(p)
-            if name not in self._final and self._by_file.get(name):
-                ordered.append(self._by_file[name][-1])
-        self.store.rewrite(self._earlier + ordered)
+            final = self._final.get(name)
+            chosen = by_key.get((name, final["key"])) if final is not None else None
+            if chosen is not None or name in latest:
+                ordered.append(chosen or latest[name])
+        return [r for r in on_disk if r["file"] not in names] + ordered
 
 
-def _read_and_hash(path: Path) -> tuple[bytes, str]:
-    data = path.read_bytes()
-    return data, hashlib.sha256(data).hexdigest()
+def _stamp(path: Path, info: os.stat_result | None = None) -> tuple:
+    info = info or os.stat(path)
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def _hash(path: Path) -> tuple[str, tuple]:
+    """The file's sha256, read in blocks, and its stamp (to tell that it changed before it was decoded)."""
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError("not a regular file")
+    sha = sha256_file(path)
+    if _stamp(path) != _stamp(path, info):
+        raise OSError("it changed while it was being read")
+    return sha, _stamp(path, info)
 
 
 def _strip_name(message: str, name: str) -> str:

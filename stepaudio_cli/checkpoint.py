@@ -49,10 +49,13 @@ R1_TEXT_SIZES = {
 }
 R1_AUDIO_SIZES = {"n_mels": 128, "n_audio_ctx": 1500, "n_audio_state": 1280, "n_audio_head": 20, "n_audio_layer": 32}
 EOT_ID_GUESS = 151665  # <|EOT|>; only to write test/bench configs. Running code looks ids up.
+#: The longest context of the family (R1.1's 65,536 positions, about 85 min of audio): audio
+#: longer than it holds is refused before it is decoded whole (audio.audio_limit_seconds).
+LONGEST_CONTEXT = 65536
 
 
 def make_config(text: dict = R1_TEXT_SIZES, audio: dict = R1_AUDIO_SIZES, dtype: str = "bfloat16",
-                max_position_embeddings: int = 65536, eos_token_id: int = EOT_ID_GUESS) -> dict:
+                max_position_embeddings: int = LONGEST_CONTEXT, eos_token_id: int = EOT_ID_GUESS) -> dict:
     """A config.json in the nested layout (the one StepFun's configs use), for the real
     sizes (``stepaudio bench``, random weights) or tiny ones (tests)."""
     return {

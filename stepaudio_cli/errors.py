@@ -52,3 +52,10 @@ class StoreError(UserError):
     stops; what was written before stays valid."""
 
     exit_code = 1
+
+
+class ResultsBusyError(UserError):
+    """Another run holds the results file's lock: nothing was read or changed. Exit code 73
+    (EX_CANTCREAT: the output cannot be used now)."""
+
+    exit_code = 73

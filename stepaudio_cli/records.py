@@ -14,6 +14,9 @@ row. One builder, one field list, one CSV mapping.
     finish_reason  "stop", or "length" when cut off at the length limit
     audio_seconds  length of the audio
     error          why the file failed, else None
+
+``check_record`` is the shape a stored record must have (a results file is read back only
+when every line has it); the CSV mapping neutralises formula cells for spreadsheets.
 """
 
 from __future__ import annotations
@@ -27,6 +30,31 @@ FIELDS = [
     "file", "sha256", "prompt", "model", "params", "key", "reasoning", "answer", "usage", "timings",
     "finish_reason", "audio_seconds", "error",
 ]
+
+
+_TEXT_FIELDS = ("sha256", "prompt", "model", "key", "reasoning", "answer", "finish_reason", "error")
+_OBJECT_FIELDS = ("params", "usage", "timings")
+
+
+def check_record(value: object) -> None:
+    """Raise ValueError saying why ``value`` is not a batch result record (a JSON object with
+    every field, each of its type); extra keys are allowed (a later version may add some)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"a JSON {type(value).__name__.replace('NoneType', 'null')}, not an object")
+    missing = [k for k in FIELDS if k not in value]
+    if missing:
+        raise ValueError(f"no {', '.join(repr(k) for k in missing)}")
+    if not isinstance(value["file"], str):
+        raise ValueError("'file' is not a string")
+    for k in _TEXT_FIELDS:
+        if value[k] is not None and not isinstance(value[k], str):
+            raise ValueError(f"{k!r} is not a string or null")
+    for k in _OBJECT_FIELDS:
+        if value[k] is not None and not isinstance(value[k], dict):
+            raise ValueError(f"{k!r} is not an object or null")
+    seconds = value["audio_seconds"]
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))):
+        raise ValueError("'audio_seconds' is not a number or null")
 
 
 def params(sampling: Sampling, thinking: Thinking, system: str | None) -> dict:
@@ -79,6 +107,18 @@ CSV_FIELDS = [
     "prompt_tokens", "completion_tokens", "reasoning_tokens", "time_to_first_token", "total_seconds", "params", "key",
 ]
 _USAGE = ("prompt_tokens", "completion_tokens", "reasoning_tokens")
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP "CSV injection"):
+# such text gets a leading quote, which spreadsheets hide. Text that starts with a quote gets
+# one too, so reading back (from_csv_row) is exact.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def _cell(value):
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+
+def _uncell(text: str) -> str:
+    return text[1:] if text.startswith("'") else text
 
 
 def to_csv_row(record: dict) -> dict:
@@ -89,10 +129,13 @@ def to_csv_row(record: dict) -> dict:
     row["time_to_first_token"] = timings.get("time_to_first_token")
     row["total_seconds"] = timings.get("total")
     row["params"] = json.dumps(record.get("params"), sort_keys=True)
-    return row
+    return {k: _cell(v) for k, v in row.items()}
 
 
 def from_csv_row(row: dict) -> dict:
+    """The record a CSV row stands for; ValueError when a number or ``params`` does not parse."""
+    row = {k: _uncell(v) if isinstance(v, str) else v for k, v in row.items()}
+
     def text(k):
         return row.get(k) or None
 

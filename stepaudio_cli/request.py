@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from stepaudio_cli.audio import SAMPLE_RATE, Audio, format_duration, max_audio_samples
+from stepaudio_cli.audio import SAMPLE_RATE, Audio, AudioLength, format_duration, max_audio_samples
 from stepaudio_cli.defaults import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from stepaudio_cli.errors import AudioError, UserError
 from stepaudio_cli.prompt import ASSISTANT_PREFIX, NO_THINK_PREFIX
@@ -93,7 +93,7 @@ class Request:
 
 
 def fit_max_tokens(
-    audios: Sequence[Audio], sampling: Sampling, max_model_len: int | None, text_tokens: int = 64
+    audios: Sequence[Audio | AudioLength], sampling: Sampling, max_model_len: int | None, text_tokens: int = 64
 ) -> int:
     """max_tokens that fits in the model length next to the audio, or an AudioError.
     Without a cap (``sampling.max_tokens`` None) it is all the room the context leaves;

@@ -105,6 +105,24 @@ def reply_json(handler, obj, status: int = 200) -> None:
     handler.wfile.write(body)
 
 
+@pytest.fixture
+def http_servers():
+    """``start(handler_class) -> url``: an http.server on 127.0.0.1 in a thread, shut down after the test."""
+    from http.server import ThreadingHTTPServer
+
+    servers = []
+
+    def start(handler) -> str:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for s in servers:
+        s.shutdown()
+
+
 class _suppress:
     def __enter__(self):
         return self

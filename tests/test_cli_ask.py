@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from typer.testing import CliRunner
@@ -161,19 +160,8 @@ class Replay(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def replay_server():
-    servers = []
-
-    def start(mode: str) -> str:
-        handler = type("H", (Replay,), {"mode": mode})
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    yield start
-    for s in servers:
-        s.shutdown()
+def replay_server(http_servers):
+    return lambda mode: http_servers(type("H", (Replay,), {"mode": mode}))
 
 
 def test_stream_dying_midway_keeps_what_was_shown(replay_server, clip):

@@ -11,8 +11,7 @@ import hashlib
 import json
 import os
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -126,19 +125,12 @@ class Hub(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def hub():
-    servers = []
-
+def hub(http_servers):
     def start(mode: str = "ok") -> tuple[str, type]:
         handler = type("H", (Hub,), {"mode": mode, "log": [], "dropped": 0})
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}", handler
+        return http_servers(handler), handler
 
-    yield start
-    for s in servers:
-        s.shutdown()
+    return start
 
 
 @pytest.fixture(autouse=True)

@@ -98,6 +98,7 @@ def batch(
         thinking=thinking, concurrency=concurrency or settings.default_concurrency(), retries=retries,
         retry_failed=retry_failed, overwrite=overwrite, hide_reasoning=hide_reasoning,
     )
+    store.open(files)  # locked, and checked to be ours and whole, before any engine starts
     view = BatchView(term, len(files))
     try:
         summary = asyncio.run(core.execute(
@@ -105,6 +106,7 @@ def batch(
         ))
     finally:
         view.close()
+        store.close()
     view.summary(summary, output if output != "-" else "stdout")
     if summary.stopped:
         raise summary.stopped
