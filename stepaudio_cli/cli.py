@@ -2,16 +2,23 @@
 
 One Terminal is made at the root and handed down (``ctx.obj``, read with
 ``commands.options.terminal()``); every command runs inside one error boundary that turns a
-UserError (EngineError, AudioError, ...) into ``error: <message>`` and its exit code, and
-Ctrl-C into exit 130. Commands never catch these themselves.
+UserError (EngineError, AudioError, ...) into ``error: <message>`` and its exit code,
+Ctrl-C into exit 130, and anything unexpected (a bug) into one line, exit 70, with the full
+traceback in a file under the XDG state folder (``STEPAUDIO_DEBUG=1`` prints it instead).
+Commands never catch these themselves.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import sys
+import time
+import traceback
 from collections.abc import Callable, Iterator
 
+import click
 import typer
 
 from stepaudio_cli import __version__
@@ -24,6 +31,8 @@ from stepaudio_cli.commands.doctor import doctor
 from stepaudio_cli.commands.download import download
 from stepaudio_cli.commands.serve import serve
 from stepaudio_cli.errors import UserError
+
+INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug of ours, not the user's input
 
 app = typer.Typer(
     name="stepaudio",
@@ -45,6 +54,48 @@ def error_boundary(ctx: typer.Context) -> Iterator[None]:
     except KeyboardInterrupt:
         terminal(ctx).error("interrupted")  # after any streamed text, on a line of its own
         raise typer.Exit(130) from None
+    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        raise  # click's own ways out: usage errors, --help, typer.Exit
+    except Exception as e:  # a bug: one line, the trace kept for the report
+        if os.environ.get("STEPAUDIO_DEBUG"):
+            traceback.print_exc()
+            where = "traceback above"
+        else:
+            where = _save_traceback(e)
+        text = " ".join(str(e).split())[:200]
+        terminal(ctx).error(f"internal error: {type(e).__name__}{': ' + text if text else ''} ({where})")
+        raise typer.Exit(INTERNAL_ERROR) from None
+
+
+def _save_traceback(e: BaseException) -> str:
+    """Write ``e``'s traceback under ``$XDG_STATE_HOME/stepaudio`` and say where."""
+    from pathlib import Path
+
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "stepaudio"
+    name = f"traceback-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        with open(base / name, "x", encoding="utf-8") as f:
+            f.write(f"stepaudio {__version__}, python {sys.version.split()[0]}, argv {_redacted_argv()}\n")
+            f.write("".join(traceback.format_exception(e)))
+    except OSError as err:
+        return f"the traceback could not be saved ({err.strerror or err}); STEPAUDIO_DEBUG=1 shows it"
+    return f"traceback in {base / name}; STEPAUDIO_DEBUG=1 shows it"
+
+
+def _redacted_argv() -> list[str]:
+    """The command line with secrets (the value after --api-key, --hf-token...) left out."""
+    out, hide = [], False
+    for arg in sys.argv:
+        secret = any(word in arg.lower() for word in ("key", "token")) and arg.startswith("--")
+        if hide:
+            out.append("***")
+        elif secret and "=" in arg:
+            out.append(arg.split("=", 1)[0] + "=***")
+        else:
+            out.append(arg)
+        hide = secret and "=" not in arg and not arg.endswith("-file")
+    return out
 
 
 def command(fn: Callable) -> Callable:

@@ -19,6 +19,10 @@ from stepaudio_cli.splitter import Delta
 
 FIRST_PROBE_S = 1.0
 MAX_PROBE_S = 10.0  # a probe is one cheap GET: a server that is back is used within seconds
+#: Sends of one request before its failure goes to the caller (batch counts them against
+#: --retries): a server that lists its model but never answers a request must not hold a
+#: request forever, however often its probe succeeds.
+MAX_SENDS = 3
 
 
 class _Member:
@@ -65,19 +69,22 @@ class ServerPool(Engine):
 
     # --- requests ----------------------------------------------------------------------------
     async def stream(self, request: Request) -> AsyncIterator[Delta | Done]:
+        sends = 0
         while True:
             member = await self._pick()
             sent = False
+            sends += 1
             try:
                 async for event in member.server.stream(request):
                     sent = True
                     yield event
             except EngineError as e:
+                e.attempts = sends
                 if not e.server_down:
                     raise
                 self._down(member, e)
-                if sent or not self.wait:
-                    raise  # text already went out: the caller decides (batch retries the file)
+                if sent or not self.wait or sends >= MAX_SENDS:
+                    raise  # text already went out, or sent enough: the caller decides (batch retries the file)
                 continue  # nothing sent yet: another server, or wait for one
             member.strikes = 0
             return

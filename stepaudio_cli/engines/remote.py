@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -49,6 +51,88 @@ def _server_message(response: httpx.Response) -> str:
     return text[:300] or response.reason_phrase
 
 
+# --- what a server sends, checked where it is parsed ---------------------------------------------
+# Anything of the wrong shape is an EngineError naming the URL (one line for `ask`, the file's
+# failure for `batch`), never a Python exception from deep inside.
+
+
+def _reply_json(response: httpx.Response, where: str):
+    try:
+        return json.loads(response.content)
+    except ValueError:  # UnicodeDecodeError included
+        raise EngineError(f"{where}: not an OpenAI-compatible server (reply is not JSON)") from None
+
+
+def _shape_error(where: str, what: str, value) -> EngineError:
+    shown = json.dumps(value, ensure_ascii=True, default=str)
+    return EngineError(f"{where}: unexpected reply from the server: {what} is {shown[:80]}")
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def parse_model_list(body, where: str) -> list[dict]:
+    """The models of a /v1/models reply, each an object with a string ``id`` and an optional
+    positive integer ``max_model_len``."""
+    if not isinstance(body, dict):
+        raise _shape_error(where, "the reply", body)
+    models = body.get("data")
+    if models is None:
+        models = []
+    if not isinstance(models, list):
+        raise _shape_error(where, "'data'", models)
+    for m in models:
+        if not isinstance(m, dict) or not isinstance(m.get("id"), str):
+            raise _shape_error(where, "a model entry", m)
+        n = m.get("max_model_len")
+        if n is not None and not (_is_count(n) and n > 0):
+            raise _shape_error(where, "'max_model_len'", n)
+    return models
+
+
+def parse_chunk(data: str, where: str) -> dict:
+    """One ``data:`` line of a chat-completions stream, checked field by field: an object whose
+    ``choices`` is a list of objects with an object ``delta`` of string texts, a string
+    ``finish_reason`` and ``usage`` of non-negative integer counts (each may be absent or null)."""
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        raise EngineError(f"{where}: malformed stream chunk: {data[:120]!r}") from None
+    if not isinstance(chunk, dict):
+        raise _shape_error(where, "a stream chunk", chunk)
+    if "error" in chunk:
+        return chunk
+    choices = chunk.get("choices")
+    if choices is not None and not isinstance(choices, list):
+        raise _shape_error(where, "'choices'", choices)
+    for choice in choices or []:
+        if not isinstance(choice, dict):
+            raise _shape_error(where, "a choice", choice)
+        delta = choice.get("delta")
+        if delta is not None and not isinstance(delta, dict):
+            raise _shape_error(where, "'delta'", delta)
+        for name in ("reasoning", "reasoning_content", "content"):
+            text = (delta or {}).get(name)
+            if text is not None and not isinstance(text, str):
+                raise _shape_error(where, f"'{name}'", text)
+        reason = choice.get("finish_reason")
+        if reason is not None and not isinstance(reason, str):
+            raise _shape_error(where, "'finish_reason'", reason)
+    usage = chunk.get("usage")
+    if usage is not None:
+        if not isinstance(usage, dict):
+            raise _shape_error(where, "'usage'", usage)
+        for name in ("prompt_tokens", "completion_tokens"):
+            n = usage.get(name)
+            if n is not None and not _is_count(n):
+                raise _shape_error(where, f"'usage.{name}'", n)
+    model = chunk.get("model")
+    if model is not None and not isinstance(model, str):
+        raise _shape_error(where, "'model'", model)
+    return chunk
+
+
 class RemoteEngine(Engine):
     def __init__(
         self,
@@ -81,18 +165,15 @@ class RemoteEngine(Engine):
             raise self._transport_error(e) from None
         if response.status_code >= 400:
             raise self._http_error(response)
-        try:
-            models = response.json().get("data") or []
-        except ValueError:
-            raise EngineError(f"{self.base}/models: not an OpenAI-compatible server (reply is not JSON)") from None
+        models = parse_model_list(_reply_json(response, f"{self.base}/models"), f"{self.base}/models")
         if not models:
             raise EngineError(f"{self.url}: the server lists no models")
         wanted = self.wanted_model
-        chosen = next((m for m in models if m.get("id") == wanted), None) if wanted else models[0]
+        chosen = next((m for m in models if m["id"] == wanted), None) if wanted else models[0]
         if chosen is None:
-            names = ", ".join(str(m.get("id")) for m in models)
+            names = ", ".join(m["id"] for m in models)
             raise UserError(f"{self.url}: the server has no model {wanted!r} (it serves: {names})")
-        self.model = str(chosen.get("id"))
+        self.model = chosen["id"]
         self.max_model_len = chosen.get("max_model_len")
         try:
             eot = await self.token_ids(EOT)
@@ -153,13 +234,16 @@ class RemoteEngine(Engine):
             response = await self._client.post(url, json=body, timeout=self._probe_timeout)
         except httpx.HTTPError as e:
             raise self._transport_error(e) from None
-        try:
-            tokens = response.json().get("tokens") if response.status_code == 200 else None
-        except ValueError:
-            tokens = None
+        tokens = None
+        if response.status_code == 200:
+            with contextlib.suppress(EngineError):
+                body = _reply_json(response, url)
+                tokens = body.get("tokens") if isinstance(body, dict) else None
         if not tokens:
             raise EngineError(f"{self.url}: --min-think needs a vLLM server that can tokenize {text} (POST /tokenize)")
-        self._tokenized[text] = [int(t) for t in tokens]
+        if not isinstance(tokens, list) or not all(_is_count(t) for t in tokens):
+            raise _shape_error(url, "'tokens'", tokens)
+        self._tokenized[text] = tokens
         return self._tokenized[text]
 
     async def phase(self, payload: dict, run: Run, mode: str) -> AsyncIterator[Delta]:
@@ -169,36 +253,48 @@ class RemoteEngine(Engine):
         run.finish_reason = None
         got_done = False
         chunks = 0
+        # A server that keeps the stream alive without text (comments, empty chunks) or sends
+        # more text than it was asked for is as stuck as a silent one.
+        limit = payload.get("max_tokens") or self.max_model_len
+        most_chunks = 2 * limit + 16 if limit else None
+        quiet_since = time.monotonic()
         try:
             async with self._client.stream("POST", "/chat/completions", json=payload) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     raise self._http_error(response)
                 async for line in response.aiter_lines():
+                    if time.monotonic() - quiet_since > self.read_timeout:
+                        raise EngineError(
+                            f"{self.url}: no text from the server for {self.read_timeout:.0f}s "
+                            "(hung? --timeout sets the limit)",
+                            server_down=True,
+                        )
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
                         got_done = True
                         break
-                    try:
-                        chunk = json.loads(data)
-                    except ValueError:
-                        raise EngineError(f"{self.url}: malformed stream chunk: {data[:120]}") from None
+                    chunk = parse_chunk(data, self.url)
                     if "error" in chunk:
                         err = chunk["error"]
-                        msg = err.get("message") if isinstance(err, dict) else str(err)
+                        msg = err.get("message") if isinstance(err, dict) else err
+                        msg = " ".join(str(msg).split())[:300]
                         raise EngineError(f"{self.url}: server error mid-stream: {msg}", retryable=True)
                     if chunk.get("usage"):
                         run.add_usage(chunk["usage"])
                     if chunk.get("model") and not self.model:
                         self.model = chunk["model"]
                     for choice in chunk.get("choices") or []:
-                        delta = choice.get("delta") or {}
+                        delta = choice.get("delta") or {}  # parse_chunk checked the types
                         reasoning = delta.get("reasoning") or delta.get("reasoning_content")
                         content = delta.get("content")
                         if reasoning or content:
                             chunks += 1
+                            quiet_since = time.monotonic()
+                            if most_chunks is not None and chunks > most_chunks:
+                                raise EngineError(f"{self.url}: the server sent more than the {limit} tokens asked for")
                             for ev in run.feed(reasoning, content, mode):
                                 yield ev
                         if choice.get("finish_reason"):
