@@ -54,8 +54,8 @@ def error_boundary(ctx: typer.Context) -> Iterator[None]:
     except KeyboardInterrupt:
         terminal(ctx).error("interrupted")  # after any streamed text, on a line of its own
         raise typer.Exit(130) from None
-    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-        raise  # click's own ways out: usage errors, --help, typer.Exit
+    except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        raise  # click's and typer's own ways out: usage errors, --help, an exit code
     except Exception as e:  # a bug: one line, the trace kept for the report
         if os.environ.get("STEPAUDIO_DEBUG"):
             traceback.print_exc()
