@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import sys
 import time
@@ -104,9 +105,19 @@ def command(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def run(ctx: typer.Context, *args, **kwargs):
         with error_boundary(ctx):
+            _refuse_non_finite(ctx, kwargs)
             return fn(ctx, *args, **kwargs)
 
     return run
+
+
+def _refuse_non_finite(ctx: typer.Context, values: dict) -> None:
+    """``inf`` and ``nan`` parse as floats but mean nothing as a temperature or a timeout."""
+    for param in ctx.command.params:
+        value = values.get(param.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            flag = max(param.opts, key=len) if param.opts else param.name
+            raise UserError(f"{flag}: {value} is not a finite number")
 
 
 def _version(value: bool) -> None:

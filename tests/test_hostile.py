@@ -253,3 +253,90 @@ def test_batch_against_a_server_that_lists_its_model_but_never_answers_is_bounde
     assert "no " in rec["error"] and "tries)" in rec["error"], rec["error"]
     # --retries 1: two tries, where a pool may send a try again while its server seems up.
     assert 2 <= server.chat_posts() <= 4, server.requests
+
+
+# --- user errors name the file or flag ---------------------------------------------------------
+
+
+def _one_line(result, code: int, *needles: str) -> None:
+    assert result.exit_code == code, result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999", "http://[::1", "ftp://host", "127.0.0.1:port"])
+def test_a_server_url_that_cannot_be_one_is_named(clip, url):
+    _one_line(run("ask", "--server", url, str(clip), "Q?"), 2, "--server", url)
+
+
+@pytest.mark.parametrize("flag", ["--temperature", "--timeout", "--top-p"])
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_non_finite_numbers_are_refused(clip, flag, value):
+    result = run("ask", "--server", "http://127.0.0.1:9", flag, value, str(clip), "Q?")
+    assert result.exit_code == 2 and "Traceback" not in result.stderr, result.stderr
+    assert flag in result.stderr
+
+
+def test_non_utf8_prompt_file_is_named(tmp_path, clip):
+    bad = tmp_path / "prompt.txt"
+    bad.write_bytes(b"\xff\xfe what?")
+    result = run("batch", str(clip), "--prompt-file", str(bad), "-s", "http://127.0.0.1:9", "-o", str(tmp_path / "r"))
+    _one_line(result, 2, "--prompt-file", str(bad), "UTF-8")
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        (b"\xff\xfetemperature = 1\n", "not UTF-8"),
+        (b"temperature = true\n", "temperature = true: want a finite number"),
+        (b'temperature = "hot"\n', "want a finite number"),
+        (b"temperature = inf\n", "want a finite number"),
+        (b"max_tokens = 2.5\n", "want a whole number"),
+        (b"port = 70000\n", "port = 70000: want 1 to 65535"),
+        (b"server = 5\n", "want a string"),
+        (b'hide_reasoning = "yes"\n', "want true or false"),
+    ],
+)
+def test_config_file_errors_blame_the_config_file(tmp_path, clip, monkeypatch, text, needle):
+    path = tmp_path / "config.toml"
+    path.write_bytes(text)
+    monkeypatch.setenv("STEPAUDIO_CONFIG", str(path))
+    result = run("ask", "--server", "http://127.0.0.1:9", str(clip), "Q?")
+    _one_line(result, 2, str(path), needle)
+    assert "STEPAUDIO_" not in result.stderr
+
+
+def test_a_bug_is_one_line_and_its_traceback_is_kept(monkeypatch, tmp_path, clip):
+    import stepaudio_cli.ask as core
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(core, "prepare", broken)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("STEPAUDIO_DEBUG", raising=False)
+    result = run("ask", "--server", "http://127.0.0.1:9", "--api-key", "sekrit", str(clip), "Q?")
+    assert result.exit_code == 70
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: internal error: ZeroDivisionError: a bug") and "STEPAUDIO_DEBUG=1" in line
+    (saved,) = (tmp_path / "state" / "stepaudio").iterdir()
+    assert str(saved) in line
+    kept = saved.read_text()
+    assert "Traceback" in kept and "ZeroDivisionError" in kept
+    monkeypatch.setenv("STEPAUDIO_DEBUG", "1")
+    shown = run("ask", "--server", "http://127.0.0.1:9", str(clip), "Q?")
+    assert shown.exit_code == 70 and "Traceback" in shown.stderr
+
+
+def test_ctrl_c_is_still_130(monkeypatch, clip):
+    import stepaudio_cli.ask as core
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(core, "prepare", interrupted)
+    result = run("ask", "--server", "http://127.0.0.1:9", str(clip), "Q?")
+    assert result.exit_code == 130 and result.stderr.strip() == "error: interrupted"

@@ -6,6 +6,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -23,10 +24,20 @@ PROBE_TIMEOUT = 15.0  # a health probe (model list, tokenizer) answers at once o
 
 
 def api_base(url: str) -> str:
-    """``http://host:port`` or ``http://host:port/v1`` -> ``http://host:port/v1``."""
+    """``http://host:port`` or ``http://host:port/v1`` -> ``http://host:port/v1``; a URL that
+    cannot be one (a bad port, no host, another scheme) is a UserError naming it."""
+    given = url
     url = url.strip().rstrip("/")
     if "://" not in url:
         url = "http://" + url
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError when out of range or not a number
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as e:
+        raise UserError(f"--server {given}: not a valid URL ({e})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(f"--server {given}: not a valid URL (want http://HOST:PORT)")
     return url if url.endswith("/v1") else url + "/v1"
 
 
