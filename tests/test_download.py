@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stepaudio_cli.cli import app
-from stepaudio_cli.download import safetensors_problem
+from stepaudio_cli.checkpoint import safetensors_problem
 from stepaudio_cli.checkpoint import make_config
 
 REPO = "stepfun-ai/Step-Audio-R1"
