@@ -80,6 +80,8 @@ RAW_STREAMS = {
     "not UTF-8": sse(b'{"choices": [{"delta": {"content": "\xff\xfe"}}]}'),
     "NaN": sse(b"NaN"),
     "huge number": sse(b"1e999"),
+    "nesting too deep": sse(b"[" * 100_000 + b"]" * 100_000),
+    "a 5000-digit integer": sse(b'{"usage": {"completion_tokens": ' + b"9" * 5000 + b"}}"),
     "no choices at all": sse(chunk() | {"choices": []}),
     "not a stream": json.dumps({"choices": [{"message": {"content": "hi"}}]}).encode(),
     "empty body": b"",
@@ -100,6 +102,7 @@ BAD_MODELS = {
     "not UTF-8": b"\xff\xfe",
     "empty": b"",
     "no models": b'{"data": []}',
+    "nesting too deep": b"[" * 100_000 + b"]" * 100_000,
 }
 BAD_TOKENS = {
     "a string": b'{"tokens": "abc"}',

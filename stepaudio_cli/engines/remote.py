@@ -46,7 +46,7 @@ def _server_message(response: httpx.Response) -> str:
     text = response.text
     try:
         body = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     if isinstance(body, dict):
         err = body.get("error", body)
@@ -70,7 +70,7 @@ def _server_message(response: httpx.Response) -> str:
 def _reply_json(response: httpx.Response, where: str):
     try:
         return json.loads(response.content)
-    except ValueError:  # UnicodeDecodeError included
+    except (ValueError, RecursionError):  # UnicodeDecodeError included; nesting too deep
         raise EngineError(f"{where}: not an OpenAI-compatible server (reply is not JSON)") from None
 
 
@@ -108,7 +108,7 @@ def parse_chunk(data: str, where: str) -> dict:
     ``finish_reason`` and ``usage`` of non-negative integer counts (each may be absent or null)."""
     try:
         chunk = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise EngineError(f"{where}: malformed stream chunk: {data[:120]!r}") from None
     if not isinstance(chunk, dict):
         raise _shape_error(where, "a stream chunk", chunk)
