@@ -21,6 +21,9 @@ from stepaudio_cli.splitter import Delta
 
 CONNECT_TIMEOUT = 10.0
 PROBE_TIMEOUT = 15.0  # a health probe (model list, tokenizer) answers at once on a live server
+# Tokens a reply may take when neither --max-tokens nor the server's context says: twice
+# R1.1's 65,536 positions, so a server that streams without end is stopped all the same.
+UNKNOWN_CONTEXT = 131_072
 
 
 def api_base(url: str) -> str:
@@ -266,8 +269,8 @@ class RemoteEngine(Engine):
         chunks = 0
         # A server that keeps the stream alive without text (comments, empty chunks) or sends
         # more text than it was asked for is as stuck as a silent one.
-        limit = payload.get("max_tokens") or self.max_model_len
-        most_chunks = 2 * limit + 16 if limit else None
+        limit = payload.get("max_tokens") or self.max_model_len or UNKNOWN_CONTEXT
+        most_chunks = 2 * limit + 16
         quiet_since = time.monotonic()
         try:
             async with self._client.stream("POST", "/chat/completions", json=payload) as response:
@@ -304,7 +307,7 @@ class RemoteEngine(Engine):
                         if reasoning or content:
                             chunks += 1
                             quiet_since = time.monotonic()
-                            if most_chunks is not None and chunks > most_chunks:
+                            if chunks > most_chunks:
                                 raise EngineError(f"{self.url}: the server sent more than the {limit} tokens asked for")
                             for ev in run.feed(reasoning, content, mode):
                                 yield ev
