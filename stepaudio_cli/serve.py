@@ -266,12 +266,16 @@ def served_context(url: str, api_key: str | None) -> str:
     """The context length the server chose, as /v1/models reports it."""
     import httpx
 
+    from stepaudio_cli.engines.remote import parse_model_list
+    from stepaudio_cli.errors import EngineError
+
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        models = httpx.get(url + "/v1/models", headers=headers, timeout=10).json().get("data") or [{}]
-        return str(models[0].get("max_model_len") or "?")
-    except (httpx.HTTPError, ValueError, AttributeError):
+        body = httpx.get(url + "/v1/models", headers=headers, timeout=10).json()
+        models = parse_model_list(body, url)
+    except (httpx.HTTPError, ValueError, RecursionError, EngineError):
         return "?"
+    return str(models[0].get("max_model_len") or "?") if models else "?"
 
 
 class _Terminated(Exception):

@@ -343,3 +343,11 @@ def test_ctrl_c_is_still_130(monkeypatch, clip):
     monkeypatch.setattr(core, "prepare", interrupted)
     result = run("ask", "--server", "http://127.0.0.1:9", str(clip), "Q?")
     assert result.exit_code == 130 and result.stderr.strip() == "error: interrupted"
+
+
+@pytest.mark.parametrize("body", list(BAD_MODELS.values()) + [json.dumps({"data": [{"id": "m", "max_model_len": 8192}]}).encode()])
+def test_serve_reads_the_context_from_any_model_list(server, body):
+    from stepaudio_cli.serve import served_context
+
+    server.behave(models=body)
+    assert served_context(server.url, None) == ("8192" if b"8192" in body else "?")
