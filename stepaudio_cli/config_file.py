@@ -130,8 +130,8 @@ def _check_value(param, key: str, value, path: Path) -> None:
         elif kind is float:
             ok = isinstance(item, int | float) and not isinstance(item, bool) and math.isfinite(item)
             want = "a finite number"
-        else:
-            ok, want = isinstance(item, str), "a string"
+        else:  # text; a number too where the option takes text (serve's -tp is a number or "auto")
+            ok, want = isinstance(item, str | int | float) and not isinstance(item, bool), "a string"
         if not ok:
             raise wrong(f"want {want}")
         low, high = getattr(param, "min", None), getattr(param, "max", None)

@@ -299,7 +299,7 @@ def test_non_utf8_prompt_file_is_named(tmp_path, clip):
         (b"temperature = inf\n", "want a finite number"),
         (b"max_tokens = 2.5\n", "want a whole number"),
         (b"port = 70000\n", "port = 70000: want 1 to 65535"),
-        (b"server = 5\n", "want a string"),
+        (b"server = true\n", "want a string"),
         (b'hide_reasoning = "yes"\n', "want true or false"),
     ],
 )
