@@ -84,18 +84,21 @@ def _save_traceback(e: BaseException) -> str:
     return f"traceback in {base / name}; STEPAUDIO_DEBUG=1 shows it"
 
 
-def _redacted_argv() -> list[str]:
-    """The command line with secrets (the value after --api-key, --hf-token...) left out."""
+SECRET_OPTIONS = ("--api-key", "--token")  # options whose value is a secret
+
+
+def _redacted_argv(argv: list[str] | None = None) -> list[str]:
+    """The command line with the values of secret options left out."""
     out, hide = [], False
-    for arg in sys.argv:
-        secret = any(word in arg.lower() for word in ("key", "token")) and arg.startswith("--")
+    for arg in sys.argv if argv is None else argv:
+        name = arg.split("=", 1)[0]
         if hide:
             out.append("***")
-        elif secret and "=" in arg:
-            out.append(arg.split("=", 1)[0] + "=***")
+        elif name in SECRET_OPTIONS and "=" in arg:
+            out.append(name + "=***")
         else:
             out.append(arg)
-        hide = secret and "=" not in arg and not arg.endswith("-file")
+        hide = arg in SECRET_OPTIONS
     return out
 
 

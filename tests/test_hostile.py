@@ -351,3 +351,12 @@ def test_serve_reads_the_context_from_any_model_list(server, body):
 
     server.behave(models=body)
     assert served_context(server.url, None) == ("8192" if b"8192" in body else "?")
+
+
+def test_the_saved_command_line_keeps_no_secret():
+    from stepaudio_cli.cli import _redacted_argv
+
+    argv = ["stepaudio", "ask", "--api-key", "k1", "--token=t1", "--api-key-file", "/p", "--insecure-no-key", "x"]
+    assert _redacted_argv(argv) == [
+        "stepaudio", "ask", "--api-key", "***", "--token=***", "--api-key-file", "/p", "--insecure-no-key", "x"
+    ]
