@@ -115,7 +115,7 @@ def parse_chunk(data: str, where: str) -> dict:
         raise EngineError(f"{where}: malformed stream chunk: {data[:120]!r}") from None
     if not isinstance(chunk, dict):
         raise _shape_error(where, "a stream chunk", chunk)
-    if "error" in chunk:
+    if chunk.get("error") is not None:
         return chunk
     choices = chunk.get("choices")
     if choices is not None and not isinstance(choices, list):
@@ -291,7 +291,7 @@ class RemoteEngine(Engine):
                         got_done = True
                         break
                     chunk = parse_chunk(data, self.url)
-                    if "error" in chunk:
+                    if chunk.get("error") is not None:
                         err = chunk["error"]
                         msg = err.get("message") if isinstance(err, dict) else err
                         msg = " ".join(str(msg).split())[:300]
