@@ -169,7 +169,8 @@ def dummy_weights(vllm_args: list[str]) -> bool:
 
 def check_exposure(opts: ServeOptions) -> None:
     """A server reachable from other machines needs a key, unless the user says otherwise."""
-    if is_loopback(opts.host) or opts.api_key or os.environ.get("VLLM_API_KEY") or opts.insecure_no_key:
+    keyed = opts.api_key or os.environ.get("VLLM_API_KEY") or any(a.split("=")[0] == "--api-key" for a in opts.extra)
+    if is_loopback(opts.host) or keyed or opts.insecure_no_key:
         return
     raise UserError(
         f"--host {opts.host} serves beyond this machine: set a key (STEPAUDIO_API_KEY or --api-key-file), "
@@ -189,7 +190,6 @@ class VllmServerProcess:
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         if api_key:
             env["VLLM_API_KEY"] = api_key
-        self.env = env
         self._log = None if passthrough else open(log_path, "ab")
         self._log_start = log_size(log_path) if self._log else 0
         self.watchdog = Watchdog()
