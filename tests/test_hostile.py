@@ -360,3 +360,19 @@ def test_the_saved_command_line_keeps_no_secret():
     assert _redacted_argv(argv) == [
         "stepaudio", "ask", "--api-key", "***", "--token=***", "--api-key-file", "/p", "--insecure-no-key", "x"
     ]
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(FIELDS), value=JSON)
+def test_batch_survives_any_json_in_any_field(server, tmp_path_factory, field, value):
+    folder = tmp_path_factory.mktemp("any")
+    write_wav(folder / "good.wav", tone(1.0))
+    write_wav(folder / "odd.wav", tone(1.1))
+    server.behave(chat=lambda tenths: GOOD_STREAM if tenths == 10 else sse(_with(field, value)))
+    out = folder / "r.jsonl"
+    result = run("batch", str(folder), "-p", "Q", "-s", server.url, "-o", str(out), "--retries", "0")
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr
+    assert result.exit_code in (0, 1), result.stderr
+    recs = {Path(r["file"]).name: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(recs) == {"good.wav", "odd.wav"} and recs["good.wav"]["answer"] == "A beep."
+    assert (result.exit_code == 1) == bool(recs["odd.wav"]["error"])
