@@ -7,7 +7,6 @@ offline (every safetensors shard the index names is present and complete).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil

@@ -77,7 +77,7 @@ class Hub(BaseHTTPRequestHandler):
     def _serve(self, head: bool) -> None:
         type(self).log.append((self.command, self.path, self.headers.get("Range")))
         if self.token and self.headers.get("Authorization") != f"Bearer {self.token}":
-            return self._error(401, "GatedRepo", f"Access to model {REPO} is restricted. You must be authenticated.", head)
+            return self._error(401, "GatedRepo", f"Access to model {REPO} is restricted.", head)
         if self.mode.startswith("gated"):
             code = int(self.mode[-3:])
             return self._error(code, "GatedRepo", f"Access to model {REPO} is restricted. You must be authenticated.", head)

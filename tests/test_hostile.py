@@ -345,7 +345,10 @@ def test_ctrl_c_is_still_130(monkeypatch, clip):
     assert result.exit_code == 130 and result.stderr.strip() == "error: interrupted"
 
 
-@pytest.mark.parametrize("body", list(BAD_MODELS.values()) + [json.dumps({"data": [{"id": "m", "max_model_len": 8192}]}).encode()])
+GOOD_MODELS = json.dumps({"data": [{"id": "m", "max_model_len": 8192}]}).encode()
+
+
+@pytest.mark.parametrize("body", [*BAD_MODELS.values(), GOOD_MODELS])
 def test_serve_reads_the_context_from_any_model_list(server, body):
     from stepaudio_cli.serve import served_context
 

@@ -92,7 +92,8 @@ def test_every_shard_the_index_names_is_checked(weightless):
     assert len(problems) == 2 and problems[1] == f"{names[2]}: missing", problems
     assert problems[0].startswith(f"{names[1]}: size 500 bytes, expected ")
     assert "incomplete download" in problems[0]
-    with pytest.raises(UserError, match=r"incomplete model folder: model-00002-of-00003.safetensors: .* \(and 1 more\)"):
+    expected = r"incomplete model folder: model-00002-of-00003\.safetensors: .* \(and 1 more\)"
+    with pytest.raises(UserError, match=expected):
         check_checkpoint(weightless)
 
 

@@ -28,7 +28,8 @@ def test_the_vllm_child_gets_the_key_in_its_environment_not_its_argv(tmp_path, m
     opts = core.ServeOptions(model="stepfun-ai/Step-Audio-R1", api_key="s3cret-key")
     cmd = core.build_command(opts, tmp_path, 0)
     assert not any("s3cret" in part for part in cmd)
-    server = core.VllmServerProcess([sys.executable, "-c", code, *cmd[3:]], tmp_path / "log", False, api_key=opts.api_key)
+    child = [sys.executable, "-c", code, *cmd[3:]]
+    server = core.VllmServerProcess(child, tmp_path / "log", False, api_key=opts.api_key)
     try:
         server.proc.wait(30)
     finally:
@@ -79,6 +80,7 @@ def test_key_file(tmp_path, monkeypatch):
 
 
 def test_help_says_a_key_on_the_command_line_is_visible():
-    text = subprocess.run([sys.executable, "-m", "stepaudio_cli", "serve", "--help"], capture_output=True, text=True,
-                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(core.__file__).parents[1])}).stdout
+    env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(core.__file__).parents[1])}
+    cmd = [sys.executable, "-m", "stepaudio_cli", "serve", "--help"]
+    text = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
     assert "--api-key-file" in text and "visible to other" in text and "--insecure-no-key" in text
