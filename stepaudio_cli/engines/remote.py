@@ -44,9 +44,9 @@ def api_base(url: str) -> str:
     return url if url.endswith("/v1") else url + "/v1"
 
 
-def _server_message(response: httpx.Response) -> str:
+def _server_message(response: httpx.Response, text: str | None = None) -> str:
     """The human part of an error body: OpenAI ``{"error": {"message"}}``, FastAPI ``detail``..."""
-    text = response.text
+    text = response.text if text is None else text
     try:
         body = json.loads(text)
     except (ValueError, RecursionError):
@@ -275,8 +275,7 @@ class RemoteEngine(Engine):
         try:
             async with self._client.stream("POST", "/chat/completions", json=payload) as response:
                 if response.status_code >= 400:
-                    await response.aread()
-                    raise self._http_error(response)
+                    raise self._http_error(response, await _head_of(response))
                 async for line in response.aiter_lines():
                     if time.monotonic() - quiet_since > self.read_timeout:
                         raise EngineError(
@@ -343,9 +342,9 @@ class RemoteEngine(Engine):
             return EngineError(f"{self.url}: the connection dropped mid-stream ({_reason(e)})", server_down=True)
         return EngineError(f"{self.url}: {_reason(e)}", server_down=True)
 
-    def _http_error(self, response: httpx.Response) -> EngineError:
+    def _http_error(self, response: httpx.Response, text: str | None = None) -> EngineError:
         code = response.status_code
-        msg = _server_message(response)
+        msg = _server_message(response, text)
         if code == 401:
             return EngineError(
                 f"{self.url}: unauthorized (401): {msg}; pass --api-key or set STEPAUDIO_API_KEY"
@@ -356,6 +355,16 @@ class RemoteEngine(Engine):
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+async def _head_of(response: httpx.Response, limit: int = 1 << 16) -> str:
+    """The start of a streamed error body: enough for its message, however much a server sends."""
+    body = b""
+    async for block in response.aiter_bytes():
+        body += block
+        if len(body) >= limit:
+            break
+    return body[:limit].decode(errors="replace")
 
 
 def _read_limit(e: httpx.TimeoutException, default: float) -> float:
