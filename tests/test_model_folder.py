@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,24 @@ def test_vllm_s_own_root_cause_is_found_in_its_log():
     assert root_cause("RuntimeError: Engine core initialization failed. See root cause above.") is None
     # A known cause still reads as what to change.
     assert "--max-model-len" in explain("CUDA out of memory. Tried to allocate\n" + ENGINE_CORE_LOG)
+
+
+def test_serve_s_start_failure_carries_the_engine_s_root_cause(tmp_path):
+    """A child that fails as vLLM's server does when its engine process dies: the root cause is
+    logged by the engine process, the server itself only says "see root cause above"."""
+    from conftest import free_port
+
+    child = (
+        "import sys\n"
+        "print('(EngineCore_DP0 pid=7) ERROR [core.py:708] ValueError: down_proj.weight has shape (64, 125), "
+        "expected (64, 128)', flush=True)\n"
+        "raise RuntimeError('Engine core initialization failed. See root cause above. Failed core proc(s): {}')\n"
+    )
+    server = serve.VllmServerProcess([sys.executable, "-c", child], tmp_path / "serve.log", passthrough=False)
+    try:
+        with pytest.raises(UserError) as e:
+            server.wait_ready(f"http://127.0.0.1:{free_port()}", timeout=60)
+    finally:
+        server.stop(grace=1)
+    assert "ValueError: down_proj.weight has shape (64, 125), expected (64, 128)" in e.value.message
+    assert "See root cause above" not in e.value.message
