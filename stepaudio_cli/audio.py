@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import shutil
 import stat
 from dataclasses import dataclass, field
@@ -326,7 +327,9 @@ def _ffmpeg_reason(e: Exception) -> str:
     # ffmpeg prints a banner then the real problem on one of the last lines.
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     interesting = [ln for ln in lines if "Invalid data" in ln or "rror" in ln or "not" in ln.lower()]
-    return _short((interesting or lines or ["ffmpeg could not decode it"])[-1])
+    line = (interesting or lines or ["ffmpeg could not decode it"])[-1]
+    # ffmpeg names its input first: the pipe the bytes came through ("cache:pipe:0: "), not the file.
+    return _short(re.sub(r"^(?:(?:cache|pipe|file):)*(?:pipe:)?\d*:\s*", "", line) or line)
 
 
 def _short(text: str, limit: int = 160) -> str:

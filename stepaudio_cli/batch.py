@@ -247,7 +247,7 @@ class BatchRunner:
                 except NoServerError:
                     raise  # stops the run: not this file's fault
                 except EngineError as e:
-                    attempt += 1
+                    attempt += e.attempts  # every send counts against --retries, a pool's included
                     if not e.retryable or attempt > self.job.retries:
                         tries = f" (after {attempt} tries)" if attempt > 1 else ""
                         return await self._record_failure(name, sha, key, e.message + tries, audio.duration)

@@ -152,15 +152,19 @@ def resolve_model(name: str, *, revision: str | None = None) -> Path:
         ) from None
 
 
-def check_checkpoint(path: Path) -> dict:
-    """The checkpoint's config.json, after checking it is a Step-Audio model."""
+def check_checkpoint(path: Path, *, weights: bool = True) -> dict:
+    """The checkpoint's config.json, after checking it is a Step-Audio model and (unless
+    ``weights`` is False: vLLM's ``--load-format dummy`` makes random ones) that its weights
+    are all there and whole. Reads only the safetensors headers: well under a second."""
     config_file = path / "config.json"
     if not config_file.is_file():
         raise UserError(f"{path}: no config.json, not a model directory")
     try:
-        config = json.loads(config_file.read_text())
+        config = json.loads(config_file.read_bytes())
     except (OSError, ValueError) as e:
         raise UserError(f"{config_file}: unreadable config ({e})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{config_file}: not a model config (a JSON object is expected)")
     archs = config.get("architectures") or []
     if config.get("model_type") not in MODEL_TYPES or ARCHITECTURE not in archs:
         raise UserError(
@@ -171,7 +175,67 @@ def check_checkpoint(path: Path) -> dict:
         text_config(config, str(config_file))
     except ConfigError as e:
         raise UserError(str(e)) from None
+    if weights:
+        problems = weight_problems(path)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise UserError(
+                f"{path}: incomplete model folder: {problems[0]}{more}; "
+                "`stepaudio download --check` says what to fetch, and a rerun of `stepaudio download` completes it"
+            )
     return config
+
+
+WEIGHTS_INDEX = "model.safetensors.index.json"
+
+
+def weight_problems(path: Path) -> list[str]:
+    """What is missing or incomplete among a folder's weights: every shard that
+    ``model.safetensors.index.json`` names (else every ``*.safetensors``) must exist, with a
+    header that parses and data as long as the header says."""
+    index = path / WEIGHTS_INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_bytes()).get("weight_map")
+            shards = sorted(set(weight_map.values()))
+            if not shards or not all(isinstance(s, str) for s in shards):
+                raise ValueError("no shard names")
+        except (OSError, ValueError, AttributeError) as e:
+            return [f"{WEIGHTS_INDEX}: unreadable ({e})"]
+    else:
+        shards = sorted(p.name for p in path.glob("*.safetensors"))
+        if not shards:
+            return ["no weights (*.safetensors)"]
+    problems = []
+    for shard in shards:
+        issue = safetensors_problem(path / shard)
+        if issue:
+            problems.append(f"{shard}: {issue}")
+    return problems
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file is incomplete or broken, or None. Reads its 8-byte header length
+    and JSON header only."""
+    import struct
+
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                return "truncated header"
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if not isinstance(end, int):
+            raise TypeError(end)
+    except (OSError, ValueError, struct.error, AttributeError, KeyError, IndexError, TypeError):
+        return "not a safetensors file"
+    if size != 8 + n + end:
+        return f"size {size} bytes, expected {8 + n + end} (incomplete download?)"
+    return None
 
 
 class TokenIds:

@@ -2,16 +2,24 @@
 
 One Terminal is made at the root and handed down (``ctx.obj``, read with
 ``commands.options.terminal()``); every command runs inside one error boundary that turns a
-UserError (EngineError, AudioError, ...) into ``error: <message>`` and its exit code, and
-Ctrl-C into exit 130. Commands never catch these themselves.
+UserError (EngineError, AudioError, ...) into ``error: <message>`` and its exit code,
+Ctrl-C into exit 130, and anything unexpected (a bug) into one line, exit 70, with the full
+traceback in a file under the XDG state folder (``STEPAUDIO_DEBUG=1`` prints it instead).
+Commands never catch these themselves.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
+import os
+import sys
+import time
+import traceback
 from collections.abc import Callable, Iterator
 
+import click
 import typer
 
 from stepaudio_cli import __version__
@@ -24,6 +32,8 @@ from stepaudio_cli.commands.doctor import doctor
 from stepaudio_cli.commands.download import download
 from stepaudio_cli.commands.serve import serve
 from stepaudio_cli.errors import UserError
+
+INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug of ours, not the user's input
 
 app = typer.Typer(
     name="stepaudio",
@@ -45,6 +55,51 @@ def error_boundary(ctx: typer.Context) -> Iterator[None]:
     except KeyboardInterrupt:
         terminal(ctx).error("interrupted")  # after any streamed text, on a line of its own
         raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        raise  # click's and typer's own ways out: usage errors, --help, an exit code
+    except Exception as e:  # a bug: one line, the trace kept for the report
+        if os.environ.get("STEPAUDIO_DEBUG"):
+            traceback.print_exc()
+            where = "traceback above"
+        else:
+            where = _save_traceback(e)
+        text = " ".join(str(e).split())[:200]
+        terminal(ctx).error(f"internal error: {type(e).__name__}{': ' + text if text else ''} ({where})")
+        raise typer.Exit(INTERNAL_ERROR) from None
+
+
+def _save_traceback(e: BaseException) -> str:
+    """Write ``e``'s traceback under ``$XDG_STATE_HOME/stepaudio`` and say where."""
+    from pathlib import Path
+
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "stepaudio"
+    name = f"traceback-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        with open(base / name, "x", encoding="utf-8") as f:
+            f.write(f"stepaudio {__version__}, python {sys.version.split()[0]}, argv {_redacted_argv()}\n")
+            f.write("".join(traceback.format_exception(e)))
+    except OSError as err:
+        return f"the traceback could not be saved ({err.strerror or err}); STEPAUDIO_DEBUG=1 shows it"
+    return f"traceback in {base / name}; STEPAUDIO_DEBUG=1 shows it"
+
+
+SECRET_OPTIONS = ("--api-key", "--token")  # options whose value is a secret
+
+
+def _redacted_argv(argv: list[str] | None = None) -> list[str]:
+    """The command line with the values of secret options left out."""
+    out, hide = [], False
+    for arg in sys.argv if argv is None else argv:
+        name = arg.split("=", 1)[0]
+        if hide:
+            out.append("***")
+        elif name in SECRET_OPTIONS and "=" in arg:
+            out.append(name + "=***")
+        else:
+            out.append(arg)
+        hide = arg in SECRET_OPTIONS
+    return out
 
 
 def command(fn: Callable) -> Callable:
@@ -53,9 +108,19 @@ def command(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def run(ctx: typer.Context, *args, **kwargs):
         with error_boundary(ctx):
+            _refuse_non_finite(ctx, kwargs)
             return fn(ctx, *args, **kwargs)
 
     return run
+
+
+def _refuse_non_finite(ctx: typer.Context, values: dict) -> None:
+    """``inf`` and ``nan`` parse as floats but mean nothing as a temperature or a timeout."""
+    for param in ctx.command.params:
+        value = values.get(param.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            flag = max(param.opts, key=len) if param.opts else param.name
+            raise UserError(f"{flag}: {value} is not a finite number")
 
 
 def _version(value: bool) -> None:

@@ -45,6 +45,8 @@ def load(path: Path | None = None) -> dict:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML ({e})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); a config file is TOML") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
 
@@ -98,4 +100,48 @@ def configurable(group) -> dict[str, set[str]]:
 
 def click_default_map(group) -> dict[str, dict]:
     """The config file as click's ``default_map`` for the commands of ``group``."""
-    return default_map(load(), configurable(group), config_path())
+    commands = group.commands
+    path = config_path()
+    result = default_map(load(), configurable(group), path)
+    for command, values in result.items():
+        params = {p.name: p for p in commands[command].params}
+        for key, value in values.items():
+            _check_value(params[key], key, value, path)
+    return result
+
+
+def _check_value(param, key: str, value, path: Path) -> None:
+    """A value from the file is of the option's type, as the file wrote it (``true`` is not a
+    number, ``"5"`` is not an integer), and within the option's range; else one line that
+    blames the file, not the option's environment variable."""
+    import math
+    import typing
+
+    def wrong(why: str) -> UserError:
+        import json
+
+        shown = json.dumps(value, default=str) if not isinstance(value, float) else str(value)
+        return UserError(f"{path}: {key} = {shown}: {why}")
+
+    kind = param.type_descriptor.annotation
+    items = [value]
+    if typing.get_origin(kind) is list:
+        kind = (typing.get_args(kind) or (str,))[0]
+        items = value if isinstance(value, list) else [value]
+    for item in items:
+        if kind is bool:
+            ok, want = isinstance(item, bool), "true or false"
+        elif kind is int:
+            ok, want = isinstance(item, int) and not isinstance(item, bool), "a whole number"
+        elif kind is float:
+            ok = isinstance(item, int | float) and not isinstance(item, bool) and math.isfinite(item)
+            want = "a finite number"
+        else:  # text; a number too where the option takes text (serve's -tp is a number or "auto")
+            ok, want = isinstance(item, str | int | float) and not isinstance(item, bool), "a string"
+        if not ok:
+            raise wrong(f"want {want}")
+        low, high = getattr(param, "min", None), getattr(param, "max", None)
+        if low is not None and item < low or high is not None and item > high:
+            span = f"{low} to {high}" if low is not None and high is not None else (
+                f"at least {low}" if low is not None else f"at most {high}")
+            raise wrong(f"want {span}")

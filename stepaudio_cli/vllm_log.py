@@ -102,6 +102,30 @@ def diagnose(log_text: str) -> str | None:
     return None
 
 
+# The last line of a Python traceback: "SomeError: what happened" (vLLM's engine processes
+# prefix their lines with "(EngineCore_DP0 pid=N)" and a log level).
+_EXCEPTION_LINE = re.compile(r"(?:^|[\s:\]])((?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception)): (\S.*)$", re.M)
+# What the API process says when the engine process failed: the cause is elsewhere in the log.
+_NOT_THE_CAUSE = ("See root cause above", "Engine core initialization failed", "Worker failed with error",
+                  "WorkerProc initialization failed")
+
+
+def root_cause(log_text: str) -> str | None:
+    """The exception vLLM's log shows as the reason a start failed (``OSError: ... no file
+    named model.safetensors``), without the generic lines that only point at it."""
+    causes = [
+        f"{kind}: {text.strip()}" for kind, text in _EXCEPTION_LINE.findall(log_text)
+        if not any(generic in text for generic in _NOT_THE_CAUSE)
+    ]
+    return causes[-1][:300] if causes else None
+
+
+def explain(log_text: str) -> str | None:
+    """Why vLLM failed to start, from its log: a known cause as what to change, else vLLM's own
+    root cause; None when the log shows neither."""
+    return diagnose(log_text) or root_cause(log_text)
+
+
 def _round_down(tokens: int) -> int:
     """A round number of tokens at most ``tokens``."""
     step = 1024 if tokens >= 2048 else 256 if tokens >= 512 else 16

@@ -171,9 +171,12 @@ def vllm_server(scripted_ckpt, tmp_path_factory):
     port = free_port()
     cmd = [
         sys.executable, "-m", "stepaudio_cli", "serve", str(scripted_ckpt), "--port", str(port),
-        "--max-model-len", "4096", "--api-key", "sekret",
+        "--max-model-len", "4096",
     ]
-    server = ServerProcess(cmd, port, tmp_path_factory.mktemp("server") / "server.log")
+    # The key from the environment, as users are told to pass it: it never shows in argv.
+    server = ServerProcess(
+        cmd, port, tmp_path_factory.mktemp("server") / "server.log", env={"STEPAUDIO_API_KEY": "sekret"}
+    )
     try:
         server.wait_healthy()
         yield server

@@ -116,6 +116,17 @@ def test_bad_input_names_the_file(tmp_path, make, expected):
     assert message.startswith(str(path) + ":")
     assert expected in message
     assert "\n" not in message
+    assert "pipe:" not in message  # ffmpeg's name for its input is not the user's file
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+def test_ffmpeg_s_pipe_name_stays_out_of_the_message(tmp_path):
+    path = tmp_path / "garbage.m4a"
+    path.write_bytes(b"garbage, not audio at all" * 4)
+    with pytest.raises(AudioError) as err:
+        load_audio(str(path))
+    assert err.value.message.startswith(f"{path}: not a readable audio file (")
+    assert "pipe:" not in err.value.message and "cache:" not in err.value.message
 
 
 def test_empty_stdin():

@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stepaudio_cli.cli import app
-from stepaudio_cli.download import safetensors_problem
+from stepaudio_cli.checkpoint import safetensors_problem
 from stepaudio_cli.checkpoint import make_config
 
 REPO = "stepfun-ai/Step-Audio-R1"
@@ -48,6 +48,8 @@ class Hub(BaseHTTPRequestHandler):
     mode = "ok"  # ok | gated401 | gated403 | drop
     log: list[tuple[str, str, str | None]] = []
     dropped = 0
+    files = FILES  # what the hub lists and serves
+    token: str | None = None  # when set, every request must carry it (a gated repo, logged in)
 
     def log_message(self, *args):
         pass
@@ -73,6 +75,8 @@ class Hub(BaseHTTPRequestHandler):
 
     def _serve(self, head: bool) -> None:
         type(self).log.append((self.command, self.path, self.headers.get("Range")))
+        if self.token and self.headers.get("Authorization") != f"Bearer {self.token}":
+            return self._error(401, "GatedRepo", f"Access to model {REPO} is restricted.", head)
         if self.mode.startswith("gated"):
             code = int(self.mode[-3:])
             return self._error(code, "GatedRepo", f"Access to model {REPO} is restricted. You must be authenticated.", head)
@@ -85,16 +89,16 @@ class Hub(BaseHTTPRequestHandler):
             siblings = [
                 {"rfilename": n, "size": len(d), "blobId": _blob_id(d)}
                 | ({"lfs": {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d), "pointerSize": 134}} if n in LFS else {})
-                for n, d in FILES.items()
+                for n, d in self.files.items()
             ]
             body = json.dumps({"id": REPO, "modelId": REPO, "sha": COMMIT, "siblings": siblings, "gated": "manual"}).encode()
             return self._send(200, body, {"Content-Type": "application/json"}, head)
         m = re.match(rf"^/{re.escape(REPO)}/resolve/([^/]+)/(.+)$", self.path)
-        if not m or m.group(2) not in FILES:
+        if not m or m.group(2) not in self.files:
             return self._error(404, "EntryNotFound", "not found", head)
         if m.group(1) not in ("main", COMMIT):
             return self._error(404, "RevisionNotFound", "Invalid rev id", head)
-        name, data = m.group(2), FILES[m.group(2)]
+        name, data = m.group(2), self.files[m.group(2)]
         etag = hashlib.sha256(data).hexdigest() if name in LFS else _blob_id(data)
         headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
         if name in LFS:
@@ -126,8 +130,8 @@ class Hub(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def hub(http_servers):
-    def start(mode: str = "ok") -> tuple[str, type]:
-        handler = type("H", (Hub,), {"mode": mode, "log": [], "dropped": 0})
+    def start(mode: str = "ok", files: dict | None = None, token: str | None = None) -> tuple[str, type]:
+        handler = type("H", (Hub,), {"mode": mode, "log": [], "dropped": 0, "files": files or FILES, "token": token})
         return http_servers(handler), handler
 
     return start
@@ -275,3 +279,69 @@ def test_not_enough_disk_space_is_refused_up_front(hub, tmp_path, monkeypatch):
     result = dl(REPO, "--endpoint", url, "--local-dir", str(tmp_path / "m"))
     assert result.exit_code == 1 and "not enough disk space" in result.stderr
     assert not [p for m, p, _ in handler.log if "/resolve/" in p]  # nothing was fetched
+
+
+@pytest.mark.parametrize(
+    "name", ["../evil.txt", "sub/../../evil.txt", "/tmp/evil.txt", "..\\evil.txt", "C:evil.txt", "a//b.txt"]
+)
+def test_a_hub_path_outside_the_folder_is_refused(hub, tmp_path, name):
+    url, handler = hub(files=FILES | {name: b"pwned"})
+    target = tmp_path / "deep" / "model"
+    result = dl(REPO, "--endpoint", url, "--local-dir", str(target))
+    assert result.exit_code == 1, result.stderr
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert "outside the model folder" in line and repr(name) in line
+    assert not [p for m, p, _ in handler.log if "/resolve/" in p]  # refused before anything is fetched
+    assert not list(tmp_path.rglob("evil.txt"))
+
+
+def test_a_symlink_in_the_folder_cannot_lead_a_file_outside(hub, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "sub").symlink_to(outside)
+    url, _ = hub(files=FILES | {"sub/notes.txt": b"hello"})
+    result = dl(REPO, "--endpoint", url, "--local-dir", str(target))
+    assert result.exit_code == 1 and "resolves outside" in result.stderr, result.stderr
+    assert not list(outside.iterdir())
+
+
+def test_a_wrong_non_lfs_file_of_the_right_size_is_found_and_repaired(hub, tmp_path):
+    url, _ = hub()
+    target = tmp_path / "model"
+    assert dl(REPO, "--endpoint", url, "--local-dir", str(target)).exit_code == 0
+    readme = target / "README.md"
+    readme.write_bytes(b"#" + FILES["README.md"][1:].upper())  # same size, other content
+    checked = dl(REPO, "--endpoint", url, "--local-dir", str(target), "--check")
+    assert checked.exit_code == 1 and "README.md: content differs" in checked.stderr
+    rerun = dl(REPO, "--endpoint", url, "--local-dir", str(target))
+    assert rerun.exit_code == 0, rerun.stderr
+    assert readme.read_bytes() == FILES["README.md"]
+    assert dl(REPO, "--endpoint", url, "--local-dir", str(target), "--check").exit_code == 0
+
+
+def test_the_token_saved_by_hf_auth_login_is_sent_with_every_request(hub, tmp_path):
+    from huggingface_hub import constants
+
+    Path(constants.HF_TOKEN_PATH).parent.mkdir(parents=True, exist_ok=True)
+    Path(constants.HF_TOKEN_PATH).write_text("hf_stored_token")  # what `hf auth login` leaves
+    url, handler = hub(token="hf_stored_token")
+    target = tmp_path / "model"
+    result = dl(REPO, "--endpoint", url, "--local-dir", str(target))
+    assert result.exit_code == 0, result.stderr
+    assert_files(target)
+    assert any("/resolve/" in p for m, p, _ in handler.log)
+
+
+def test_hub_names_and_hashes_of_the_wrong_form_are_refused():
+    from stepaudio_cli.download import remote_file, safe_name
+    from stepaudio_cli.errors import UserError
+
+    assert safe_name("a/b.safetensors") and safe_name("config.json")
+    for bad in ("", ".", "a/./b", "a\x00b", 5, None, "D:/x"):
+        assert not safe_name(bad)
+    for kwargs in ({"size": -1}, {"size": "9"}, {"sha256": "../../x"}, {"blob_id": "ab/cd"}, {"size": True}):
+        args = {"size": 1, "sha256": None, "blob_id": None} | kwargs
+        with pytest.raises(UserError):
+            remote_file(REPO, "a.txt", args["size"], args["sha256"], args["blob_id"])

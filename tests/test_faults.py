@@ -296,7 +296,7 @@ def test_an_in_process_start_without_room_for_the_kv_cache_says_what_to_change(c
 def test_serve_whose_vllm_fails_for_want_of_kv_cache_says_what_to_change(tmp_path):
     """serve's start-failure path with vLLM's own message: a child that raises what vLLM's KV
     check raises (its real function) and exits, as vLLM's server does."""
-    from stepaudio_cli.serve import Server
+    from stepaudio_cli.serve import VllmServerProcess as Server
 
     child = ("from vllm.v1.core.kv_cache_utils import _check_enough_kv_cache_memory as check\n"
              "check(2**30, lambda: 2**31, 65536, lambda mem: 33616)\n")

@@ -86,3 +86,17 @@ def test_plugin_entry_point_is_declared():
 
     eps = {e.name: e.value for e in entry_points(group="vllm.general_plugins")}
     assert eps.get("step_audio_r1") == "stepaudio_cli.vllm_plugin:register"
+
+
+def test_vllm_s_server_takes_its_api_key_from_the_environment():
+    """`serve` hands the key to vLLM as VLLM_API_KEY (never argv): the installed vLLM must read
+    it there when no --api-key is given (runs on every vLLM of the CI window)."""
+    from pathlib import Path
+
+    import vllm
+    import vllm.envs as envs
+
+    assert "VLLM_API_KEY" in envs.environment_variables
+    entrypoints = Path(vllm.__file__).parent / "entrypoints"
+    users = [p for p in entrypoints.rglob("*.py") if "envs.VLLM_API_KEY" in p.read_text(errors="replace")]
+    assert users, "no vLLM server code reads envs.VLLM_API_KEY"

@@ -120,9 +120,11 @@ def _question(prompt: str | None, prompt_file: Path | None) -> str:
         raise UserError("give --prompt or --prompt-file, not both")
     if prompt_file:
         try:
-            prompt = prompt_file.read_text().strip()
+            prompt = prompt_file.read_text(encoding="utf-8").strip()
         except OSError as e:
             raise UserError(f"{prompt_file}: cannot read ({e.strerror or e})") from None
+        except UnicodeDecodeError as e:
+            raise UserError(f"--prompt-file {prompt_file}: not UTF-8 text (byte {e.start})") from None
         if not prompt:
             raise UserError(f"{prompt_file}: the prompt file is empty")
     if not prompt or not prompt.strip():

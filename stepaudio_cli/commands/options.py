@@ -34,7 +34,9 @@ ServerOpt = Annotated[
 ]
 ApiKeyOpt = Annotated[
     str | None,
-    typer.Option("--api-key", envvar="STEPAUDIO_API_KEY", help="API key for --server.", rich_help_panel=ENGINE),
+    typer.Option("--api-key", envvar="STEPAUDIO_API_KEY", rich_help_panel=ENGINE,
+                 help="API key for --server; prefer STEPAUDIO_API_KEY: on the command line it is visible "
+                      "to other users."),
 ]
 ModelOpt = Annotated[
     str | None,

@@ -9,6 +9,7 @@ import typer
 
 from stepaudio_cli.commands import options
 from stepaudio_cli.defaults import DEFAULT_MAX_NUM_SEQS, DEFAULT_MODEL
+from stepaudio_cli.errors import UserError
 
 
 def serve(
@@ -19,8 +20,18 @@ def serve(
     host: Annotated[str, typer.Option(envvar="STEPAUDIO_HOST", help="Address to bind; 0.0.0.0 exposes it.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="STEPAUDIO_PORT", min=1, max=65535)] = 9999,
     api_key: Annotated[
-        str | None, typer.Option(envvar="STEPAUDIO_API_KEY", help="Require this bearer token on /v1 requests.")
+        str | None,
+        typer.Option(envvar="STEPAUDIO_API_KEY",
+                     help="Require this bearer token on /v1 requests. On the command line it is visible to other "
+                          "users of the machine (ps): prefer STEPAUDIO_API_KEY or --api-key-file."),
     ] = None,
+    api_key_file: Annotated[
+        Path | None, typer.Option(help="Read the bearer token from this file (its first line).")
+    ] = None,
+    insecure_no_key: Annotated[
+        bool, typer.Option("--insecure-no-key", help="Serve beyond loopback (--host) without a key: anyone who can "
+                                                       "reach the port can use it.")
+    ] = False,
     max_model_len: Annotated[
         int | None,
         typer.Option(envvar="STEPAUDIO_MAX_MODEL_LEN", min=1024, rich_help_panel=options.ENGINE,
@@ -50,17 +61,21 @@ def serve(
     from stepaudio_cli.vllm_log import engine_log_path
 
     term = options.terminal(ctx)
+    if api_key_file is not None:
+        if api_key:
+            raise UserError("give --api-key (or STEPAUDIO_API_KEY) or --api-key-file, not both")
+        api_key = read_key_file(api_key_file)
     opts = core.ServeOptions(
         engine=options.engine_settings(ctx), host=host, port=port, api_key=api_key, raw_reasoning=raw_reasoning,
-        extra=list(ctx.args),
+        extra=list(ctx.args), insecure_no_key=insecure_no_key,
     )
     log = log_file or engine_log_path(f"serve-{port}.log")
 
     def ready(url: str, context: str) -> None:
         how = "as asked" if max_model_len else "the most the KV cache holds, up to the model's maximum"
         term.success(f"Step-Audio-R1 server ready at {url}/v1 (context {context} tokens: {how})")
-        key = " --api-key ..." if api_key else ""
-        term.info(f'Try: stepaudio ask --server {url}{key} clip.wav "What is happening in this audio?"')
+        key = "STEPAUDIO_API_KEY=... " if api_key else ""
+        term.info(f'Try: {key}stepaudio ask --server {url} clip.wav "What is happening in this audio?"')
         if not verbose:
             term.info(f"Server log: {log}. Ctrl-C stops it.")
 
@@ -68,3 +83,17 @@ def serve(
         opts, log_path=log, passthrough=verbose, ready_timeout=ready_timeout, on_status=term.status_line(), on_ready=ready,
     )
     raise typer.Exit(code)
+
+
+def read_key_file(path: Path) -> str:
+    """The first line of ``path``, which must hold a key."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"--api-key-file {path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"--api-key-file {path}: not UTF-8 text") from None
+    key = text.strip().split("\n", 1)[0].strip() if text.strip() else ""
+    if not key:
+        raise UserError(f"--api-key-file {path}: the file is empty")
+    return key

@@ -20,7 +20,7 @@ from stepaudio_cli.checkpoint import TokenIds, find_sequence
 from stepaudio_cli.prompt import build_prompt
 from stepaudio_cli.request import Request, request_max_tokens
 from stepaudio_cli.splitter import Delta, ReasoningSplitter
-from stepaudio_cli.vllm_log import diagnose, engine_output_to_log, log_size, quiet_vllm_logs, read_since
+from stepaudio_cli.vllm_log import engine_output_to_log, explain, log_size, quiet_vllm_logs, read_since
 from stepaudio_cli.watchdog import Watchdog
 
 def import_vllm():
@@ -54,7 +54,7 @@ class LocalEngine(Engine):
 
         s = self.settings
         path = resolve_model(s.model)
-        config = check_checkpoint(path)
+        config = check_checkpoint(path, weights=s.load_format != "dummy")  # dummy: random weights
         self._started_children = frozenset(p.pid for p in multiprocessing.active_children())
         with engine_output_to_log() as log:
             import_vllm()
@@ -70,7 +70,7 @@ class LocalEngine(Engine):
             try:
                 self._engine = await self._build(AsyncLLM, args)
             except Exception as e:  # (Ctrl-C's CancelledError is no Exception: it passes)  # noqa: BLE001 - vLLM raises many kinds; the user needs one line
-                cause = diagnose(read_since(log, offset)) or _root_cause(e)
+                cause = explain(read_since(log, offset)) or _root_cause(e)
                 where = f" (engine log: {log})" if log else ""
                 raise EngineError(f"{path}: vLLM could not start the model: {cause}{where}") from None
         tokenizer = getattr(self._engine, "tokenizer", None)

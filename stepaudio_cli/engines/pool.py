@@ -19,6 +19,10 @@ from stepaudio_cli.splitter import Delta
 
 FIRST_PROBE_S = 1.0
 MAX_PROBE_S = 10.0  # a probe is one cheap GET: a server that is back is used within seconds
+#: Sends of one request before its failure goes to the caller (batch counts them against
+#: --retries): a server that lists its model but never answers a request must not hold a
+#: request forever, however often its probe succeeds.
+MAX_SENDS = 3
 
 
 class _Member:
@@ -65,28 +69,34 @@ class ServerPool(Engine):
 
     # --- requests ----------------------------------------------------------------------------
     async def stream(self, request: Request) -> AsyncIterator[Delta | Done]:
+        sends = 0
+        failed_on: list[_Member] = []  # servers this request already failed on: others first
         while True:
-            member = await self._pick()
+            member = await self._pick(avoid=failed_on)
             sent = False
+            sends += 1
             try:
                 async for event in member.server.stream(request):
                     sent = True
                     yield event
             except EngineError as e:
+                e.attempts = sends
                 if not e.server_down:
                     raise
                 self._down(member, e)
-                if sent or not self.wait:
-                    raise  # text already went out: the caller decides (batch retries the file)
+                failed_on.append(member)
+                if sent or not self.wait or sends >= MAX_SENDS:
+                    raise  # text already went out, or sent enough: the caller decides (batch retries the file)
                 continue  # nothing sent yet: another server, or wait for one
             member.strikes = 0
             return
 
-    async def _pick(self) -> _Member:
+    async def _pick(self, avoid: list[_Member] | tuple = ()) -> _Member:
         while True:
             up = [m for m in self.members if m.up]
             if up:
-                return min(up, key=lambda m: m.server.in_flight)
+                fresh = [m for m in up if m not in avoid] or up
+                return min(fresh, key=lambda m: m.server.in_flight)
             waited = time.monotonic() - (self._none_up_since or time.monotonic())
             left = self.wait - waited
             if left <= 0:

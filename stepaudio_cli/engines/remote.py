@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -18,22 +21,35 @@ from stepaudio_cli.splitter import Delta
 
 CONNECT_TIMEOUT = 10.0
 PROBE_TIMEOUT = 15.0  # a health probe (model list, tokenizer) answers at once on a live server
+# Tokens a reply may take when neither --max-tokens nor the server's context says: twice
+# R1.1's 65,536 positions, so a server that streams without end is stopped all the same.
+UNKNOWN_CONTEXT = 131_072
 
 
 def api_base(url: str) -> str:
-    """``http://host:port`` or ``http://host:port/v1`` -> ``http://host:port/v1``."""
+    """``http://host:port`` or ``http://host:port/v1`` -> ``http://host:port/v1``; a URL that
+    cannot be one (a bad port, no host, another scheme) is a UserError naming it."""
+    given = url
     url = url.strip().rstrip("/")
     if "://" not in url:
         url = "http://" + url
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError when out of range or not a number
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as e:
+        raise UserError(f"--server {given}: not a valid URL ({e})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(f"--server {given}: not a valid URL (want http://HOST:PORT)")
     return url if url.endswith("/v1") else url + "/v1"
 
 
-def _server_message(response: httpx.Response) -> str:
+def _server_message(response: httpx.Response, text: str | None = None) -> str:
     """The human part of an error body: OpenAI ``{"error": {"message"}}``, FastAPI ``detail``..."""
-    text = response.text
+    text = response.text if text is None else text
     try:
         body = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     if isinstance(body, dict):
         err = body.get("error", body)
@@ -47,6 +63,88 @@ def _server_message(response: httpx.Response) -> str:
             return " ".join(str(body["detail"]).split())
     text = " ".join(text.split())
     return text[:300] or response.reason_phrase
+
+
+# --- what a server sends, checked where it is parsed ---------------------------------------------
+# Anything of the wrong shape is an EngineError naming the URL (one line for `ask`, the file's
+# failure for `batch`), never a Python exception from deep inside.
+
+
+def _reply_json(response: httpx.Response, where: str):
+    try:
+        return json.loads(response.content)
+    except (ValueError, RecursionError):  # UnicodeDecodeError included; nesting too deep
+        raise EngineError(f"{where}: not an OpenAI-compatible server (reply is not JSON)") from None
+
+
+def _shape_error(where: str, what: str, value) -> EngineError:
+    shown = json.dumps(value, ensure_ascii=True, default=str)
+    return EngineError(f"{where}: unexpected reply from the server: {what} is {shown[:80]}")
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def parse_model_list(body, where: str) -> list[dict]:
+    """The models of a /v1/models reply, each an object with a string ``id`` and an optional
+    positive integer ``max_model_len``."""
+    if not isinstance(body, dict):
+        raise _shape_error(where, "the reply", body)
+    models = body.get("data")
+    if models is None:
+        models = []
+    if not isinstance(models, list):
+        raise _shape_error(where, "'data'", models)
+    for m in models:
+        if not isinstance(m, dict) or not isinstance(m.get("id"), str):
+            raise _shape_error(where, "a model entry", m)
+        n = m.get("max_model_len")
+        if n is not None and not (_is_count(n) and n > 0):
+            raise _shape_error(where, "'max_model_len'", n)
+    return models
+
+
+def parse_chunk(data: str, where: str) -> dict:
+    """One ``data:`` line of a chat-completions stream, checked field by field: an object whose
+    ``choices`` is a list of objects with an object ``delta`` of string texts, a string
+    ``finish_reason`` and ``usage`` of non-negative integer counts (each may be absent or null)."""
+    try:
+        chunk = json.loads(data)
+    except (ValueError, RecursionError):
+        raise EngineError(f"{where}: malformed stream chunk: {data[:120]!r}") from None
+    if not isinstance(chunk, dict):
+        raise _shape_error(where, "a stream chunk", chunk)
+    if chunk.get("error") is not None:
+        return chunk
+    choices = chunk.get("choices")
+    if choices is not None and not isinstance(choices, list):
+        raise _shape_error(where, "'choices'", choices)
+    for choice in choices or []:
+        if not isinstance(choice, dict):
+            raise _shape_error(where, "a choice", choice)
+        delta = choice.get("delta")
+        if delta is not None and not isinstance(delta, dict):
+            raise _shape_error(where, "'delta'", delta)
+        for name in ("reasoning", "reasoning_content", "content"):
+            text = (delta or {}).get(name)
+            if text is not None and not isinstance(text, str):
+                raise _shape_error(where, f"'{name}'", text)
+        reason = choice.get("finish_reason")
+        if reason is not None and not isinstance(reason, str):
+            raise _shape_error(where, "'finish_reason'", reason)
+    usage = chunk.get("usage")
+    if usage is not None:
+        if not isinstance(usage, dict):
+            raise _shape_error(where, "'usage'", usage)
+        for name in ("prompt_tokens", "completion_tokens"):
+            n = usage.get(name)
+            if n is not None and not _is_count(n):
+                raise _shape_error(where, f"'usage.{name}'", n)
+    model = chunk.get("model")
+    if model is not None and not isinstance(model, str):
+        raise _shape_error(where, "'model'", model)
+    return chunk
 
 
 class RemoteEngine(Engine):
@@ -81,18 +179,15 @@ class RemoteEngine(Engine):
             raise self._transport_error(e) from None
         if response.status_code >= 400:
             raise self._http_error(response)
-        try:
-            models = response.json().get("data") or []
-        except ValueError:
-            raise EngineError(f"{self.base}/models: not an OpenAI-compatible server (reply is not JSON)") from None
+        models = parse_model_list(_reply_json(response, f"{self.base}/models"), f"{self.base}/models")
         if not models:
             raise EngineError(f"{self.url}: the server lists no models")
         wanted = self.wanted_model
-        chosen = next((m for m in models if m.get("id") == wanted), None) if wanted else models[0]
+        chosen = next((m for m in models if m["id"] == wanted), None) if wanted else models[0]
         if chosen is None:
-            names = ", ".join(str(m.get("id")) for m in models)
+            names = ", ".join(m["id"] for m in models)
             raise UserError(f"{self.url}: the server has no model {wanted!r} (it serves: {names})")
-        self.model = str(chosen.get("id"))
+        self.model = chosen["id"]
         self.max_model_len = chosen.get("max_model_len")
         try:
             eot = await self.token_ids(EOT)
@@ -153,13 +248,16 @@ class RemoteEngine(Engine):
             response = await self._client.post(url, json=body, timeout=self._probe_timeout)
         except httpx.HTTPError as e:
             raise self._transport_error(e) from None
-        try:
-            tokens = response.json().get("tokens") if response.status_code == 200 else None
-        except ValueError:
-            tokens = None
+        tokens = None
+        if response.status_code == 200:
+            with contextlib.suppress(EngineError):
+                body = _reply_json(response, url)
+                tokens = body.get("tokens") if isinstance(body, dict) else None
         if not tokens:
             raise EngineError(f"{self.url}: --min-think needs a vLLM server that can tokenize {text} (POST /tokenize)")
-        self._tokenized[text] = [int(t) for t in tokens]
+        if not isinstance(tokens, list) or not all(_is_count(t) for t in tokens):
+            raise _shape_error(url, "'tokens'", tokens)
+        self._tokenized[text] = tokens
         return self._tokenized[text]
 
     async def phase(self, payload: dict, run: Run, mode: str) -> AsyncIterator[Delta]:
@@ -169,36 +267,47 @@ class RemoteEngine(Engine):
         run.finish_reason = None
         got_done = False
         chunks = 0
+        # A server that keeps the stream alive without text (comments, empty chunks) or sends
+        # more text than it was asked for is as stuck as a silent one.
+        limit = payload.get("max_tokens") or self.max_model_len or UNKNOWN_CONTEXT
+        most_chunks = 2 * limit + 16
+        quiet_since = time.monotonic()
         try:
             async with self._client.stream("POST", "/chat/completions", json=payload) as response:
                 if response.status_code >= 400:
-                    await response.aread()
-                    raise self._http_error(response)
+                    raise self._http_error(response, await _head_of(response))
                 async for line in response.aiter_lines():
+                    if time.monotonic() - quiet_since > self.read_timeout:
+                        raise EngineError(
+                            f"{self.url}: no text from the server for {self.read_timeout:.0f}s "
+                            "(hung? --timeout sets the limit)",
+                            server_down=True,
+                        )
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
                         got_done = True
                         break
-                    try:
-                        chunk = json.loads(data)
-                    except ValueError:
-                        raise EngineError(f"{self.url}: malformed stream chunk: {data[:120]}") from None
-                    if "error" in chunk:
+                    chunk = parse_chunk(data, self.url)
+                    if chunk.get("error") is not None:
                         err = chunk["error"]
-                        msg = err.get("message") if isinstance(err, dict) else str(err)
+                        msg = err.get("message") if isinstance(err, dict) else err
+                        msg = " ".join(str(msg).split())[:300]
                         raise EngineError(f"{self.url}: server error mid-stream: {msg}", retryable=True)
                     if chunk.get("usage"):
                         run.add_usage(chunk["usage"])
                     if chunk.get("model") and not self.model:
                         self.model = chunk["model"]
                     for choice in chunk.get("choices") or []:
-                        delta = choice.get("delta") or {}
+                        delta = choice.get("delta") or {}  # parse_chunk checked the types
                         reasoning = delta.get("reasoning") or delta.get("reasoning_content")
                         content = delta.get("content")
                         if reasoning or content:
                             chunks += 1
+                            quiet_since = time.monotonic()
+                            if chunks > most_chunks:
+                                raise EngineError(f"{self.url}: the server sent more than the {limit} tokens asked for")
                             for ev in run.feed(reasoning, content, mode):
                                 yield ev
                         if choice.get("finish_reason"):
@@ -233,9 +342,9 @@ class RemoteEngine(Engine):
             return EngineError(f"{self.url}: the connection dropped mid-stream ({_reason(e)})", server_down=True)
         return EngineError(f"{self.url}: {_reason(e)}", server_down=True)
 
-    def _http_error(self, response: httpx.Response) -> EngineError:
+    def _http_error(self, response: httpx.Response, text: str | None = None) -> EngineError:
         code = response.status_code
-        msg = _server_message(response)
+        msg = _server_message(response, text)
         if code == 401:
             return EngineError(
                 f"{self.url}: unauthorized (401): {msg}; pass --api-key or set STEPAUDIO_API_KEY"
@@ -246,6 +355,16 @@ class RemoteEngine(Engine):
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+async def _head_of(response: httpx.Response, limit: int = 1 << 16) -> str:
+    """The start of a streamed error body: enough for its message, however much a server sends."""
+    body = b""
+    async for block in response.aiter_bytes():
+        body += block
+        if len(body) >= limit:
+            break
+    return body[:limit].decode(errors="replace")
 
 
 def _read_limit(e: httpx.TimeoutException, default: float) -> float:
