@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tone, write_wav
 from typer.testing import CliRunner
 
-from conftest import tone, write_wav
 from stepaudio_cli import serve
 from stepaudio_cli.checkpoint import check_checkpoint, safetensors_problem, weight_problems
 from stepaudio_cli.cli import app
+from stepaudio_cli.engines.settings import EngineSettings
 from stepaudio_cli.errors import UserError
 from stepaudio_cli.tiny_checkpoint import build_checkpoint
 from stepaudio_cli.vllm_log import explain, root_cause
@@ -74,11 +75,11 @@ def test_dummy_weights_need_only_the_config(weightless, monkeypatch):
     result = runner.invoke(app, ["ask", "--model", str(weightless), str(clip), "Q?"])
     assert "reached vLLM" in result.stderr, result.stderr
     # serve: `-- --load-format dummy` goes to vLLM, so the check asks for no weights either.
-    opts = serve.ServeOptions(model=str(weightless), port=1, extra=["--load-format", "dummy"])
+    opts = serve.ServeOptions(engine=EngineSettings(model=str(weightless)), port=1, extra=["--load-format", "dummy"])
     monkeypatch.setattr(serve, "check_port_free", lambda host, port: None)
     assert "--load-format" in serve.prepare(opts)
     with pytest.raises(UserError, match="no weights"):
-        serve.prepare(serve.ServeOptions(model=str(weightless), port=1))
+        serve.prepare(serve.ServeOptions(engine=EngineSettings(model=str(weightless)), port=1))
 
 
 def test_every_shard_the_index_names_is_checked(weightless):

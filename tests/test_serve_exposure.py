@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from stepaudio_cli import serve as core
 from stepaudio_cli.cli import app
+from stepaudio_cli.engines.settings import EngineSettings
 
 runner = CliRunner()
 
@@ -25,7 +26,7 @@ def test_the_vllm_child_gets_the_key_in_its_environment_not_its_argv(tmp_path, m
         "argv = pathlib.Path(f'/proc/{os.getpid()}/cmdline').read_bytes().replace(b'\\0', b' ').decode()\n"
         f"pathlib.Path({str(probe)!r}).write_text(argv + '\\n' + os.environ.get('VLLM_API_KEY', ''))\n"
     )
-    opts = core.ServeOptions(model="stepfun-ai/Step-Audio-R1", api_key="s3cret-key")
+    opts = core.ServeOptions(engine=EngineSettings(model="stepfun-ai/Step-Audio-R1"), api_key="s3cret-key")
     cmd = core.build_command(opts, tmp_path, 0)
     assert not any("s3cret" in part for part in cmd)
     child = [sys.executable, "-c", code, *cmd[3:]]
@@ -51,13 +52,13 @@ def test_serving_beyond_loopback_without_a_key_is_refused(host, monkeypatch):
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "127.0.0.2"])
 def test_loopback_needs_no_key(host):
-    core.check_exposure(core.ServeOptions(model="m", host=host))
+    core.check_exposure(core.ServeOptions(engine=EngineSettings(model="m"), host=host))
 
 
 def test_a_key_or_insecure_no_key_allows_any_host(monkeypatch):
     monkeypatch.delenv("VLLM_API_KEY", raising=False)
-    core.check_exposure(core.ServeOptions(model="m", host="0.0.0.0", api_key="k"))
-    core.check_exposure(core.ServeOptions(model="m", host="0.0.0.0", insecure_no_key=True))
+    core.check_exposure(core.ServeOptions(engine=EngineSettings(model="m"), host="0.0.0.0", api_key="k"))
+    core.check_exposure(core.ServeOptions(engine=EngineSettings(model="m"), host="0.0.0.0", insecure_no_key=True))
 
 
 def test_key_file(tmp_path, monkeypatch):
