@@ -13,15 +13,16 @@ from collections.abc import AsyncIterator
 
 from stepaudio_cli import gpus
 from stepaudio_cli.audio import SAMPLE_RATE
+from stepaudio_cli.checkpoint import TokenIds, find_sequence
 from stepaudio_cli.engines.base import Clock, Done, Engine, Usage
 from stepaudio_cli.engines.settings import EngineSettings, vllm_args
 from stepaudio_cli.errors import EngineError, UserError
-from stepaudio_cli.checkpoint import TokenIds, find_sequence
 from stepaudio_cli.prompt import build_prompt
 from stepaudio_cli.request import Request, request_max_tokens
 from stepaudio_cli.splitter import Delta, ReasoningSplitter
 from stepaudio_cli.vllm_log import engine_output_to_log, explain, log_size, quiet_vllm_logs, read_since
 from stepaudio_cli.watchdog import Watchdog
+
 
 def import_vllm():
     quiet_vllm_logs()

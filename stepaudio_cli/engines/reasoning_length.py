@@ -10,14 +10,34 @@ capped at the budget, then the rest (after a forced ``</think>`` when the budget
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Protocol
 
+from stepaudio_cli.checkpoint import EOT, THINK_END
 from stepaudio_cli.engines.base import Clock, Done, Usage
 from stepaudio_cli.errors import EngineError
-from stepaudio_cli.checkpoint import EOT, THINK_END
 from stepaudio_cli.prompt import ASSISTANT_PREFIX
 from stepaudio_cli.request import Request
 from stepaudio_cli.splitter import Delta, ReasoningSplitter
+
+
+@dataclass(frozen=True)
+class Text:
+    """Text of one streamed chunk: in the server's reasoning field, or in ``content``."""
+
+    reasoning: str | None
+    content: str | None
+
+
+@dataclass(frozen=True)
+class PhaseEnd:
+    """How one streamed request ended: its finish reason, the usage the server reported (if
+    any), and how many chunks carried text (vLLM streams one token per chunk)."""
+
+    finish_reason: str | None
+    usage: dict | None
+    chunks: int
+
 
 class ChatServer(Protocol):
     """What the scheme needs of a server (the remote engine is one)."""
@@ -26,7 +46,9 @@ class ChatServer(Protocol):
 
     def payload(self, request: Request, assistant_prefix: str, max_tokens: int | None) -> dict: ...
 
-    def phase(self, payload: dict, run: Run, mode: str) -> AsyncIterator[Delta]: ...
+    def phase(self, payload: dict) -> AsyncIterator[Text | PhaseEnd]:
+        """One streamed request: its text, then exactly one :class:`PhaseEnd`."""
+        ...
 
     async def token_ids(self, text: str) -> list[int]: ...
 
@@ -52,13 +74,13 @@ async def phased(server: ChatServer, request: Request, max_tokens: int | None, r
             raise EngineError(f"{server.url}: the server's tokenizer has no single {EOT} token")
         bias = {str(end[0]): -100, str(eot[0]): -100}
         payload = server.payload(request, ASSISTANT_PREFIX, upto(t.min_tokens)) | {"logit_bias": bias}
-        async for ev in server.phase(payload, run, "reasoning"):
+        async for ev in run.phase(server, payload, "reasoning"):
             yield ev
         left = None if left is None else left - run.phase_tokens
     if t.budget is not None and more():
         room = max(t.budget - run.reasoning_tokens, 0)
         if room:
-            async for ev in server.phase(server.payload(request, run.prefix(), upto(room)), run, "normal"):
+            async for ev in run.phase(server, server.payload(request, run.prefix(), upto(room)), "normal"):
                 yield ev
             left = None if left is None else left - run.phase_tokens
             if run.finish_reason == "stop" and run.splitter.in_answer:
@@ -69,7 +91,7 @@ async def phased(server: ChatServer, request: Request, max_tokens: int | None, r
                 yield ev
     if more():
         mode = "answer" if run.splitter.in_answer else "normal"
-        async for ev in server.phase(server.payload(request, run.prefix(), left), run, mode):
+        async for ev in run.phase(server, server.payload(request, run.prefix(), left), mode):
             yield ev
 
 
@@ -111,12 +133,27 @@ class Run:
                 events += self.splitter.feed(text)
         return events
 
-    def add_usage(self, u: dict) -> None:
+    async def phase(self, server: ChatServer, payload: dict, mode: str) -> AsyncIterator[Delta]:
+        """One of ``server``'s requests, its text fed in as ``mode`` says: "normal" (reasoning
+        then answer), "reasoning" (all reasoning), "answer" (all answer)."""
+        async for item in server.phase(payload):
+            if isinstance(item, PhaseEnd):
+                self._end_phase(item)
+            else:
+                for ev in self.feed(item.reasoning, item.content, mode):
+                    yield ev
+        for ev in self.splitter.finish():
+            yield ev
+
+    def _end_phase(self, end: PhaseEnd) -> None:
+        usage = end.usage or {}
         if self._first_phase:
-            self.usage.prompt_tokens = int(u.get("prompt_tokens") or 0)
+            self.usage.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self._first_phase = False
-        self.phase_tokens = int(u.get("completion_tokens") or 0)
+        # Without usage from the server, count the chunks: vLLM streams one token per chunk.
+        self.phase_tokens = int(usage.get("completion_tokens") or 0) or end.chunks
         self.usage.completion_tokens += self.phase_tokens
+        self.finish_reason = end.finish_reason
 
     def prefix(self) -> str:
         """The assistant text so far, for a request that continues it."""

@@ -10,11 +10,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from stepaudio_cli.checkpoint import EOT
 from stepaudio_cli.defaults import DEFAULT_TIMEOUT
 from stepaudio_cli.engines.base import Done, Engine
-from stepaudio_cli.engines.reasoning_length import Run, phased
+from stepaudio_cli.engines.reasoning_length import PhaseEnd, Run, Text, phased
 from stepaudio_cli.errors import EngineError, UserError
-from stepaudio_cli.checkpoint import EOT
 from stepaudio_cli.prompt import build_messages
 from stepaudio_cli.request import Request, request_max_tokens
 from stepaudio_cli.splitter import Delta
@@ -231,7 +231,7 @@ class RemoteEngine(Engine):
                 phases = phased(self, request, max_tokens, run)
             else:
                 mode = "normal" if request.thinking.enabled else "answer"
-                phases = self.phase(self.payload(request, request.thinking.prefix, max_tokens), run, mode)
+                phases = run.phase(self, self.payload(request, request.thinking.prefix, max_tokens), mode)
             async for event in phases:  # each phase flushes the splitter as it ends
                 yield event
             yield run.done(self.model)
@@ -260,11 +260,10 @@ class RemoteEngine(Engine):
         self._tokenized[text] = tokens
         return self._tokenized[text]
 
-    async def phase(self, payload: dict, run: Run, mode: str) -> AsyncIterator[Delta]:
-        """One streamed request. ``mode``: "normal" (reasoning then answer), "reasoning" (all
-        text is reasoning), "answer" (all text is answer)."""
-        run.phase_tokens = 0
-        run.finish_reason = None
+    async def phase(self, payload: dict) -> AsyncIterator[Text | PhaseEnd]:
+        """One streamed request: its text as it comes, then how it ended (checked where it is
+        parsed; what the text means is the caller's :class:`Run`)."""
+        finish_reason = usage = None
         got_done = False
         chunks = 0
         # A server that keeps the stream alive without text (comments, empty chunks) or sends
@@ -296,7 +295,7 @@ class RemoteEngine(Engine):
                         msg = " ".join(str(msg).split())[:300]
                         raise EngineError(f"{self.url}: server error mid-stream: {msg}", retryable=True)
                     if chunk.get("usage"):
-                        run.add_usage(chunk["usage"])
+                        usage = chunk["usage"]
                     if chunk.get("model") and not self.model:
                         self.model = chunk["model"]
                     for choice in chunk.get("choices") or []:
@@ -308,19 +307,14 @@ class RemoteEngine(Engine):
                             quiet_since = time.monotonic()
                             if chunks > most_chunks:
                                 raise EngineError(f"{self.url}: the server sent more than the {limit} tokens asked for")
-                            for ev in run.feed(reasoning, content, mode):
-                                yield ev
+                            yield Text(reasoning, content)
                         if choice.get("finish_reason"):
-                            run.finish_reason = choice["finish_reason"]
+                            finish_reason = choice["finish_reason"]
         except httpx.HTTPError as e:
             raise self._transport_error(e, mid_stream=chunks > 0) from None
-        if not got_done and run.finish_reason is None:
+        if not got_done and finish_reason is None:
             raise EngineError(f"{self.url}: the stream ended early after {chunks} chunks", retryable=True)
-        if not run.phase_tokens:
-            run.phase_tokens = chunks
-            run.usage.completion_tokens += chunks
-        for ev in run.splitter.finish():
-            yield ev
+        yield PhaseEnd(finish_reason=finish_reason, usage=usage, chunks=chunks)
 
     def _transport_error(self, e: httpx.HTTPError, mid_stream: bool = False) -> EngineError:
         """The server is unreachable, hung or gone: ``server_down``, so a pool sends the
