@@ -173,7 +173,7 @@ def check_checkpoint(path: Path) -> dict:
         )
     try:
         text_config(config, str(config_file))
-        quantization(config, str(config_file))
+        checkpoint_quantization(config, str(config_file))
     except ConfigError as e:
         raise UserError(str(e)) from None
     return config
@@ -239,7 +239,7 @@ def _pattern_matches(pattern: str, name: str) -> bool:
     return pattern == name
 
 
-def quantization(config: dict, where: str = "config.json") -> Quantization | None:
+def checkpoint_quantization(config: dict, where: str = "config.json") -> Quantization | None:
     """What the checkpoint's ``quantization_config`` says, or None for a bf16 checkpoint.
 
     Raises :class:`ConfigError` when it quantizes the audio tower: the plugin builds the

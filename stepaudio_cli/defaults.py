@@ -2,6 +2,8 @@
 stays instant. Model facts (token names, sizes, formats) live in ``checkpoint.py``."""
 
 DEFAULT_MODEL = "stepfun-ai/Step-Audio-R1"
+#: StepFun's releases of the model (same network, same serving recipe); R1.1 is January 2026's.
+KNOWN_MODELS = (DEFAULT_MODEL, "stepfun-ai/Step-Audio-R1.1")
 DEFAULT_MAX_MODEL_LEN = 16384
 # New tokens: by default whatever the context leaves after the prompt (None). Reasoning is
 # typically 2,300-2,800 tokens with a long tail; StepFun's benchmark examples allow 32,000.
