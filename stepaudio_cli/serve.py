@@ -31,6 +31,7 @@ from stepaudio_cli.defaults import (
     MAX_AUDIO_ITEMS,
 )
 from stepaudio_cli.errors import UserError
+from stepaudio_cli.engines.settings import check_kv_cache_dtype
 from stepaudio_cli.checkpoint import check_checkpoint, looks_like_repo_id, resolve_model
 from stepaudio_cli.vllm_log import diagnose, log_size, read_since
 from stepaudio_cli.vllm_plugin import RAW_REASONING_PARSER, REASONING_PARSER
@@ -50,6 +51,7 @@ class ServeOptions:
     max_model_len: int | None = None  # None: the largest the KV cache allows, up to the model's maximum
     max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
     quantization: str | None = None
+    kv_cache_dtype: str = "auto"
     raw_reasoning: bool = False  # reasoning, </think> and answer all in `content` (StepFun's clients)
     gpu_memory_utilization: float | None = None
     dtype: str = "auto"
@@ -130,6 +132,9 @@ def build_command(opts: ServeOptions, model_path: Path, n_gpus: int) -> list[str
     ]
     if opts.quantization:
         cmd += ["--quantization", opts.quantization]
+    if opts.kv_cache_dtype != "auto":
+        check_kv_cache_dtype(opts.kv_cache_dtype)
+        cmd += ["--kv-cache-dtype", opts.kv_cache_dtype]
     if opts.api_key:
         cmd += ["--api-key", opts.api_key]
     if opts.distributed_executor_backend:

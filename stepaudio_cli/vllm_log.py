@@ -106,3 +106,23 @@ def _round_down(tokens: int) -> int:
     """A round number of tokens at most ``tokens``."""
     step = 1024 if tokens >= 2048 else 256 if tokens >= 512 else 16
     return max(16, tokens // step * step)
+
+
+_INIT = r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s"
+_START_PHASES = {
+    "load weights": re.compile(r"Model loading took [\d.]+ GiB(?: memory)? and ([\d.]+) seconds"),
+    "compile": re.compile(_INIT.replace("([\d.]+)", "[\d.]+") + r" \(compilation: ([\d.]+) s"),
+    "capture CUDA graphs": re.compile(r"Graph capturing finished in ([\d.]+) secs"),
+    "profile, KV cache, warm-up": re.compile(_INIT),
+}
+
+
+def start_phases(log_text: str) -> dict[str, float]:
+    """Seconds an engine start spent in each phase vLLM's log reports (those it reports;
+    compilation and graph capture are inside "profile, KV cache, warm-up")."""
+    out = {}
+    for name, pattern in _START_PHASES.items():
+        m = pattern.search(log_text)
+        if m:
+            out[name] = round(float(m.group(1)), 1)
+    return out

@@ -165,10 +165,12 @@ COMMUNITY_IGNORE = ["lm_head", "re:encoder.*", "re:adapter.*"]  # the community 
 def test_pre_quantized_checkpoints_are_counted_in_their_own_width(tmp_path):
     from stepaudio_cli.checkpoint import checkpoint_quantization
 
-    nvfp4 = checkpoint_quantization(_quantized_config({"num_bits": 4, "type": "float", "group_size": 16}, COMMUNITY_IGNORE))
-    w4a16 = checkpoint_quantization(_quantized_config({"num_bits": 4, "type": "int", "group_size": 128}, COMMUNITY_IGNORE))
-    mxfp8 = checkpoint_quantization(_quantized_config(
-        {"num_bits": 8, "type": "float", "group_size": 32}, COMMUNITY_IGNORE, {"num_bits": 8, "type": "float"}))
+    def q(weights, acts=None):
+        return checkpoint_quantization(_quantized_config(weights, COMMUNITY_IGNORE, acts))
+
+    nvfp4 = q({"num_bits": 4, "type": "float", "group_size": 16})
+    w4a16 = q({"num_bits": 4, "type": "int", "group_size": 128})
+    mxfp8 = q({"num_bits": 8, "type": "float", "group_size": 32}, {"num_bits": 8, "type": "float"})
     assert (nvfp4.label, w4a16.label, mxfp8.label) == ("NVFP4A16", "W4A16", "MXFP8")
     sizes = [weight_bytes(R1_TEXT_SIZES, q) / 1e9 for q in (nvfp4, w4a16, mxfp8)]
     assert 21 < sizes[0] < 22 and 19.5 < sizes[1] < 20.5 and 35 < sizes[2] < 37  # reported: ~22 GB NVFP4 builds
@@ -185,7 +187,8 @@ def test_pre_quantized_checkpoints_are_counted_in_their_own_width(tmp_path):
 
 
 def test_a_quantized_audio_tower_is_refused_naming_the_fix(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps(_quantized_config({"num_bits": 4, "group_size": 128}, ["lm_head"])))
+    config = _quantized_config({"num_bits": 4, "group_size": 128}, ["lm_head"])
+    (tmp_path / "config.json").write_text(json.dumps(config))
     from conftest import tone, write_wav
 
     clip = write_wav(tmp_path / "c.wav", tone(1.0))

@@ -47,6 +47,7 @@ def ask(
     gpu_memory_utilization: options.GpuMemOpt = None,
     dtype: options.DtypeOpt = "auto",
     quantization: options.QuantOpt = None,
+    kv_cache_dtype: options.KvCacheDtypeOpt = "auto",
     load_format: options.LoadFormatOpt = "auto",
 ) -> None:
     """Ask one question about one or more audio files; streams reasoning and answer."""
@@ -62,6 +63,7 @@ def ask(
     settings = options.engine_settings(
         server, api_key, model, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
         gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, quantization=quantization,
+        kv_cache_dtype=kv_cache_dtype,
         load_format=load_format, max_num_seqs=ASK_MAX_NUM_SEQS, thinking_processor=think.constrained, timeout=timeout,
     )
     request = core.prepare(sources, question, system, options.sampling(temperature, top_p, max_tokens, seed), think)

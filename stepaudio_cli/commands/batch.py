@@ -69,6 +69,7 @@ def batch(
     gpu_memory_utilization: options.GpuMemOpt = None,
     dtype: options.DtypeOpt = "auto",
     quantization: options.QuantOpt = None,
+    kv_cache_dtype: options.KvCacheDtypeOpt = "auto",
     load_format: options.LoadFormatOpt = "auto",
 ) -> None:
     """Ask the same question about every audio file in directories; resumable JSONL/CSV results."""
@@ -82,6 +83,7 @@ def batch(
     settings = options.engine_settings(
         server, api_key, model, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
         gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, quantization=quantization,
+        kv_cache_dtype=kv_cache_dtype,
         load_format=load_format, max_num_seqs=max_num_seqs, thinking_processor=thinking.constrained,
         timeout=timeout, wait_server=wait_server,
     )

@@ -153,6 +153,7 @@ def engine_settings(
     thinking_processor: bool,
     timeout: float = DEFAULT_TIMEOUT,
     wait_server: float = 0.0,
+    kv_cache_dtype: str = "auto",
 ):
     """The engine options every command shares, as the engines package's typed settings."""
     from stepaudio_cli.engines.settings import EngineSettings
@@ -163,7 +164,7 @@ def engine_settings(
         timeout=timeout, wait_server=wait_server, max_model_len=max_model_len,
         tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
         max_num_seqs=max_num_seqs, quantization=quantization, thinking_processor=thinking_processor,
-        load_format=load_format,
+        load_format=load_format, kv_cache_dtype=kv_cache_dtype,
     )
 
 
@@ -177,3 +178,13 @@ def thinking(think_budget: int | None, min_think: int | None, effort: str | None
     from stepaudio_cli.request import Thinking
 
     return Thinking.from_options(think_budget, min_think, effort, no_think)
+
+
+KvCacheDtypeOpt = Annotated[
+    str,
+    typer.Option(
+        envvar="STEPAUDIO_KV_CACHE_DTYPE",
+        help="KV cache dtype: auto (the model's) or fp8 (twice the tokens; may cost accuracy on Qwen2.5 models).",
+        rich_help_panel=ENGINE,
+    ),
+]

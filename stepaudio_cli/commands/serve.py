@@ -40,6 +40,7 @@ def serve(
                      help="Context length (default: the most the KV cache holds, up to the model's maximum)."),
     ] = None,
     quantization: options.QuantOpt = None,
+    kv_cache_dtype: options.KvCacheDtypeOpt = "auto",
     raw_reasoning: Annotated[
         bool,
         typer.Option("--raw-reasoning", envvar="STEPAUDIO_RAW_REASONING",
@@ -63,6 +64,7 @@ def serve(
         pipeline_parallel_size=pipeline_parallel_size, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
         gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
         distributed_executor_backend=distributed_executor_backend, extra=list(ctx.args), quantization=quantization,
+        kv_cache_dtype=kv_cache_dtype,
         raw_reasoning=raw_reasoning,
     )
     log = log_file or engine_log_path(f"serve-{port}.log")

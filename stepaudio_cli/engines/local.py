@@ -81,6 +81,7 @@ class LocalEngine(Engine):
                 load_format=s.load_format,
                 disable_log_stats=True,
                 quantization=s.quantization,
+                kv_cache_dtype=s.kv_cache_dtype,
                 logits_processors=[THINKING_PROCESSOR] if s.thinking_processor else None,
             )
             offset = log_size(log)

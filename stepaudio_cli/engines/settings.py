@@ -9,10 +9,16 @@ from stepaudio_cli.defaults import (
     DEFAULT_MAX_NUM_SEQS,
     DEFAULT_MODEL,
     DEFAULT_TIMEOUT,
+    KV_CACHE_DTYPES,
     QUANTIZATIONS,
     SERVER_CONCURRENCY,
 )
 from stepaudio_cli.errors import UserError
+
+
+def check_kv_cache_dtype(value: str) -> None:
+    if value not in KV_CACHE_DTYPES:
+        raise UserError(f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, not {value!r}")
 
 @dataclass(frozen=True)
 class EngineSettings:
@@ -34,10 +40,12 @@ class EngineSettings:
     #: reasoning need it: with it loaded vLLM 0.26 falls back from its faster model runner.
     thinking_processor: bool = False
     load_format: str = "auto"  # "dummy": random weights from config.json (GPU checks)
+    kv_cache_dtype: str = "auto"  # "fp8": half the KV bytes a token
 
     def __post_init__(self) -> None:
         if self.quantization not in (None, *QUANTIZATIONS):
             raise UserError(f"--quantization must be fp8 (vLLM's online FP8), not {self.quantization!r}")
+        check_kv_cache_dtype(self.kv_cache_dtype)
 
     @staticmethod
     def split_servers(server: list[str] | None) -> tuple[str, ...]:
