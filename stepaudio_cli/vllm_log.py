@@ -108,12 +108,14 @@ def _round_down(tokens: int) -> int:
     return max(16, tokens // step * step)
 
 
+# Wording differs across vLLM versions ("took 33.27 seconds" before 0.3x, "took 200.69 s (compilation: 1.48 s)"
+# after); each phase takes the first pattern that matches.
 _INIT = r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s"
 _START_PHASES = {
-    "load weights": re.compile(r"Model loading took [\d.]+ GiB(?: memory)? and ([\d.]+) seconds"),
-    "compile": re.compile(_INIT.replace("([\d.]+)", "[\d.]+") + r" \(compilation: ([\d.]+) s"),
-    "capture CUDA graphs": re.compile(r"Graph capturing finished in ([\d.]+) secs"),
-    "profile, KV cache, warm-up": re.compile(_INIT),
+    "load weights": (r"Model loading took [\d.]+ GiB(?: memory)? and ([\d.]+) seconds",),
+    "compile": (r"warmup model\) took [\d.]+ s \(compilation: ([\d.]+) s", r"torch.compile takes ([\d.]+) s in total"),
+    "capture CUDA graphs": (r"Graph capturing finished in ([\d.]+) secs",),
+    "profile, KV cache, warm-up": (_INIT,),
 }
 
 
@@ -121,8 +123,10 @@ def start_phases(log_text: str) -> dict[str, float]:
     """Seconds an engine start spent in each phase vLLM's log reports (those it reports;
     compilation and graph capture are inside "profile, KV cache, warm-up")."""
     out = {}
-    for name, pattern in _START_PHASES.items():
-        m = pattern.search(log_text)
-        if m:
-            out[name] = round(float(m.group(1)), 1)
+    for name, patterns in _START_PHASES.items():
+        for pattern in patterns:
+            m = re.search(pattern, log_text)
+            if m:
+                out[name] = round(float(m.group(1)), 1)
+                break
     return out
