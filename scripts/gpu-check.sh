@@ -67,8 +67,8 @@ freed() {  # what, seconds waited for the GPU memory (and port 9999) to be given
 
 case ${1:-} in
   bench)
-    form=${2:-bf16}
-    step "bench-$form" $SA bench --json --quantization "$form" --new-tokens 512 --concurrency 32 "${@:3}"
+    form=${2:-bf16}; name=bench-$form; [ $# -gt 2 ] && name=$name$(echo "${@:3}" | tr -c 'a-z0-9\n' '_')
+    step "$name" $SA bench --json --quantization "$form" --new-tokens 512 --concurrency 32 "${@:3}"
     ;;
   single)
     step ask $SA ask -m "$R1" --max-tokens 128 --max-model-len 8192 /tmp/clips/clip00.wav "What is happening?"

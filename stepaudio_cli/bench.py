@@ -33,7 +33,7 @@ from stepaudio_cli.audio import SAMPLE_RATE, Audio
 from stepaudio_cli.defaults import DEFAULT_MAX_NUM_SEQS, TYPICAL_ANSWER_TOKENS, TYPICAL_REQUEST_TOKENS
 from stepaudio_cli.checkpoint import checkpoint_quantization, make_config, resolve_model, text_config, weight_bytes
 from stepaudio_cli.request import Request, Sampling
-from stepaudio_cli.vllm_log import engine_log_path, log_size, read_since, start_phases
+from stepaudio_cli.vllm_log import engine_log_path, log_size, read_since, start_phases, vllm_info_logs
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,8 @@ async def run(settings: BenchSettings, on_status: Callable[[str], None] = lambda
             offset = log_size(log)
             start = time.perf_counter()
             try:
-                await engine.start()
+                with vllm_info_logs():
+                    await engine.start()
                 started = time.perf_counter() - start
                 phases = start_phases(read_since(log, offset))
                 kv = engine.kv_cache_tokens()

