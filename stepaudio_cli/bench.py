@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -176,11 +177,11 @@ async def run(settings: BenchSettings, on_status: Callable[[str], None] = lambda
                 load_format="auto" if settings.model else "dummy",
             ))
             on_status(f"{label}: starting the engine")
-            log = engine_log_path()
+            log = None if os.environ.get("STEPAUDIO_DEBUG") else engine_log_path()  # as the engine writes it
             offset = log_size(log)
             start = time.perf_counter()
             try:
-                with vllm_info_logs():
+                with vllm_info_logs(log):
                     await engine.start()
                 started = time.perf_counter() - start
                 phases = start_phases(read_since(log, offset))

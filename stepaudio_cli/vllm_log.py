@@ -122,26 +122,38 @@ _START_PHASES = {
 
 
 @contextlib.contextmanager
-def vllm_info_logs():
-    """vLLM's INFO lines while an engine starts (they go to the engine log, where ``bench``
-    reads the start's phases from them); the level the user had afterwards. Engine processes
-    started meanwhile keep INFO: their output goes to the engine log for life."""
+def vllm_info_logs(path: Path | None):
+    """vLLM's INFO lines into the engine log at ``path`` while an engine starts (``bench``
+    reads the start's phases from them); the terminal keeps the level it had. Engine
+    processes started meanwhile keep logging INFO into the log for life (forked ones through
+    the file handler, spawned ones through their output, which goes to the log)."""
     import logging
 
+    if path is None:  # debug: vLLM already logs to the terminal at the level the user chose
+        yield
+        return
+    quiet_vllm_logs()
+    import vllm.logger  # noqa: F401 - configures vLLM's handlers at the quiet level first
+
     before = os.environ.get("VLLM_LOGGING_LEVEL")
-    os.environ["VLLM_LOGGING_LEVEL"] = "INFO"
     vllm_logger = logging.getLogger("vllm")
-    for obj in (vllm_logger, *vllm_logger.handlers):  # already configured (vLLM imported): forked children
-        obj.setLevel(logging.INFO)
+    level = vllm_logger.level
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    os.environ["VLLM_LOGGING_LEVEL"] = "INFO"  # spawned engine processes
+    vllm_logger.addHandler(handler)
+    vllm_logger.setLevel(logging.INFO)  # the existing handlers keep their own (quiet) level
     try:
         yield
     finally:
+        vllm_logger.setLevel(level)
+        vllm_logger.removeHandler(handler)
+        handler.close()
         if before is None:
-            del os.environ["VLLM_LOGGING_LEVEL"]
+            os.environ.pop("VLLM_LOGGING_LEVEL", None)
         else:
             os.environ["VLLM_LOGGING_LEVEL"] = before
-        for obj in (vllm_logger, *vllm_logger.handlers):
-            obj.setLevel(before or "INFO")  # vLLM's default
 
 
 def start_phases(log_text: str) -> dict[str, float]:
