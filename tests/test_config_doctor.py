@@ -216,3 +216,13 @@ def test_tiny_w4a16_layout_is_the_one_vllm_reads():
     read = (stored - 8).reshape(96, 2, W4A16_GROUP) * scale[..., None]
     np.testing.assert_allclose(read.reshape(96, 64), dequantized, rtol=0, atol=1e-6)
     assert np.abs(dequantized - weight).max() < np.abs(weight).max() / 7  # within half a step of the grid
+
+
+def test_kv_cache_dtype_is_checked_in_one_line(tmp_path, monkeypatch):
+    from conftest import tone, write_wav
+
+    clip = write_wav(tmp_path / "c.wav", tone(1.0))
+    monkeypatch.setenv("STEPAUDIO_KV_CACHE_DTYPE", "int2")  # the env var reaches the same check
+    result = runner.invoke(app, ["ask", "--model", str(tmp_path), str(clip), "Q?"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: --kv-cache-dtype must be one of auto, fp8, fp8_e4m3, fp8_e5m2, not 'int2'"
