@@ -20,6 +20,7 @@ def check_kv_cache_dtype(value: str) -> None:
     if value not in KV_CACHE_DTYPES:
         raise UserError(f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, not {value!r}")
 
+
 @dataclass(frozen=True)
 class EngineSettings:
     """Remote when ``servers`` is not empty, in-process otherwise."""
