@@ -140,7 +140,8 @@ def test_one_ten_minute_item_from_the_openai_client(raw_server):
 def test_other_published_layouts_work_end_to_end(tmp_path, variant):
     """R1.1's flat config_origin.json layout (step_audio_qwen2, StepAudioForCausalLMV2), and a
     pre-quantized compressed-tensors W4A16 checkpoint as the community builds are made
-    (LLM linears packed int4, encoder/adapter/head ignored), both with moved ids."""
+    (LLM linears packed int4, encoder/adapter/head ignored; run with an FP8 KV cache), both
+    with moved ids."""
     layout = (dict(flat_config=True, names=R1_1_ORIGIN_NAMES) if variant == "r1.1_flat"
               else dict(quantize="w4a16"))
     ckpt = build_checkpoint(tmp_path / variant, seed=3, script=SCRIPT, special_tokens=MOVED_SPECIAL_TOKENS, **layout)
@@ -150,7 +151,8 @@ def test_other_published_layouts_work_end_to_end(tmp_path, variant):
     else:
         assert config["quantization_config"]["quant_method"] == "compressed-tensors"
     clip = write_wav(tmp_path / "c.wav", tone(3.0))
-    result = runner.invoke(app, ["ask", "--model", str(ckpt), "--max-model-len", "4096", str(clip), "Q?"])
+    kv = ["--kv-cache-dtype", "fp8"] if variant == "w4a16" else []
+    result = runner.invoke(app, ["ask", "--model", str(ckpt), "--max-model-len", "4096", *kv, str(clip), "Q?"])
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ANSWER + "\n"
 
