@@ -123,37 +123,30 @@ _START_PHASES = {
 
 @contextlib.contextmanager
 def vllm_info_logs(path: Path | None):
-    """vLLM's INFO lines into the engine log at ``path`` while an engine starts (``bench``
-    reads the start's phases from them); the terminal keeps the level it had. Engine
-    processes started meanwhile keep logging INFO into the log for life (forked ones through
-    the file handler, spawned ones through their output, which goes to the log)."""
+    """vLLM's INFO lines while an engine starts, written to the real stderr, which
+    :func:`engine_output_to_log` points at the engine log meanwhile (``bench`` reads the
+    start's phases there); afterwards this process's vLLM logger is as quiet as before.
+    Engine processes started meanwhile keep INFO, into the log, for life."""
     import logging
 
-    if path is None:  # debug: vLLM already logs to the terminal at the level the user chose
+    if path is None:  # debug: vLLM logs to the terminal at the level the user chose
         yield
         return
-    quiet_vllm_logs()
-    import vllm.logger  # noqa: F401 - configures vLLM's handlers at the quiet level first
-
-    before = os.environ.get("VLLM_LOGGING_LEVEL")
-    vllm_logger = logging.getLogger("vllm")
-    level = vllm_logger.level
-    handler = logging.FileHandler(path)
-    handler.setLevel(logging.INFO)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    os.environ["VLLM_LOGGING_LEVEL"] = "INFO"  # spawned engine processes
-    vllm_logger.addHandler(handler)
-    vllm_logger.setLevel(logging.INFO)  # the existing handlers keep their own (quiet) level
+    keys = ("VLLM_LOGGING_LEVEL", "VLLM_LOGGING_STREAM")
+    before = {k: os.environ.get(k) for k in keys}
+    os.environ.update({"VLLM_LOGGING_LEVEL": "INFO", "VLLM_LOGGING_STREAM": "ext://sys.__stderr__"})
     try:
         yield
     finally:
-        vllm_logger.setLevel(level)
-        vllm_logger.removeHandler(handler)
-        handler.close()
-        if before is None:
-            os.environ.pop("VLLM_LOGGING_LEVEL", None)
-        else:
-            os.environ["VLLM_LOGGING_LEVEL"] = before
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        quiet = before["VLLM_LOGGING_LEVEL"] or "ERROR"  # quiet_vllm_logs' level
+        vllm_logger = logging.getLogger("vllm")
+        for obj in (vllm_logger, *vllm_logger.handlers):
+            obj.setLevel(quiet)
 
 
 def start_phases(log_text: str) -> dict[str, float]:
