@@ -2,7 +2,9 @@
 # On a lent GPU machine after the ../shared/gpu kit has installed vLLM into /tmp/site: run
 # the product as a user would, with Step-Audio-R1's real sizes and random weights
 # (STEPAUDIO_LOAD_FORMAT=dummy), and keep each step's output in $OUT.
-#   bash scripts/gpu-check.sh bench     stepaudio bench, bf16 and fp8
+#   bash scripts/gpu-check.sh bench [FORM] [bench options]   stepaudio bench, one form (default bf16):
+#                                       bf16, fp8, w4a16, nvfp4a16, fp8-dynamic (pre-quantized, dummy weights);
+#                                       e.g. `bench fp8 --kv-cache-dtype fp8` (each well under 8 minutes on an H200)
 #   bash scripts/gpu-check.sh single    ask (streamed, --json), batch on 32 files
 #   bash scripts/gpu-check.sh serve     serve + the openai package (streaming, input_audio) + ask --server
 #   bash scripts/gpu-check.sh compare   benchmarks/batch_throughput.py --real-sizes (project path vs raw vLLM)
@@ -65,7 +67,8 @@ freed() {  # what, seconds waited for the GPU memory (and port 9999) to be given
 
 case ${1:-} in
   bench)
-    step bench $SA bench --quantization bf16 --quantization fp8 --new-tokens 512 --concurrency 32
+    form=${2:-bf16}; name=bench-$form; [ $# -gt 2 ] && name=$name$(echo "${@:3}" | tr -c 'a-z0-9\n' '_')
+    step "$name" $SA bench --json --quantization "$form" --new-tokens 512 --concurrency 32 "${@:3}"
     ;;
   single)
     step ask $SA ask -m "$R1" --max-tokens 128 --max-model-len 8192 /tmp/clips/clip00.wav "What is happening?"

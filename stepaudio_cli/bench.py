@@ -7,12 +7,21 @@ checkpoint (``--model``), then measures through the project's own engine path
 to first token for a clip, batch-1 decode speed against the card's weight-bandwidth
 floor, and throughput with N requests in flight. ``tiny=True`` runs the same code on the
 tiny test checkpoint (how CI exercises it on a CPU).
+
+Throughput is measured the way ``batch`` runs: the official sampling with no per-request
+seed (a seeded request makes vLLM sample it on its own), after a warm-up of the same batch
+shape, best of ``runs``. From it and the decode speed come the numbers users plan with:
+seconds for a typical answer (first token + TYPICAL_ANSWER_TOKENS x decode) and clips an
+hour per GPU for ``batch`` at that length, with as many requests in flight as the KV cache
+holds at ~TYPICAL_REQUEST_TOKENS each (an estimate from the measured throughput: decode
+bound, with the longer contexts' extra attention work not counted).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,9 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from stepaudio_cli.audio import SAMPLE_RATE, Audio
-from stepaudio_cli.defaults import DEFAULT_MAX_NUM_SEQS
-from stepaudio_cli.checkpoint import R1_TEXT_SIZES, make_config, weight_bytes
+from stepaudio_cli.defaults import DEFAULT_MAX_NUM_SEQS, TYPICAL_ANSWER_TOKENS, TYPICAL_REQUEST_TOKENS
+from stepaudio_cli.checkpoint import checkpoint_quantization, make_config, resolve_model, text_config, weight_bytes
 from stepaudio_cli.request import Request, Sampling
+from stepaudio_cli.vllm_log import engine_log_path, log_size, read_since, start_phases, vllm_info_logs
 
 
 @dataclass(frozen=True)
@@ -38,11 +48,14 @@ class BenchSettings:
     quantizations: tuple[str | None, ...] = (None,)
     tensor_parallel_size: int | None = None
     gpu_memory_utilization: float | None = None
+    kv_cache_dtype: str = "auto"
+    runs: int = 3  # timed throughput runs; the best counts
 
 
 @dataclass
 class BenchResult:
     quantization: str
+    kv_cache_dtype: str
     device: str
     engine_start_s: float
     kv_cache_tokens: int | None
@@ -52,22 +65,61 @@ class BenchResult:
     decode_ms_per_token: float
     floor_ms_per_token: float | None  # weight bytes per token / measured copy bandwidth
     concurrency: int
-    throughput_tok_s: float
+    throughput_tok_s: float  # best of the timed runs
+    throughput_runs_tok_s: list[float]
+    typical_answer_s: float  # first token + TYPICAL_ANSWER_TOKENS x decode, one request
+    batch_slots: int  # requests in flight for batch at typical length: max_num_seqs, or what the KV cache holds
+    clips_per_gpu_hour: float  # batch at typical length, per GPU
+    start_phases_s: dict[str, float]  # what vLLM's log says the start spent its time on
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def real_size_checkpoint(directory: Path, *, tiny: bool) -> Path:
-    """A config + tokenizer directory vLLM can build with dummy weights."""
+def _compressed(weights: dict, acts: dict | None, fmt: str) -> dict:
+    """A compressed-tensors quantization_config as llm-compressor writes it, with the community
+    builds' ignore list (audio encoder, adapter and head stay bf16)."""
+    return {
+        "quant_method": "compressed-tensors", "format": fmt, "quantization_status": "compressed",
+        "ignore": ["lm_head", "re:encoder.*", "re:adapter.*"],
+        "config_groups": {"group_0": {
+            "targets": ["Linear"], "weights": {"symmetric": True, "dynamic": False, **weights},
+            "input_activations": acts, "output_activations": None, "format": fmt,
+        }},
+    }
+
+
+#: Pre-quantized forms ``bench`` builds with R1's real sizes and random weights, one per
+#: family the community publishes (``--quantization``): the weights are vLLM's dummy ones,
+#: so they measure memory and speed, never accuracy.
+PREQUANTIZED = {
+    "w4a16": _compressed({"num_bits": 4, "type": "int", "strategy": "group", "group_size": 128}, None,
+                         "pack-quantized"),
+    "nvfp4a16": _compressed({"num_bits": 4, "type": "float", "strategy": "tensor_group", "group_size": 16}, None,
+                            "nvfp4-pack-quantized"),
+    "fp8-dynamic": _compressed(
+        {"num_bits": 8, "type": "float", "strategy": "channel"},
+        {"num_bits": 8, "type": "float", "strategy": "token", "dynamic": True, "symmetric": True}, "float-quantized",
+    ),
+}
+FORMS = ("bf16", "fp8", *PREQUANTIZED)  # fp8: vLLM's online FP8 of the bf16 weights
+
+
+def real_size_checkpoint(directory: Path, *, tiny: bool, prequantized: str | None = None) -> Path:
+    """A config + tokenizer directory vLLM can build with dummy weights (``prequantized``: a
+    quantization_config of that :data:`PREQUANTIZED` family in it; with ``tiny``, only w4a16,
+    as real tiny weights)."""
     from stepaudio_cli.tiny_checkpoint import TinySizes, build_checkpoint, build_tokenizer
 
     if tiny:
-        return build_checkpoint(directory, sizes=TinySizes())
+        return build_checkpoint(directory, sizes=TinySizes(), quantize=prequantized)
     directory.mkdir(parents=True, exist_ok=True)
     build_tokenizer().save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
-    (directory / "config.json").write_text(json.dumps(make_config()))
+    config = make_config()
+    if prequantized:
+        config["quantization_config"] = PREQUANTIZED[prequantized]
+    (directory / "config.json").write_text(json.dumps(config))
     return directory
 
 
@@ -104,22 +156,35 @@ async def run(settings: BenchSettings, on_status: Callable[[str], None] = lambda
     device, bandwidth = copy_bandwidth()
     results = []
     with tempfile.TemporaryDirectory(prefix="stepaudio-bench-") as tmp:
-        model = settings.model or str(real_size_checkpoint(Path(tmp) / "model", tiny=settings.tiny))
-        text = _text_config(Path(model)) if settings.model else (None if settings.tiny else R1_TEXT_SIZES)
         audio = clip(settings.seconds)
-        for quantization in settings.quantizations:
-            label = quantization or "bf16"
+        for form in settings.quantizations:
+            form = form or "bf16"
+            prequantized = form if form in PREQUANTIZED else None
+            quantization = "fp8" if form == "fp8" else None
+            if settings.model:
+                model = settings.model
+                config = json.loads((resolve_model(model) / "config.json").read_text())
+            else:
+                model = str(real_size_checkpoint(Path(tmp) / form, tiny=settings.tiny, prequantized=prequantized))
+                config = json.loads((Path(model) / "config.json").read_text())
+            own = checkpoint_quantization(config)
+            label = own.label if own else form
+            text = None if settings.tiny else text_config(config)
             engine = make_engine(EngineSettings(
                 model=model, max_model_len=settings.max_model_len, max_num_seqs=settings.concurrency,
                 tensor_parallel_size=settings.tensor_parallel_size, quantization=quantization,
-                gpu_memory_utilization=settings.gpu_memory_utilization,
+                gpu_memory_utilization=settings.gpu_memory_utilization, kv_cache_dtype=settings.kv_cache_dtype,
                 load_format="auto" if settings.model else "dummy",
             ))
             on_status(f"{label}: starting the engine")
+            log = None if os.environ.get("STEPAUDIO_DEBUG") else engine_log_path()  # as the engine writes it
+            offset = log_size(log)
             start = time.perf_counter()
             try:
-                await engine.start()
+                with vllm_info_logs(log):
+                    await engine.start()
                 started = time.perf_counter() - start
+                phases = start_phases(read_since(log, offset))
                 kv = engine.kv_cache_tokens()
                 greedy = Sampling(temperature=0.0, top_p=1.0, max_tokens=1)
                 on_status(f"{label}: time to first token ({settings.seconds:g} s clip)")
@@ -128,32 +193,54 @@ async def run(settings: BenchSettings, on_status: Callable[[str], None] = lambda
                 on_status(f"{label}: batch-1 decode ({settings.new_tokens} tokens)")
                 long = Sampling(temperature=0.0, top_p=1.0, max_tokens=settings.new_tokens)
                 one = await collect(engine, Request((audio,), "What is happening?", sampling=long, fixed_length=True))
-                on_status(f"{label}: {settings.concurrency} requests in flight")
-                official = Sampling(max_tokens=settings.new_tokens, seed=0)
-                many = [Request((audio,), "What is happening?", sampling=official, fixed_length=True, stream=False)
-                        for _ in range(settings.concurrency)]
-                t0 = time.perf_counter()
-                outs = await asyncio.gather(*(collect(engine, r) for r in many))
-                wall = time.perf_counter() - t0
+                runs = await _throughput(engine, audio, settings, lambda i: on_status(
+                    f"{label}: {settings.concurrency} requests in flight ({i})"))
             finally:
                 await engine.close()
             floor = None
             if bandwidth and text:  # each of the TP ranks reads its shard of the weights at once
-                floor = 1000 * weight_bytes(text, quantization, per_token=True) / (bandwidth * engine.tensor_parallel_used)
+                floor = 1000 * weight_bytes(text, own or quantization, per_token=True) / (
+                    bandwidth * engine.tensor_parallel_used)
+            ttft = first.timings.time_to_first_token or first.timings.total
+            decode_ms = 1000 / one.timings.tokens_per_s if one.timings.tokens_per_s else float("nan")
+            best = max(runs)
+            slots = min(settings.concurrency, kv // TYPICAL_REQUEST_TOKENS) if kv else settings.concurrency
+            per_gpu = best * min(1.0, slots / settings.concurrency) / engine.tensor_parallel_used
             results.append(BenchResult(
-                quantization=label, device=device, engine_start_s=round(started, 1), kv_cache_tokens=kv,
+                quantization=label, kv_cache_dtype=settings.kv_cache_dtype, device=device,
+                engine_start_s=round(started, 1), kv_cache_tokens=kv,
                 requests_at_max_len=kv // settings.max_model_len if kv else None,
                 prompt_tokens=first.usage.prompt_tokens,
-                ttft_s=round(first.timings.time_to_first_token or first.timings.total, 4),
-                decode_ms_per_token=round(1000 / one.timings.tokens_per_s, 2) if one.timings.tokens_per_s else float("nan"),
+                ttft_s=round(ttft, 4),
+                decode_ms_per_token=round(decode_ms, 2),
                 floor_ms_per_token=round(floor, 2) if floor else None,
                 concurrency=settings.concurrency,
-                throughput_tok_s=round(sum(o.usage.completion_tokens for o in outs) / wall, 1),
+                throughput_tok_s=round(best, 1),
+                throughput_runs_tok_s=[round(r, 1) for r in runs],
+                typical_answer_s=round(ttft + TYPICAL_ANSWER_TOKENS * decode_ms / 1000, 1),
+                batch_slots=slots,
+                clips_per_gpu_hour=round(3600 * per_gpu / TYPICAL_ANSWER_TOKENS, 1),
+                start_phases_s=phases,
             ))
     return results
 
 
-def _text_config(path: Path) -> dict:
-    from stepaudio_cli.checkpoint import resolve_model, text_config
+async def _throughput(engine, audio: Audio, settings: BenchSettings, on_run: Callable[[str], None]) -> list[float]:
+    """Tokens/s of ``concurrency`` requests at once, as ``batch`` sends them (official
+    sampling, no seed), after one untimed run of the same shape; one figure per timed run."""
+    from stepaudio_cli.engines import collect
 
-    return text_config(json.loads((resolve_model(str(path)) / "config.json").read_text()))
+    def requests(max_tokens: int) -> list[Request]:
+        sampling = Sampling(max_tokens=max_tokens)
+        return [Request((audio,), "What is happening?", sampling=sampling, fixed_length=True, stream=False)
+                for _ in range(settings.concurrency)]
+
+    on_run("warm-up")
+    await asyncio.gather(*(collect(engine, r) for r in requests(min(settings.new_tokens, 32))))
+    rates = []
+    for i in range(settings.runs):
+        on_run(f"run {i + 1} of {settings.runs}")
+        t0 = time.perf_counter()
+        outs = await asyncio.gather(*(collect(engine, r) for r in requests(settings.new_tokens)))
+        rates.append(sum(o.usage.completion_tokens for o in outs) / (time.perf_counter() - t0))
+    return rates

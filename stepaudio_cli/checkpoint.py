@@ -5,11 +5,17 @@ resolving a path or hub repo id, the up-front check of a model folder, and weigh
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from stepaudio_cli.errors import UserError
 
 ARCHITECTURE = "StepAudio2ForCausalLM"
+#: Every architecture name the model's configs use for the same network: R1's config.json and
+#: the community quantized builds say ``StepAudio2ForCausalLM``; R1.1's ``config_origin.json``
+#: (flat, ``step_audio_qwen2``) says ``StepAudioForCausalLMV2``.
+ARCHITECTURES = (ARCHITECTURE, "StepAudioForCausalLMV2")
 
 # The model's special tokens, by name. Their ids always come from the checkpoint's
 # tokenizer (TokenIds below); only configs written for tests and `bench` carry ids.
@@ -20,8 +26,9 @@ THINK_END = "</think>"
 AUDIO_START = "<audio_start>"
 AUDIO_PATCH = "<audio_patch>"
 AUDIO_END = "<audio_end>"
-#: ``step_audio_2`` is what StepFun's configs declare; their serving code also accepts
-#: ``step_audio_qwen2`` for the 32B model's flat config.
+#: ``step_audio_2`` is what StepFun's configs declare (R1, and R1.1's config.json as the hub
+#: lists it); ``step_audio_qwen2`` is R1.1's flat ``config_origin.json``, which their serving
+#: code also accepts.
 MODEL_TYPES = ("step_audio_2", "step_audio_qwen2")
 
 #: Text-model keys that change the computation. Each must be in config.json (nested under
@@ -166,13 +173,14 @@ def check_checkpoint(path: Path, *, weights: bool = True) -> dict:
     if not isinstance(config, dict):
         raise UserError(f"{config_file}: not a model config (a JSON object is expected)")
     archs = config.get("architectures") or []
-    if config.get("model_type") not in MODEL_TYPES or ARCHITECTURE not in archs:
+    if config.get("model_type") not in MODEL_TYPES or not set(ARCHITECTURES) & set(archs):
         raise UserError(
             f"{path}: not a Step-Audio checkpoint (model_type {config.get('model_type')!r}, "
-            f"architectures {archs}); expected model_type {' or '.join(MODEL_TYPES)} and {ARCHITECTURE}"
+            f"architectures {archs}); expected model_type {' or '.join(MODEL_TYPES)} and {' or '.join(ARCHITECTURES)}"
         )
     try:
         text_config(config, str(config_file))
+        checkpoint_quantization(config, str(config_file))
     except ConfigError as e:
         raise UserError(str(e)) from None
     if weights:
@@ -277,15 +285,94 @@ def find_sequence(ids, seq) -> int:
     return -1
 
 
-def weight_bytes(text: dict, quantization: str | None = None, *, per_token: bool = False,
+#: Names of one linear layer of each part of the audio tower (encoder, adapter), as a
+#: checkpoint's quantization_config would name them: both must be left unquantized.
+TOWER_LINEARS = ("encoder.blocks.0.attn.query", "adapter.linear1")
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """A checkpoint's own ``quantization_config`` (pre-quantized weights), as far as memory goes."""
+
+    method: str  # quant_method: compressed-tensors, fp8, awq, gptq, ...
+    label: str  # e.g. W4A16, NVFP4A16, FP8
+    bits_per_weight: float  # of the LLM's linear layers, scales included (the widest group)
+
+
+def _pattern_matches(pattern: str, name: str) -> bool:
+    """compressed-tensors' matching of a target or ignore entry: ``re:`` regex or the exact name."""
+    if pattern.startswith("re:"):
+        return re.match(pattern[3:], name) is not None
+    return pattern == name
+
+
+def checkpoint_quantization(config: dict, where: str = "config.json") -> Quantization | None:
+    """What the checkpoint's ``quantization_config`` says, or None for a bf16 checkpoint.
+
+    Raises :class:`ConfigError` when it quantizes the audio tower: the plugin builds the
+    encoder and adapter in plain torch, so they must be in the config's ``ignore`` list.
+    """
+    q = config.get("quantization_config")
+    if q is None:
+        return None
+    if not isinstance(q, dict):
+        raise ConfigError(f"{where}: quantization_config is not an object")
+    method = str(q.get("quant_method") or "unknown")
+    if method != "compressed-tensors":
+        bits = q.get("bits") or q.get("w_bit") or (8 if "fp8" in method else 16)
+        return Quantization(method, method.upper() if "fp8" in method else f"{method} {bits}-bit", float(bits))
+    groups = q.get("config_groups")
+    if not isinstance(groups, dict) or not groups:
+        raise ConfigError(f"{where}: quantization_config has no config_groups")
+    ignore = [str(i) for i in q.get("ignore") or []]
+    widest, label = 0.0, ""
+    for name, group in groups.items():
+        weights = group.get("weights") if isinstance(group, dict) else None
+        if not isinstance(weights, dict) or not isinstance(weights.get("num_bits"), int):
+            raise ConfigError(f"{where}: quantization_config.config_groups.{name} has no weights.num_bits")
+        targets = [str(t) for t in group.get("targets") or []]
+        for layer in TOWER_LINEARS:
+            quantized = any(t == "Linear" or _pattern_matches(t, layer) for t in targets)
+            if quantized and not any(_pattern_matches(i, layer) for i in ignore):
+                raise ConfigError(
+                    f"{where}: quantization_config quantizes the audio tower ({layer.split('.')[0]}.*), which "
+                    "runs unquantized; its ignore list must hold 're:encoder.*' and 're:adapter.*'"
+                )
+        bits, size = weights["num_bits"], weights.get("group_size")
+        is_float = weights.get("type") == "float"
+        scale_bits = 8 if is_float else 16  # FP8/E8M0 scales for float formats, bf16 for integers
+        per_weight = bits + (scale_bits / size if isinstance(size, int) and size > 0 else 0.0)
+        if per_weight > widest:
+            acts = group.get("input_activations")
+            a_bits = acts.get("num_bits") if isinstance(acts, dict) else None
+            if is_float and bits == 4:
+                kind = "NVFP4" if size == 16 else "MXFP4"
+            elif is_float:
+                kind = "MXFP8" if size == 32 else "FP8"
+            else:
+                kind = f"W{bits}"
+            if kind.startswith("W"):
+                label = f"{kind}A{a_bits or 16}"
+            else:
+                label = kind if a_bits else f"{kind}A16"
+            widest = per_weight
+    return Quantization(method, label, widest)
+
+
+def weight_bytes(text: dict, quantization: str | Quantization | None = None, *, per_token: bool = False,
                  audio: dict = R1_AUDIO_SIZES) -> int:
     """Bytes of weights: all of them (what must fit), or with ``per_token`` those one decode
     step reads (every linear layer and the LM head; the embedding lookup reads one row, the
-    audio tower does not run). vLLM's online FP8 stores the LLM's linear layers in one byte;
-    embeddings, LM head and the plain-torch audio tower stay bf16."""
+    audio tower does not run). vLLM's online FP8 (``"fp8"``) stores the LLM's linear layers
+    in one byte; a pre-quantized checkpoint (:class:`Quantization`) in its own width. The
+    embeddings, the LM head and the plain-torch audio tower stay bf16 either way."""
     h, inter, layers = text["hidden_size"], text["intermediate_size"], text["num_hidden_layers"]
     kv = text["num_key_value_heads"] * (h // text["num_attention_heads"])
-    linear = layers * (2 * h * h + 2 * h * kv + 3 * h * inter) * (1 if quantization == "fp8" else 2)
+    if isinstance(quantization, Quantization):
+        bytes_per_weight = quantization.bits_per_weight / 8
+    else:
+        bytes_per_weight = 1 if quantization == "fp8" else 2
+    linear = int(layers * (2 * h * h + 2 * h * kv + 3 * h * inter) * bytes_per_weight)
     head = text["vocab_size"] * h * 2
     if per_token:
         return linear + head

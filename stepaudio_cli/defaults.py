@@ -2,10 +2,14 @@
 stays instant. Model facts (token names, sizes, formats) live in ``checkpoint.py``."""
 
 DEFAULT_MODEL = "stepfun-ai/Step-Audio-R1"
+#: StepFun's releases of the model (same network, same serving recipe); R1.1 is January 2026's.
+KNOWN_MODELS = (DEFAULT_MODEL, "stepfun-ai/Step-Audio-R1.1")
 DEFAULT_MAX_MODEL_LEN = 16384
 # New tokens: by default whatever the context leaves after the prompt (None). Reasoning is
 # typically 2,300-2,800 tokens with a long tail; StepFun's benchmark examples allow 32,000.
 DEFAULT_MAX_TOKENS = None
+TYPICAL_ANSWER_TOKENS = 2650  # reasoning + answer of a typical question (reasoning: 2,300-2,800)
+TYPICAL_REQUEST_TOKENS = 2800  # its KV footprint: a short clip's prompt + the typical answer
 # Official sampling for open questions.
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.9
@@ -16,7 +20,7 @@ ASK_MAX_NUM_SEQS = 4  # one question: a small batch keeps start-up memory low
 GPU_MEMORY_FRACTION = 0.9
 CPU_MEMORY_FRACTION = 0.3  # on the CPU backend the "GPU" memory flag sizes the KV cache in RAM
 QUANTIZATIONS = ("fp8",)  # vLLM's online FP8 (Hopper/Ada GPUs)
-KV_CACHE_DTYPES = ("auto", "fp8")  # fp8: twice the KV cache (Hopper/Ada GPUs); can cost accuracy
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")  # auto: the model's dtype
 MAX_AUDIO_ITEMS = 64  # audio items (25 s chunks from our clients) per request: about 26 minutes
 
 # Servers.

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stepaudio_cli import gpus
-from stepaudio_cli.defaults import GPU_MEMORY_FRACTION
+from stepaudio_cli.defaults import GPU_MEMORY_FRACTION, KNOWN_MODELS
+from stepaudio_cli.errors import UserError
 
 OVERHEAD_PER_GPU = 3 * 2**30  # activations, CUDA graphs, the audio encoder's work space
 
@@ -51,18 +52,28 @@ def fit(weights: int, kv_per_token: int, max_model_len: int, gpu_memory: int, n_
     return None
 
 
-def model_size(path: Path | None, quantization: str | None = None) -> tuple[int, dict]:
-    """(weight bytes as loaded, text config) of a local checkpoint, or R1's published sizes."""
-    from stepaudio_cli.checkpoint import R1_AUDIO_SIZES, R1_TEXT_SIZES, check_checkpoint, text_config, weight_bytes
+def model_size(path: Path | None, quantization: str | None = None) -> tuple[int, dict, str]:
+    """(weight bytes as loaded, text config, what the weights are: bf16, fp8, W4A16 ...) of a
+    local checkpoint, or R1's published sizes. A pre-quantized checkpoint is counted in the
+    width its own ``quantization_config`` gives (the files, when they are there)."""
+    from stepaudio_cli.checkpoint import (
+        R1_AUDIO_SIZES, R1_TEXT_SIZES, check_checkpoint, checkpoint_quantization, text_config, weight_bytes,
+    )
 
+    kind = "fp8" if quantization == "fp8" else "bf16"
     if path is None:
-        return weight_bytes(R1_TEXT_SIZES, quantization), R1_TEXT_SIZES
+        return weight_bytes(R1_TEXT_SIZES, quantization), R1_TEXT_SIZES, kind
     config = check_checkpoint(path, weights=False)  # doctor reports the weights on their own line
     text = text_config(config)
+    own = checkpoint_quantization(config)
+    if own is not None:
+        if quantization:
+            raise UserError(f"{path}: already quantized ({own.label}); leave out --quantization {quantization}")
+        quantization, kind = own, own.label
     on_disk = sum(p.stat().st_size for p in path.glob("*.safetensors"))
-    if quantization or not on_disk:
-        return weight_bytes(text, quantization, audio=config.get("audio_encoder_config") or R1_AUDIO_SIZES), text
-    return on_disk, text
+    if quantization == "fp8" or not on_disk:
+        return weight_bytes(text, quantization, audio=config.get("audio_encoder_config") or R1_AUDIO_SIZES), text, kind
+    return on_disk, text, kind
 
 
 def run(model: str, max_model_len: int, util: float, quantization: str | None = None) -> Report:
@@ -104,9 +115,9 @@ def run(model: str, max_model_len: int, util: float, quantization: str | None = 
     plugin = any(e.name == "step_audio_r1" for e in md.entry_points(group="vllm.general_plugins"))
     r.add("vLLM plugin", "registered (StepAudio2ForCausalLM, step_audio_r1 parser)" if plugin else "not registered", plugin)
 
-    from stepaudio_cli.errors import UserError
     from stepaudio_cli.checkpoint import resolve_model
 
+    r.add("models", f"{', '.join(KNOWN_MODELS)} (--model; {KNOWN_MODELS[0]} by default)")
     try:
         path = resolve_model(model)
         r.add("model", str(path))
@@ -115,7 +126,7 @@ def run(model: str, max_model_len: int, util: float, quantization: str | None = 
         r.add("model", e.message, False)
         r.next_steps.append(f"stepaudio download {model}")
     try:
-        weights, text = model_size(path, quantization)
+        weights, text, kind = model_size(path, quantization)
     except UserError as e:
         r.add("model", e.message, False)
         return r
@@ -129,7 +140,6 @@ def run(model: str, max_model_len: int, util: float, quantization: str | None = 
             r.next_steps.append("stepaudio download --check   (then rerun `stepaudio download` to complete the copy)")
     per_token = kv_bytes_per_token(text)
     need = weights + per_token * max_model_len
-    kind = "fp8" if quantization == "fp8" else "bf16"
     r.add("memory need", f"{weights / 1e9:.1f} GB {kind} weights + {per_token * max_model_len / 1e9:.1f} GB KV for {max_model_len} tokens")
     if found:
         tp = fit(weights, per_token, max_model_len, min(g.memory for g in found), len(found), util)
@@ -138,7 +148,7 @@ def run(model: str, max_model_len: int, util: float, quantization: str | None = 
             r.next_steps.append(f'stepaudio ask -tp {tp} clip.wav "What is happening?"   or   stepaudio serve -tp {tp}')
         else:
             r.add("fits", f"no: {need / 1e9:.0f} GB needed, {len(found)} x {found[0].memory / 2**30:.0f} GiB", False)
-            fp8 = "" if quantization == "fp8" else "--quantization fp8 (about half the weights), "
+            fp8 = "" if kind != "bf16" else "--quantization fp8 (about half the weights), a W4A16 build (a third), "
             r.next_steps.append(f"try {fp8}a lower --max-model-len, more GPUs, or --server URL of a bigger machine")
     elif path is not None and weights < 2**30:
         r.next_steps.append(f'stepaudio ask --model {path} clip.wav "What is happening?"')

@@ -101,6 +101,8 @@ def build_checkpoint(
     special_tokens: dict[str, int] = SPECIAL_TOKENS,
     flat_config: bool = False,
     drop_text_keys: tuple[str, ...] = (),
+    names: tuple[str, str] | None = None,
+    quantize: str | None = None,
 ) -> Path:
     """Write config.json, tokenizer files and model.safetensors; return the directory.
 
@@ -108,6 +110,9 @@ def build_checkpoint(
     the LLM and differ only in the encoder. ``special_tokens`` (e.g. MOVED_SPECIAL_TOKENS),
     ``flat_config`` (the text keys at the top level, StepFun's other layout) and
     ``drop_text_keys`` (e.g. ``("rope_theta",)``) make variants that break our guesses.
+    ``names`` = (model_type, architecture) replaces R1's (e.g. :data:`R1_1_ORIGIN_NAMES`, with
+    ``flat_config``: the layout of R1.1's config_origin.json). ``quantize="w4a16"`` stores the
+    LLM's linear layers pre-quantized (:func:`w4a16_checkpoint_tensors`).
     """
     from safetensors.numpy import save_file
 
@@ -144,12 +149,79 @@ def build_checkpoint(
     if flat_config:
         text = config.pop("text_config")
         config.update({k: v for k, v in text.items() if k not in ("model_type", "architectures")})
-    (out / "config.json").write_text(json.dumps(config, indent=1))
+    if names is not None:
+        config["model_type"], config["architectures"] = names[0], [names[1]]
     tensors = _llm_weights(np.random.default_rng(seed), s)
     tensors.update(_audio_weights(np.random.default_rng(seed + 1 if encoder_seed is None else encoder_seed), s))
     if script is not None:
         _apply_script(tensors, tokenizer, script, np.random.default_rng(seed + 2), s, special_tokens)
-    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, str(out / "model.safetensors"))
+    if quantize is not None:
+        if quantize != "w4a16":
+            raise ValueError(f"quantize: only 'w4a16', not {quantize!r}")
+        tensors = w4a16_checkpoint_tensors(tensors)
+        config["quantization_config"] = W4A16_CONFIG
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    save_file({k: np.ascontiguousarray(v, dtype=v.dtype if v.dtype.kind == "i" else np.float32)
+               for k, v in tensors.items()}, str(out / "model.safetensors"))
+    return out
+
+
+#: (model_type, architecture) of R1.1's flat ``config_origin.json``.
+R1_1_ORIGIN_NAMES = ("step_audio_qwen2", "StepAudioForCausalLMV2")
+
+W4A16_GROUP = 32
+#: A compressed-tensors ``quantization_config`` as llm-compressor writes it for the W4A16
+#: scheme, with the ignore list the community builds of R1/R1.1 use.
+W4A16_CONFIG = {
+    "quant_method": "compressed-tensors",
+    "format": "pack-quantized",
+    "quantization_status": "compressed",
+    "ignore": ["lm_head", "re:encoder.*", "re:adapter.*"],
+    "config_groups": {
+        "group_0": {
+            "targets": ["Linear"],
+            "weights": {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group",
+                        "group_size": W4A16_GROUP, "dynamic": False, "actorder": None, "observer": "minmax"},
+            "input_activations": None,
+            "output_activations": None,
+            "format": "pack-quantized",
+        }
+    },
+}
+_LLM_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+def w4a16_pack(weight: np.ndarray, group: int = W4A16_GROUP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(weight_packed, weight_scale, dequantized weight) of a float [out, in] matrix in
+    compressed-tensors' pack-quantized layout: symmetric int4 per group of ``group`` inputs,
+    stored offset by 8, eight to an int32 along the input dimension, lowest nibble first."""
+    out_dim, in_dim = weight.shape
+    grouped = weight.reshape(out_dim, in_dim // group, group)
+    scale = np.abs(grouped).max(axis=2) / 7.0
+    scale[scale == 0] = 1.0
+    q = np.clip(np.round(grouped / scale[..., None]), -8, 7).astype(np.int64)
+    dequantized = (q * scale[..., None]).reshape(out_dim, in_dim).astype(np.float32)
+    nibbles = (q.reshape(out_dim, in_dim // 8, 8) + 8).astype(np.uint32)
+    packed = np.zeros((out_dim, in_dim // 8), dtype=np.uint32)
+    for i in range(8):
+        packed |= nibbles[..., i] << np.uint32(4 * i)
+    return packed.view(np.int32), scale.astype(np.float32), dequantized
+
+
+def w4a16_checkpoint_tensors(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The LLM's linear weights replaced by their W4A16 form (biases, norms, embeddings,
+    the head and the audio tower stay as they are)."""
+    out = {}
+    for name, value in tensors.items():
+        base = name.removesuffix(".weight")
+        if name.endswith(".weight") and base.startswith("model.layers.") and base.endswith(_LLM_LINEARS):
+            packed, scale, _ = w4a16_pack(value)
+            out[base + ".weight_packed"] = packed
+            out[base + ".weight_scale"] = scale
+            out[base + ".weight_shape"] = np.array(value.shape, dtype=np.int64)
+        else:
+            out[name] = value
     return out
 
 

@@ -130,3 +130,57 @@ def _round_down(tokens: int) -> int:
     """A round number of tokens at most ``tokens``."""
     step = 1024 if tokens >= 2048 else 256 if tokens >= 512 else 16
     return max(16, tokens // step * step)
+
+
+# Wording differs across vLLM versions ("took 33.27 seconds" before 0.3x, "took 200.69 s (compilation: 1.48 s)"
+# after); each phase takes the first pattern that matches.
+_INIT = r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s"
+_START_PHASES = {
+    "load weights": (
+        r"Model loading took [\d.]+ GiB(?: memory)? and ([\d.]+) seconds", r"Loading weights took ([\d.]+) s",
+    ),
+    "compile": (r"warmup model\) took [\d.]+ s \(compilation: ([\d.]+) s", r"torch.compile takes ([\d.]+) s in total"),
+    "capture CUDA graphs": (r"Graph capturing finished in ([\d.]+) secs",),
+    "profile, KV cache, warm-up": (_INIT,),
+}
+
+
+@contextlib.contextmanager
+def vllm_info_logs(path: Path | None):
+    """vLLM's INFO lines while an engine starts, written to the real stderr, which
+    :func:`engine_output_to_log` points at the engine log meanwhile (``bench`` reads the
+    start's phases there); afterwards this process's vLLM logger is as quiet as before.
+    Engine processes started meanwhile keep INFO, into the log, for life."""
+    import logging
+
+    if path is None:  # debug: vLLM logs to the terminal at the level the user chose
+        yield
+        return
+    keys = ("VLLM_LOGGING_LEVEL", "VLLM_LOGGING_STREAM")
+    before = {k: os.environ.get(k) for k in keys}
+    os.environ.update({"VLLM_LOGGING_LEVEL": "INFO", "VLLM_LOGGING_STREAM": "ext://sys.__stderr__"})
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        quiet = before["VLLM_LOGGING_LEVEL"] or "ERROR"  # quiet_vllm_logs' level
+        vllm_logger = logging.getLogger("vllm")
+        for obj in (vllm_logger, *vllm_logger.handlers):
+            obj.setLevel(quiet)
+
+
+def start_phases(log_text: str) -> dict[str, float]:
+    """Seconds an engine start spent in each phase vLLM's log reports (those it reports;
+    compilation and graph capture are inside "profile, KV cache, warm-up")."""
+    out = {}
+    for name, patterns in _START_PHASES.items():
+        for pattern in patterns:
+            m = re.search(pattern, log_text)
+            if m:
+                out[name] = round(float(m.group(1)), 1)
+                break
+    return out

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.engine
 def test_bench_tiny_reports_every_measure_as_json():
     result = CliRunner().invoke(app, [
         "bench", "--tiny", "--json", "--seconds", "2", "--new-tokens", "8", "--concurrency", "3", "--max-model-len", "2048",
+        "--runs", "2",
     ])
     assert result.exit_code == 0, result.stderr
     (record,) = [json.loads(line) for line in result.stdout.splitlines()]
@@ -25,11 +26,36 @@ def test_bench_tiny_reports_every_measure_as_json():
     assert record["prompt_tokens"] > 2 * 12  # a 2 s clip is 26 audio tokens, with the text around it
     assert record["concurrency"] == 3 and record["throughput_tok_s"] > 0
     assert record["floor_ms_per_token"] is None  # no GPU, no bandwidth to compare against
+    # Throughput as batch runs it: best of the timed runs (after an untimed warm-up).
+    runs = record["throughput_runs_tok_s"]
+    assert len(runs) == 2 and record["throughput_tok_s"] == max(runs)
+    # A typical answer is the first token plus 2,650 decode steps.
+    expect = record["ttft_s"] + 2650 * record["decode_ms_per_token"] / 1000
+    assert abs(record["typical_answer_s"] - expect) <= 0.1 and record["typical_answer_s"] > record["ttft_s"]
+    # batch at that length: as many in flight as the KV cache holds at ~2,800 tokens, at most the concurrency.
+    assert record["batch_slots"] == min(3, record["kv_cache_tokens"] // 2800) >= 1
+    share = record["batch_slots"] / 3
+    assert record["clips_per_gpu_hour"] == pytest.approx(3600 * record["throughput_tok_s"] * share / 2650, rel=0.01)
+    # vLLM's own log splits the start (on the CPU it reports the profile/KV/warm-up step), inside the whole.
+    phases = record["start_phases_s"]
+    assert 0 < phases["profile, KV cache, warm-up"] <= record["engine_start_s"]
 
 
 def test_bench_refuses_bad_options_in_one_line():
     result = CliRunner().invoke(app, ["bench", "--quantization", "int3"])
-    assert result.exit_code == 2 and result.stderr.strip() == "error: --quantization must be bf16 or fp8, not 'int3'"
+    assert result.exit_code == 2 and result.stderr.strip() == (
+        "error: --quantization must be one of bf16, fp8, w4a16, nvfp4a16, fp8-dynamic, not 'int3'")
+    built = CliRunner().invoke(app, ["bench", "--model", "x", "--quantization", "nvfp4a16"])
+    assert built.exit_code == 2 and "leave out --model" in built.stderr
+
+
+def test_prequantized_forms_are_the_families_published():
+    from stepaudio_cli.bench import PREQUANTIZED
+    from stepaudio_cli.checkpoint import checkpoint_quantization, make_config
+
+    labels = {name: checkpoint_quantization({**make_config(), "quantization_config": q}).label
+              for name, q in PREQUANTIZED.items()}
+    assert labels == {"w4a16": "W4A16", "nvfp4a16": "NVFP4A16", "fp8-dynamic": "FP8"}
 
 
 def test_decode_floor_arithmetic():

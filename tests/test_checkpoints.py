@@ -5,7 +5,9 @@ Nobody here can load the real 67 GB checkpoint, so each unknown gets a variant:
   (the tags are plain text, six tokens each), served with ``--raw-reasoning`` and the
   context sized by vLLM (no --max-model-len): the reasoning split, ``--think-budget``
   (in-process and remote), usage, long items and StepFun's own request shape all work;
-- ``flat``: the text model's keys at the top level (StepFun's other config layout), moved ids;
+- ``r1.1_flat``: R1.1's config_origin.json layout (the text keys at the top level,
+  ``step_audio_qwen2``, ``StepAudioForCausalLMV2``), moved ids;
+- ``w4a16``: a pre-quantized compressed-tensors checkpoint (as the community builds of R1/R1.1);
 - ``no_rope``: ``rope_theta`` missing: refused at start, naming the key.
 """
 
@@ -24,7 +26,7 @@ from typer.testing import CliRunner
 
 from conftest import SCRIPT, ServerProcess, free_port, tone, write_wav
 from stepaudio_cli.cli import app
-from stepaudio_cli.tiny_checkpoint import MOVED_SPECIAL_TOKENS, build_checkpoint, build_tokenizer
+from stepaudio_cli.tiny_checkpoint import MOVED_SPECIAL_TOKENS, R1_1_ORIGIN_NAMES, build_checkpoint, build_tokenizer
 
 runner = CliRunner()
 REASONING, ANSWER = SCRIPT
@@ -134,12 +136,23 @@ def test_one_ten_minute_item_from_the_openai_client(raw_server):
     assert reply.usage.prompt_tokens > 24 * 315
 
 
-def test_flat_config_with_moved_ids_works_end_to_end(tmp_path):
-    ckpt = build_checkpoint(tmp_path / "flat", seed=3, script=SCRIPT, special_tokens=MOVED_SPECIAL_TOKENS,
-                            flat_config=True)
-    assert "text_config" not in json.loads((ckpt / "config.json").read_text())
+@pytest.mark.parametrize("variant", ["r1.1_flat", "w4a16"])
+def test_other_published_layouts_work_end_to_end(tmp_path, variant):
+    """R1.1's flat config_origin.json layout (step_audio_qwen2, StepAudioForCausalLMV2), and a
+    pre-quantized compressed-tensors W4A16 checkpoint as the community builds are made
+    (LLM linears packed int4, encoder/adapter/head ignored; run with an FP8 KV cache), both
+    with moved ids."""
+    layout = (dict(flat_config=True, names=R1_1_ORIGIN_NAMES) if variant == "r1.1_flat"
+              else dict(quantize="w4a16"))
+    ckpt = build_checkpoint(tmp_path / variant, seed=3, script=SCRIPT, special_tokens=MOVED_SPECIAL_TOKENS, **layout)
+    config = json.loads((ckpt / "config.json").read_text())
+    if variant == "r1.1_flat":
+        assert "text_config" not in config and config["architectures"] == ["StepAudioForCausalLMV2"]
+    else:
+        assert config["quantization_config"]["quant_method"] == "compressed-tensors"
     clip = write_wav(tmp_path / "c.wav", tone(3.0))
-    result = runner.invoke(app, ["ask", "--model", str(ckpt), "--max-model-len", "4096", str(clip), "Q?"])
+    kv = ["--kv-cache-dtype", "fp8"] if variant == "w4a16" else []
+    result = runner.invoke(app, ["ask", "--model", str(ckpt), "--max-model-len", "4096", *kv, str(clip), "Q?"])
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ANSWER + "\n"
 

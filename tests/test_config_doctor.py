@@ -148,3 +148,81 @@ def test_doctor_reports_this_machine(scripted_ckpt):
     assert out.rstrip().endswith(f'stepaudio ask --model {scripted_ckpt} clip.wav "What is happening?"')
     missing = runner.invoke(app, ["doctor", "--model", "someone/not-downloaded"])
     assert "stepaudio download someone/not-downloaded" in missing.stdout
+
+
+def _quantized_config(weights: dict, ignore: list[str], acts: dict | None = None) -> dict:
+    from stepaudio_cli.checkpoint import make_config
+
+    return {**make_config(), "quantization_config": {
+        "quant_method": "compressed-tensors", "ignore": ignore,
+        "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": acts}},
+    }}
+
+
+COMMUNITY_IGNORE = ["lm_head", "re:encoder.*", "re:adapter.*"]  # the community R1/R1.1 builds' recipe
+
+
+def test_pre_quantized_checkpoints_are_counted_in_their_own_width(tmp_path):
+    from stepaudio_cli.checkpoint import checkpoint_quantization
+
+    def q(weights, acts=None):
+        return checkpoint_quantization(_quantized_config(weights, COMMUNITY_IGNORE, acts))
+
+    nvfp4 = q({"num_bits": 4, "type": "float", "group_size": 16})
+    w4a16 = q({"num_bits": 4, "type": "int", "group_size": 128})
+    mxfp8 = q({"num_bits": 8, "type": "float", "group_size": 32}, {"num_bits": 8, "type": "float"})
+    assert (nvfp4.label, w4a16.label, mxfp8.label) == ("NVFP4A16", "W4A16", "MXFP8")
+    sizes = [weight_bytes(R1_TEXT_SIZES, q) / 1e9 for q in (nvfp4, w4a16, mxfp8)]
+    assert 21 < sizes[0] < 22 and 19.5 < sizes[1] < 20.5 and 35 < sizes[2] < 37  # reported: ~22 GB NVFP4 builds
+    per_token = kv_bytes_per_token(R1_TEXT_SIZES)
+    w4 = weight_bytes(R1_TEXT_SIZES, w4a16)
+    assert fit(w4, per_token, 16384, 32 * 2**30, 1) == 1  # a 32 GB card holds a 4-bit build
+    assert fit(w4, per_token, 4096, 24 * 2**30, 1) is None  # a 24 GB card does not, even at 4k
+    # doctor reads it from the checkpoint's config.json (no weights downloaded yet).
+    (tmp_path / "config.json").write_text(json.dumps(_quantized_config(
+        {"num_bits": 4, "type": "int", "group_size": 128}, COMMUNITY_IGNORE)))
+    out = runner.invoke(app, ["doctor", "--model", str(tmp_path)]).stdout
+    assert "memory need: 20.0 GB W4A16 weights" in out
+    assert "models: stepfun-ai/Step-Audio-R1, stepfun-ai/Step-Audio-R1.1" in out
+
+
+def test_a_quantized_audio_tower_is_refused_naming_the_fix(tmp_path):
+    config = _quantized_config({"num_bits": 4, "group_size": 128}, ["lm_head"])
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    from conftest import tone, write_wav
+
+    clip = write_wav(tmp_path / "c.wav", tone(1.0))
+    result = runner.invoke(app, ["ask", "--model", str(tmp_path), str(clip), "Q?"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'config.json'}: quantization_config quantizes the audio tower (encoder.*), which runs "
+        "unquantized; its ignore list must hold 're:encoder.*' and 're:adapter.*'"
+    )
+
+
+def test_tiny_w4a16_layout_is_the_one_vllm_reads():
+    import numpy as np
+    import torch
+    from vllm.model_executor.layers.quantization.utils.quant_utils import unpack_quantized_values_into_int32
+    from vllm.scalar_type import scalar_types
+
+    from stepaudio_cli.tiny_checkpoint import W4A16_GROUP, w4a16_pack
+
+    weight = np.random.default_rng(0).normal(size=(96, 64)).astype(np.float32)
+    packed, scale, dequantized = w4a16_pack(weight)
+    assert packed.shape == (96, 64 // 8) and packed.dtype == np.int32 and scale.shape == (96, 64 // W4A16_GROUP)
+    stored = unpack_quantized_values_into_int32(torch.from_numpy(packed), scalar_types.uint4b8, packed_dim=1).numpy()
+    assert stored.min() >= 0 and stored.max() <= 15  # offset by 8 (vLLM's uint4b8)
+    read = (stored - 8).reshape(96, 2, W4A16_GROUP) * scale[..., None]
+    np.testing.assert_allclose(read.reshape(96, 64), dequantized, rtol=0, atol=1e-6)
+    assert np.abs(dequantized - weight).max() < np.abs(weight).max() / 7  # within half a step of the grid
+
+
+def test_kv_cache_dtype_is_checked_in_one_line(tmp_path, monkeypatch):
+    from conftest import tone, write_wav
+
+    clip = write_wav(tmp_path / "c.wav", tone(1.0))
+    monkeypatch.setenv("STEPAUDIO_KV_CACHE_DTYPE", "int2")  # the env var reaches the same check
+    result = runner.invoke(app, ["ask", "--model", str(tmp_path), str(clip), "Q?"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: --kv-cache-dtype must be one of auto, fp8, fp8_e4m3, fp8_e5m2, not 'int2'"

@@ -103,6 +103,7 @@ def test_command_carries_the_model_settings(gpus, tp, pp, expect_tp, tmp_path):
     # No max_tokens default: a request without one gets what the context leaves.
     assert json.loads(args["--override-generation-config"]) == {"temperature": 0.7, "top_p": 0.9}
     assert (args.get("--quantization") == "fp8") == (gpus == 8)
+    assert args.get("--kv-cache-dtype") == ("fp8" if gpus == 4 else None)
     assert cmd[-1] == "--enable-prefix-caching"
     assert ("--enforce-eager" in cmd) == (gpus == 0)
     assert (args.get("--distributed-executor-backend") == "ray") == (pp > 1)

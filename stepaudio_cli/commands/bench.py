@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from stepaudio_cli.commands import options
-from stepaudio_cli.defaults import DEFAULT_MAX_NUM_SEQS
+from stepaudio_cli.defaults import DEFAULT_MAX_NUM_SEQS, TYPICAL_ANSWER_TOKENS
 from stepaudio_cli.errors import UserError
 
 
@@ -26,10 +26,13 @@ def bench(
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Requests in flight for throughput.")] = DEFAULT_MAX_NUM_SEQS,
     quantization: Annotated[
         list[str] | None,
-        typer.Option(help="bf16 and/or fp8 (repeat to compare both in one run)."),
+        typer.Option(help="bf16, fp8 (vLLM's online FP8) or a pre-quantized form built with random weights: "
+                          "w4a16, nvfp4a16, fp8-dynamic (repeat to compare them in one run)."),
     ] = None,
+    runs: Annotated[int, typer.Option(min=1, help="Timed throughput runs (after a warm-up); the best counts.")] = 3,
     tensor_parallel_size: options.TPOpt = None,
     gpu_memory_utilization: options.GpuMemOpt = None,
+    kv_cache_dtype: options.KvCacheDtypeOpt = "auto",
     json_output: options.JsonOpt = False,
 ) -> None:
     """Measure R1 on these GPUs: start time, KV-cache room, first token, decode speed, throughput."""
@@ -38,15 +41,19 @@ def bench(
     term = options.terminal(ctx)
     term.quiet = term.quiet or json_output
     chosen = quantization or ["bf16"]
-    bad = [q for q in chosen if q not in ("bf16", "fp8")]
+    bad = [q for q in chosen if q not in core.FORMS]
     if bad:
-        raise UserError(f"--quantization must be bf16 or fp8, not {bad[0]!r}")
+        raise UserError(f"--quantization must be one of {', '.join(core.FORMS)}, not {bad[0]!r}")
     if model and tiny:
         raise UserError("give --model or --tiny, not both")
+    built = [q for q in chosen if q in core.PREQUANTIZED and (model or (tiny and q != "w4a16"))]
+    if built:
+        raise UserError(f"--quantization {built[0]} builds R1's real sizes (or --tiny w4a16): leave out --model")
     settings = core.BenchSettings(
         model=model, tiny=tiny, seconds=seconds, max_model_len=max_model_len, new_tokens=new_tokens,
-        concurrency=concurrency, quantizations=tuple(None if q == "bf16" else q for q in chosen),
+        concurrency=concurrency, quantizations=tuple(chosen), runs=runs,
         tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+        kv_cache_dtype=kv_cache_dtype,
     )
     with term.status("Benchmarking") as update:
         results = asyncio.run(core.run(settings, on_status=update))
@@ -63,10 +70,20 @@ def bench(
             (f"first token, {seconds:g} s clip ({results[0].prompt_tokens} prompt tokens)",
              [f"{r.ttft_s * 1000:.0f} ms" for r in results]),
             ("decode, 1 request", [_decode(r) for r in results]),
-            (f"throughput, {concurrency} requests", [f"{r.throughput_tok_s:,.0f} tok/s" for r in results]),
+            (f"throughput, {concurrency} requests (best of {runs})",
+             [f"{r.throughput_tok_s:,.0f} tok/s" for r in results]),
+            (f"typical answer ({TYPICAL_ANSWER_TOKENS:,} tokens), 1 request",
+             [f"{r.typical_answer_s:.0f} s" for r in results]),
+            (f"batch at {TYPICAL_ANSWER_TOKENS:,} tokens a clip (est.)",
+             [f"{r.clips_per_gpu_hour:,.0f} clips/GPU-hour, {r.batch_slots} in flight" for r in results]),
+            ("engine start phases", [_phases(r.start_phases_s) for r in results]),
         ],
-        [r.quantization for r in results],
+        [r.quantization + ("" if r.kv_cache_dtype == "auto" else f", KV {r.kv_cache_dtype}") for r in results],
     )
+
+
+def _phases(phases: dict[str, float]) -> str:
+    return ", ".join(f"{name} {s:.0f} s" for name, s in phases.items()) or "?"
 
 
 def _decode(r) -> str:

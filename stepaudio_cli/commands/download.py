@@ -9,12 +9,14 @@ import typer
 
 from stepaudio_cli.commands import options
 from stepaudio_cli.terminal import Terminal
-from stepaudio_cli.defaults import DEFAULT_MODEL
+from stepaudio_cli.defaults import DEFAULT_MODEL, KNOWN_MODELS
 
 
 def download(
     ctx: typer.Context,
-    repo_id: Annotated[str, typer.Argument(envvar="STEPAUDIO_MODEL", help="Hub repository id.")] = DEFAULT_MODEL,
+    repo_id: Annotated[
+        str, typer.Argument(envvar="STEPAUDIO_MODEL", help=f"Hub repository id: {' or '.join(KNOWN_MODELS)}, or another.")
+    ] = DEFAULT_MODEL,
     revision: Annotated[str | None, typer.Option(help="Branch, tag or commit.")] = None,
     local_dir: Annotated[Path | None, typer.Option(help="Put the files here instead of the HF cache (HF_HOME).")] = None,
     endpoint: Annotated[str | None, typer.Option(envvar="HF_ENDPOINT", help="Hub URL or mirror.")] = None,

@@ -1,4 +1,5 @@
-"""vLLM plugin: Step-Audio-R1 (``StepAudio2ForCausalLM``) on stock vLLM.
+"""vLLM plugin: Step-Audio-R1 and R1.1 (``StepAudio2ForCausalLM``, also registered under
+R1.1's other architecture name ``StepAudioForCausalLMV2``) on stock vLLM.
 
 Registered through the ``vllm.general_plugins`` entry point, so vLLM calls :func:`register`
 in every process it starts (API server, engine core, workers). Registration is idempotent.
@@ -7,7 +8,7 @@ Nothing here imports torch or vLLM at module import time.
 
 from __future__ import annotations
 
-from stepaudio_cli.checkpoint import ARCHITECTURE
+from stepaudio_cli.checkpoint import ARCHITECTURES
 
 REASONING_PARSER = "step_audio_r1"
 RAW_REASONING_PARSER = "step_audio_r1_raw"  # everything in `content`, as StepFun's server sends it
@@ -26,10 +27,11 @@ def register() -> None:
 
     for config_class in (StepAudio2Config, StepAudioQwen2Config):
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
-        # Lazy "module:class" form: the model module (and its processor registration)
-        # is imported only where the model is actually built or its inputs processed.
-        ModelRegistry.register_model(ARCHITECTURE, "stepaudio_cli.vllm_plugin.model:StepAudio2ForCausalLM")
+    for architecture in ARCHITECTURES:
+        if architecture not in ModelRegistry.get_supported_archs():
+            # Lazy "module:class" form: the model module (and its processor registration)
+            # is imported only where the model is actually built or its inputs processed.
+            ModelRegistry.register_model(architecture, "stepaudio_cli.vllm_plugin.model:StepAudio2ForCausalLM")
     from vllm.reasoning import ReasoningParserManager
 
     for name, cls in ((REASONING_PARSER, "StepAudioR1ReasoningParser"), (RAW_REASONING_PARSER, "StepAudioR1RawParser")):

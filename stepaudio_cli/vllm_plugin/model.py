@@ -165,6 +165,12 @@ class StepAudio2MultiModalProcessor(compat.audio_processor_hooks(), BaseMultiMod
     StepAudio2MultiModalProcessor, info=StepAudio2ProcessingInfo, dummy_inputs=StepAudio2DummyInputsBuilder
 )
 class StepAudio2ForCausalLM(nn.Module, SupportsMultiModal, SupportsPP):
+    # vLLM's quantization methods read these from the top-level class: the fused layers'
+    # checkpoint names (a pre-quantized checkpoint's ignore list and per-layer targets name
+    # q_proj, not qkv_proj; bitsandbytes refuses a model without the mapping), and the
+    # renaming of the checkpoint's names (ignore entries like "model.layers.0.mlp.down_proj").
+    # The audio tower is plain torch: no quantization method ever applies to it.
+    packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
     hf_to_vllm_mapper = WeightsMapper(
         orig_to_new_prefix={"model.": "language_model.model.", "lm_head.": "language_model.lm_head."},
     )
