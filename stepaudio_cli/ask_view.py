@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from stepaudio_cli.audio import format_duration
 from stepaudio_cli.engines import Result
+from stepaudio_cli.records import ask_record
 from stepaudio_cli.request import Request
 from stepaudio_cli.splitter import Delta
-from stepaudio_cli.records import ask_record
 from stepaudio_cli.terminal import Terminal
 
 

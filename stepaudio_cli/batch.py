@@ -26,8 +26,8 @@ from pathlib import Path
 from stepaudio_cli.audio import AUDIO_EXTENSIONS, header_length, load_file, sha256_file
 from stepaudio_cli.engines import Engine, EngineSettings, collect, open_engine
 from stepaudio_cli.errors import EngineError, NoServerError, StoreError, UserError
-from stepaudio_cli.request import Request, Sampling, Thinking, fit_max_tokens
 from stepaudio_cli.records import params, to_record
+from stepaudio_cli.request import Request, Sampling, Thinking, fit_max_tokens
 from stepaudio_cli.store import Store
 
 

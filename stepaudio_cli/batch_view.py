@@ -38,7 +38,14 @@ class BatchView:
         self._started = True
         self.start = time.monotonic()
         if self.term.interactive and not self.term.quiet:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
             self._progress = Progress(
                 SpinnerColumn(), TextColumn("[bold]batch[/bold]"), BarColumn(), MofNCompleteColumn(),

@@ -20,6 +20,7 @@ bound, with the longer contexts' extra attention work not counted).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import tempfile
@@ -31,24 +32,24 @@ from pathlib import Path
 import numpy as np
 
 from stepaudio_cli.audio import SAMPLE_RATE, Audio
-from stepaudio_cli.defaults import DEFAULT_MAX_NUM_SEQS, TYPICAL_ANSWER_TOKENS, TYPICAL_REQUEST_TOKENS
 from stepaudio_cli.checkpoint import checkpoint_quantization, make_config, resolve_model, text_config, weight_bytes
+from stepaudio_cli.defaults import DEFAULT_MAX_NUM_SEQS, TYPICAL_ANSWER_TOKENS, TYPICAL_REQUEST_TOKENS
+from stepaudio_cli.engines.settings import EngineSettings
 from stepaudio_cli.request import Request, Sampling
 from stepaudio_cli.vllm_log import engine_log_path, log_size, read_since, start_phases, vllm_info_logs
 
 
 @dataclass(frozen=True)
 class BenchSettings:
+    #: The engine every form is measured on (context, GPUs, memory, KV dtype); each form sets
+    #: its model, quantization and load format on a copy, and ``concurrency`` its batch size.
+    engine: EngineSettings = EngineSettings()
     model: str | None = None  # a checkpoint; None: real sizes, random weights
     tiny: bool = False  # the tiny test checkpoint instead of the real sizes
     seconds: float = 10.0  # the clip for time to first token and the throughput requests
-    max_model_len: int = 8192
     new_tokens: int = 256  # per request, decode and throughput runs
     concurrency: int = DEFAULT_MAX_NUM_SEQS
     quantizations: tuple[str | None, ...] = (None,)
-    tensor_parallel_size: int | None = None
-    gpu_memory_utilization: float | None = None
-    kv_cache_dtype: str = "auto"
     runs: int = 3  # timed throughput runs; the best counts
 
 
@@ -151,7 +152,7 @@ def clip(seconds: float) -> Audio:
 
 
 async def run(settings: BenchSettings, on_status: Callable[[str], None] = lambda s: None) -> list[BenchResult]:
-    from stepaudio_cli.engines import EngineSettings, collect, make_engine
+    from stepaudio_cli.engines import collect, make_engine
 
     device, bandwidth = copy_bandwidth()
     results = []
@@ -170,10 +171,8 @@ async def run(settings: BenchSettings, on_status: Callable[[str], None] = lambda
             own = checkpoint_quantization(config)
             label = own.label if own else form
             text = None if settings.tiny else text_config(config)
-            engine = make_engine(EngineSettings(
-                model=model, max_model_len=settings.max_model_len, max_num_seqs=settings.concurrency,
-                tensor_parallel_size=settings.tensor_parallel_size, quantization=quantization,
-                gpu_memory_utilization=settings.gpu_memory_utilization, kv_cache_dtype=settings.kv_cache_dtype,
+            engine = make_engine(dataclasses.replace(
+                settings.engine, model=model, quantization=quantization, max_num_seqs=settings.concurrency,
                 load_format="auto" if settings.model else "dummy",
             ))
             on_status(f"{label}: starting the engine")
@@ -207,9 +206,9 @@ async def run(settings: BenchSettings, on_status: Callable[[str], None] = lambda
             slots = min(settings.concurrency, kv // TYPICAL_REQUEST_TOKENS) if kv else settings.concurrency
             per_gpu = best * min(1.0, slots / settings.concurrency) / engine.tensor_parallel_used
             results.append(BenchResult(
-                quantization=label, kv_cache_dtype=settings.kv_cache_dtype, device=device,
+                quantization=label, kv_cache_dtype=settings.engine.kv_cache_dtype, device=device,
                 engine_start_s=round(started, 1), kv_cache_tokens=kv,
-                requests_at_max_len=kv // settings.max_model_len if kv else None,
+                requests_at_max_len=kv // settings.engine.max_model_len if kv else None,
                 prompt_tokens=first.usage.prompt_tokens,
                 ttft_s=round(ttft, 4),
                 decode_ms_per_token=round(decode_ms, 2),

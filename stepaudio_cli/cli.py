@@ -26,10 +26,10 @@ from stepaudio_cli import __version__
 from stepaudio_cli.commands.ask import ask
 from stepaudio_cli.commands.batch import batch
 from stepaudio_cli.commands.bench import bench
-from stepaudio_cli.commands.options import terminal
 from stepaudio_cli.commands.config import config_app
 from stepaudio_cli.commands.doctor import doctor
 from stepaudio_cli.commands.download import download
+from stepaudio_cli.commands.options import terminal
 from stepaudio_cli.commands.serve import serve
 from stepaudio_cli.errors import UserError
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from stepaudio_cli.errors import UserError
 
+
 def config_path() -> Path:
     explicit = os.environ.get("STEPAUDIO_CONFIG")
     if explicit:

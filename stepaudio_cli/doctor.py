@@ -57,7 +57,12 @@ def model_size(path: Path | None, quantization: str | None = None) -> tuple[int,
     local checkpoint, or R1's published sizes. A pre-quantized checkpoint is counted in the
     width its own ``quantization_config`` gives (the files, when they are there)."""
     from stepaudio_cli.checkpoint import (
-        R1_AUDIO_SIZES, R1_TEXT_SIZES, check_checkpoint, checkpoint_quantization, text_config, weight_bytes,
+        R1_AUDIO_SIZES,
+        R1_TEXT_SIZES,
+        check_checkpoint,
+        checkpoint_quantization,
+        text_config,
+        weight_bytes,
     )
 
     kind = "fp8" if quantization == "fp8" else "bf16"

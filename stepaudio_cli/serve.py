@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stepaudio_cli import gpus
+from stepaudio_cli.checkpoint import check_checkpoint, looks_like_repo_id, resolve_model
 from stepaudio_cli.defaults import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from stepaudio_cli.engines.settings import EngineSettings, command_line_flags, vllm_args
 from stepaudio_cli.errors import UserError
-from stepaudio_cli.checkpoint import check_checkpoint, looks_like_repo_id, resolve_model
 from stepaudio_cli.vllm_log import explain, log_size, read_since
 from stepaudio_cli.vllm_plugin import RAW_REASONING_PARSER, REASONING_PARSER
 from stepaudio_cli.watchdog import Watchdog

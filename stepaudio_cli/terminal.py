@@ -20,7 +20,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-
 # Terminal escape sequences (CSI, OSC, two-byte ESC), then any other C0/C1 control
 # character but newline and tab: text from a server or a model may carry them, and on a
 # terminal they move the cursor, retitle the window or hide what came before.

@@ -89,6 +89,7 @@ def test_command_carries_the_model_settings(gpus, tp, pp, expect_tp, tmp_path):
     engine = EngineSettings(
         model="stepfun-ai/Step-Audio-R1", max_model_len=None, tensor_parallel_size=tp, pipeline_parallel_size=pp,
         distributed_executor_backend="ray" if pp > 1 else None, quantization="fp8" if gpus == 8 else None,
+        kv_cache_dtype="fp8" if gpus == 4 else "auto",
     )
     opts = core.ServeOptions(engine=engine, api_key="k", extra=["--enable-prefix-caching"], raw_reasoning=tp == 2)
     cmd = core.build_command(opts, tmp_path, gpus)
@@ -103,7 +104,7 @@ def test_command_carries_the_model_settings(gpus, tp, pp, expect_tp, tmp_path):
     # No max_tokens default: a request without one gets what the context leaves.
     assert json.loads(args["--override-generation-config"]) == {"temperature": 0.7, "top_p": 0.9}
     assert (args.get("--quantization") == "fp8") == (gpus == 8)
-    assert args.get("--kv-cache-dtype") == ("fp8" if gpus == 4 else None)
+    assert args["--kv-cache-dtype"] == ("fp8" if gpus == 4 else "auto")
     assert cmd[-1] == "--enable-prefix-caching"
     assert ("--enforce-eager" in cmd) == (gpus == 0)
     assert (args.get("--distributed-executor-backend") == "ray") == (pp > 1)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from stepaudio_cli.commands import options
-from stepaudio_cli.defaults import DEFAULT_MAX_NUM_SEQS, TYPICAL_ANSWER_TOKENS
+from stepaudio_cli.defaults import DEFAULT_MAX_MODEL_LEN, DEFAULT_MAX_NUM_SEQS, TYPICAL_ANSWER_TOKENS
 from stepaudio_cli.errors import UserError
 
 
@@ -21,7 +21,7 @@ def bench(
     ] = None,
     tiny: Annotated[bool, typer.Option("--tiny", help="The tiny test checkpoint (runs on a CPU).")] = False,
     seconds: Annotated[float, typer.Option(min=1.0, help="Clip length for time to first token and throughput.")] = 10.0,
-    max_model_len: Annotated[int, typer.Option(envvar="STEPAUDIO_MAX_MODEL_LEN", min=1024, help="Context length.")] = 8192,
+    max_model_len: options.MaxModelLenOpt = DEFAULT_MAX_MODEL_LEN,
     new_tokens: Annotated[int, typer.Option(min=2, help="Tokens per request in the decode and throughput runs.")] = 256,
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Requests in flight for throughput.")] = DEFAULT_MAX_NUM_SEQS,
     quantization: Annotated[
@@ -50,10 +50,9 @@ def bench(
     if built:
         raise UserError(f"--quantization {built[0]} builds R1's real sizes (or --tiny w4a16): leave out --model")
     settings = core.BenchSettings(
-        model=model, tiny=tiny, seconds=seconds, max_model_len=max_model_len, new_tokens=new_tokens,
-        concurrency=concurrency, quantizations=tuple(chosen), runs=runs,
-        tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
-        kv_cache_dtype=kv_cache_dtype,
+        engine=options.engine_settings(ctx, quantization=None),  # each form sets its own
+        model=model, tiny=tiny, seconds=seconds, new_tokens=new_tokens, concurrency=concurrency,
+        quantizations=tuple(chosen), runs=runs,
     )
     with term.status("Benchmarking") as update:
         results = asyncio.run(core.run(settings, on_status=update))

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from stepaudio_cli.commands import options
-from stepaudio_cli.terminal import Terminal
 from stepaudio_cli.defaults import DEFAULT_MODEL, KNOWN_MODELS
+from stepaudio_cli.terminal import Terminal
 
 
 def download(
@@ -28,9 +28,9 @@ def download(
 ) -> None:
     """Download the model weights (resumable), or --check a local copy."""
     from stepaudio_cli import download as core
+    from stepaudio_cli.checkpoint import resolve_model
     from stepaudio_cli.download_view import DownloadProgress
     from stepaudio_cli.errors import UserError
-    from stepaudio_cli.checkpoint import resolve_model
 
     term = options.terminal(ctx)
     if check and offline:

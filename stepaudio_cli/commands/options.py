@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from stepaudio_cli.checkpoint import R1_AUDIO_SIZES, R1_TEXT_SIZES, weight_bytes
 from stepaudio_cli.defaults import (
     CPU_MEMORY_FRACTION,
     DEFAULT_MODEL,
@@ -14,7 +15,6 @@ from stepaudio_cli.defaults import (
     KV_CACHE_DTYPES,
     QUANTIZATIONS,
 )
-from stepaudio_cli.checkpoint import R1_AUDIO_SIZES, R1_TEXT_SIZES, weight_bytes
 from stepaudio_cli.terminal import Terminal
 
 ENGINE = "Engine"

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from transformers import BatchFeature
 from vllm.config import VllmConfig
+from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMultiModal, SupportsPP
+from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper, init_vllm_registered_model, maybe_prefix
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
 from vllm.multimodal.parse import MultiModalDataItems, MultiModalDataParser
@@ -49,9 +51,6 @@ from stepaudio_cli.vllm_plugin import compat
 from stepaudio_cli.vllm_plugin.hf_config import StepAudio2Config, StepAudioQwen2Config
 from stepaudio_cli.vllm_plugin.mel import log_mel
 from stepaudio_cli.vllm_plugin.tower import Adapter, AudioEncoder, encode_chunks
-
-from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMultiModal, SupportsPP
-from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper, init_vllm_registered_model, maybe_prefix
 
 # === Multimodal processing ==============================================================
 
