@@ -14,6 +14,8 @@ row. One builder, one field list, one CSV mapping.
     finish_reason  "stop", or "length" when cut off at the length limit
     audio_seconds  length of the audio
     error          why the file failed, else None
+    windows        a recording answered in windows: [{start, end, answer, usage, finish_reason}]
+                   (seconds; usage above is then the total of every request), else None
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from stepaudio_cli.request import Request, Sampling, Thinking
 
 FIELDS = [
     "file", "sha256", "prompt", "model", "params", "key", "reasoning", "answer", "usage", "timings",
-    "finish_reason", "audio_seconds", "error",
+    "finish_reason", "audio_seconds", "error", "windows",
 ]
 
 
@@ -59,6 +61,7 @@ def to_record(
             usage=result.usage.as_dict(),
             timings=result.timings.as_dict(),
             finish_reason=result.finish_reason,
+            windows=result.windows,
         )
     return record
 

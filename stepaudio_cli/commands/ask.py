@@ -48,6 +48,8 @@ def ask(
     dtype: options.DtypeOpt = "auto",
     quantization: options.QuantOpt = None,
     load_format: options.LoadFormatOpt = "auto",
+    window: options.WindowOpt = None,
+    no_window: options.NoWindowOpt = False,
 ) -> None:
     """Ask one question about one or more audio files; streams reasoning and answer."""
     from stepaudio_cli import ask as core
@@ -65,6 +67,10 @@ def ask(
         load_format=load_format, max_num_seqs=ASK_MAX_NUM_SEQS, thinking_processor=think.constrained, timeout=timeout,
     )
     request = core.prepare(sources, question, system, options.sampling(temperature, top_p, max_tokens, seed), think)
+    windowing = options.windowing(window, no_window)
     view = AskView(term, json_output=json_output, hide_reasoning=hide_reasoning)
-    result = asyncio.run(core.ask(settings, request, on_status=view.status, on_delta=view.on_delta))
+    result = asyncio.run(core.ask(
+        settings, request, on_status=view.status, on_delta=view.on_delta, windowing=windowing,
+        on_windows=view.on_windows,
+    ))
     view.finish(request, result)

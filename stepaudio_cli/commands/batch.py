@@ -70,6 +70,8 @@ def batch(
     dtype: options.DtypeOpt = "auto",
     quantization: options.QuantOpt = None,
     load_format: options.LoadFormatOpt = "auto",
+    window: options.WindowOpt = None,
+    no_window: options.NoWindowOpt = False,
 ) -> None:
     """Ask the same question about every audio file in directories; resumable JSONL/CSV results."""
     from stepaudio_cli import batch as core
@@ -99,6 +101,7 @@ def batch(
         prompt=question, system=system, sampling=options.sampling(temperature, top_p, max_tokens, seed),
         thinking=thinking, concurrency=concurrency or settings.default_concurrency(), retries=retries,
         retry_failed=retry_failed, overwrite=overwrite, hide_reasoning=hide_reasoning,
+        windowing=options.windowing(window, no_window),
     )
     view = BatchView(term, len(files))
     try:

@@ -177,3 +177,27 @@ def thinking(think_budget: int | None, min_think: int | None, effort: str | None
     from stepaudio_cli.request import Thinking
 
     return Thinking.from_options(think_budget, min_think, effort, no_think)
+
+
+# --- long recordings (windows.py) -------------------------------------------------------------
+LONG = "Long recordings"
+WindowOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--window", envvar="STEPAUDIO_WINDOW", metavar="DURATION",
+        help="Window length for audio longer than one request holds, e.g. 20m (default: what fits the context).",
+        rich_help_panel=LONG,
+    ),
+]
+NoWindowOpt = Annotated[
+    bool,
+    typer.Option("--no-window", envvar="STEPAUDIO_NO_WINDOW",
+                 help="Refuse audio longer than one request holds instead of answering it in windows.",
+                 rich_help_panel=LONG),
+]
+
+
+def windowing(window: str | None, no_window: bool):
+    from stepaudio_cli.windows import Windowing
+
+    return Windowing.from_options(window, no_window)
