@@ -161,9 +161,14 @@ def test_ask_in_process_json(scripted_ckpt, clip):
 
 def test_too_long_audio_is_refused_before_the_engine_starts(ckpt, tmp_path):
     long = write_wav(tmp_path / "long.wav", tone(400.0))
-    result = CliRunner().invoke(app, ["ask", "-m", str(ckpt), "--max-model-len", "4096", str(long), "Q?"])
+    result = CliRunner().invoke(app, ["ask", "-m", str(ckpt), "--max-model-len", "4096", str(long), "Q?", "--no-window"])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {long}: 6m40s of audio needs")
+    # Windows on (the default), but a context with no room for one next to the reasoning reserve.
+    result = CliRunner().invoke(app, ["ask", "-m", str(ckpt), "--max-model-len", "2048", str(long), "Q?"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {long}: 6m40s is too long for one request")
+    assert "raise --max-model-len to at least" in result.stderr
     assert not (tmp_path / "cache" / "stepaudio" / "engine.log").exists()  # vLLM never started
 
 
