@@ -115,11 +115,13 @@ def longest_window(audio: Audio, sampling: Sampling, max_model_len: int) -> int:
     chunks = min(room // per_chunk, MAX_AUDIO_ITEMS)
     if chunks < 1:
         need = reserve + WINDOW_TEXT_TOKENS + per_chunk
-        hint = "lower --max-tokens" if sampling.max_tokens is not None else "give --max-tokens"
+        most = max_model_len - WINDOW_TEXT_TOKENS - per_chunk  # the largest reserve that leaves one chunk
+        hint = f", or --max-tokens {most} or less" if most > 0 else ""
         raise AudioError(
-            f"{audio.name}: {format_duration(audio.duration)} is too long for one request, and max model length {max_model_len} has no room for even a "
+            f"{audio.name}: {format_duration(audio.duration)} is too long for one request, and max model length "
+            f"{max_model_len} has no room for even a "
             f"{CHUNK_SAMPLES // SAMPLE_RATE}s window next to a {reserve}-token reasoning reserve: "
-            f"raise --max-model-len to at least {need}, or {hint}"
+            f"raise --max-model-len to at least {need}{hint}"
         )
     return chunks * CHUNK_SAMPLES
 

@@ -15,18 +15,19 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import SCRIPT, SR, reply_json, write_wav
+from conftest import SCRIPT, SR, reply_json, reply_stream, write_wav
 from stepaudio_cli.audio import Audio
 from stepaudio_cli.cli import app
 from stepaudio_cli.errors import AudioError, UserError
 from stepaudio_cli.request import Request, Sampling, fit_max_tokens
+from test_reasoning_length import Scripted as ScriptedBase
 from stepaudio_cli.windows import (
     MAX_RESERVE_TOKENS,
     WINDOW_TEXT_TOKENS,
@@ -117,7 +118,8 @@ def test_audio_that_cannot_be_windowed_says_what_to_change():
     assert msg.startswith("talk.wav: 2m00s is too long for one request") and "3072-token reasoning reserve" in msg
     need = int(re.search(r"--max-model-len to at least (\d+)", msg).group(1))
     assert len(plan(Request((x,), "Q"), need, Windowing())) > 1  # what it said to do works
-    assert "give --max-tokens" in msg
+    assert msg.endswith(", or --max-tokens 1573 or less")  # 2048 less the question and one 25 s chunk
+    assert len(plan(Request((x,), "Q", sampling=Sampling(max_tokens=1573)), 2048, Windowing())) > 1
 
 
 def test_plan_keeps_one_request_when_it_fits_and_today_s_refusal_with_no_window():
@@ -135,7 +137,8 @@ def test_plan_keeps_one_request_when_it_fits_and_today_s_refusal_with_no_window(
     chosen = plan(Request((long,), "Q"), None, Windowing(seconds=40.0))
     assert chosen and all(w.end - w.start <= 40 * SR for w in chosen)
     assert plan(Request((short,), "Q"), None, Windowing(seconds=40.0)) is None
-    with pytest.raises(AudioError, match=r"--window 5m00s does not fit max model length 1024 .* --window 50\.0s or less"):
+    too_long = r"--window 5m00s does not fit max model length 1024 .* --window 50\.0s or less"
+    with pytest.raises(AudioError, match=too_long):
         plan(Request((long,), "Q", sampling=Sampling(max_tokens=64)), 1024, Windowing(seconds=300.0))
 
 
@@ -171,23 +174,16 @@ def test_prompts_say_where_each_part_is_and_label_every_answer():
 PART = re.compile(r"This audio is part (\d+) of (\d+) of a longer recording, from (\S+)-(\S+) of a")
 
 
-class Scripted(BaseHTTPRequestHandler):
+class Scripted(ScriptedBase):
     """A window's request is answered ``answer for part N`` after a short wait (so they
     overlap: in flight counts the most at once); the combining request ``the whole story``.
     ``hold`` keeps window requests until set; ``fail_part`` answers that part with a 400."""
 
-    asked: list
     lock: threading.Lock
     in_flight = 0
     most = 0
     hold: threading.Event
     fail_part = 0
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        reply_json(self, {"data": [{"id": "scripted", "max_model_len": 4096}]})
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -217,15 +213,7 @@ class Scripted(BaseHTTPRequestHandler):
         finally:
             with cls.lock:
                 cls.in_flight -= 1
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.end_headers()
-        for i, delta in enumerate(pieces):
-            choice = {"index": 0, "delta": delta, "finish_reason": "stop" if i == len(pieces) - 1 else None}
-            self.wfile.write(b"data: " + json.dumps({"model": "scripted", "choices": [choice]}).encode() + b"\n\n")
-        u = {"prompt_tokens": 100 * usage, "completion_tokens": 10 + usage}
-        self.wfile.write(b"data: " + json.dumps({"model": "scripted", "choices": [], "usage": u}).encode() + b"\n\n")
-        self.wfile.write(b"data: [DONE]\n\n")
+        reply_stream(self, pieces, "stop", {"prompt_tokens": 100 * usage, "completion_tokens": 10 + usage})
 
 
 @pytest.fixture
@@ -377,3 +365,25 @@ def test_batch_against_a_server_answers_long_files_in_windows(vllm_server, tmp_p
     (rec,) = recs
     assert len(rec["windows"]) == 3 and all(w["answer"] == SCRIPT[1] for w in rec["windows"])
     assert rec["answer"] == SCRIPT[1] and rec["error"] is None
+
+
+@pytest.mark.engine
+def test_the_combining_request_renders_the_same_with_no_audio_in_process_and_served(vllm_server, scripted_ckpt):
+    """The reduce step is text only: the server's chat template and build_prompt agree on it."""
+    import httpx
+    from tokenizers import Tokenizer
+
+    from stepaudio_cli.prompt import build_messages, build_prompt
+
+    auth = {"Authorization": "Bearer sekret"}
+    model = httpx.get(vllm_server.url + "/v1/models", headers=auth).json()["data"][0]["id"]
+    text = reduce_question("Q?", cut_windows(recording(120.0), 50 * SR), ["a", "b", "c"], 120.0)
+    served = httpx.post(vllm_server.url + "/tokenize", headers=auth, timeout=120, json={
+        "model": model, "messages": build_messages(text, [], system="S"), "add_generation_prompt": False,
+        "continue_final_message": True,
+    })
+    assert served.status_code == 200, served.text
+    prompt = build_prompt(text, [], system="S")
+    assert prompt.endswith(f"<|BOT|>human\n{text}<|EOT|><|BOT|>assistant\n<think>\n") and "<audio_patch>" not in prompt
+    ours = Tokenizer.from_file(str(scripted_ckpt / "tokenizer.json")).encode(prompt, add_special_tokens=False).ids
+    assert served.json()["tokens"] == ours
