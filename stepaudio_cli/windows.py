@@ -162,37 +162,33 @@ def cut_windows(
 def plan(request: Request, max_model_len: int | None, windowing: Windowing) -> list[Window] | None:
     """The windows for ``request``, or None when it goes as one request (it fits, windows are
     off, or the context is unknown: the server then decides). Refusals are AudioErrors."""
-    one = len(request.audios) == 1
-    if not windowing.enabled or not one or (windowing.seconds is None and not max_model_len):
-        if max_model_len:
-            fit_max_tokens(request.audios, request.sampling, max_model_len)  # today's refusal
+    windowed = windowing.enabled and len(request.audios) == 1  # several files are never windowed
+    fits = True
+    if max_model_len:
+        try:
+            fit_max_tokens(request.audios, request.sampling, max_model_len)
+        except AudioError:
+            if not windowed:
+                raise  # today's refusal
+            fits = False
+    if not windowed:
         return None
     audio = request.audios[0]
     if windowing.seconds is None:
-        try:
-            fit_max_tokens(request.audios, request.sampling, max_model_len)
+        if fits:
             return None
-        except AudioError:
-            pass
         length = longest_window(audio, request.sampling, max_model_len)
     else:
         length = int(windowing.seconds * SAMPLE_RATE)
-        if len(audio.samples) <= length:
-            if not max_model_len:
-                return None
-            try:
-                fit_max_tokens(request.audios, request.sampling, max_model_len)
-                return None
-            except AudioError:
-                pass  # longer than the context holds: the window is too
-        if max_model_len:
-            longest = longest_window(audio, request.sampling, max_model_len)
-            if length > longest:
-                raise AudioError(
-                    f"--window {format_duration(windowing.seconds)} does not fit max model length {max_model_len} "
-                    f"next to a {reasoning_reserve(request.sampling, max_model_len)}-token reasoning reserve: "
-                    f"use --window {format_duration(longest / SAMPLE_RATE)} or less, or raise --max-model-len"
-                )
+        if fits and len(audio.samples) <= length:
+            return None
+        longest = longest_window(audio, request.sampling, max_model_len) if max_model_len else length
+        if length > longest:
+            raise AudioError(
+                f"--window {format_duration(windowing.seconds)} does not fit max model length {max_model_len} "
+                f"next to a {reasoning_reserve(request.sampling, max_model_len)}-token reasoning reserve: "
+                f"use --window {format_duration(longest / SAMPLE_RATE)} or less, or raise --max-model-len"
+            )
     return cut_windows(audio.samples, length) if len(audio.samples) > length else None
 
 
