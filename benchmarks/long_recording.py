@@ -4,8 +4,9 @@ R1's real sizes with random weights; against one request of the same audio where
 One in-process engine (the project's LocalEngine, ``load_format="dummy"``), then:
 
   windows       the whole synthetic recording (speech-like noise with pauses) planned as `ask`
-                plans it (the default reasoning reserve for the context), every window in
-                flight at once, then the text-only combining request
+                plans it (the default reasoning reserve for the context), every window sent
+                at once (the engine batches --max-num-seqs of them, 4 as `ask` starts it),
+                then the text-only combining request
   one request   the longest piece of the same recording that one request holds (one window's
                 worth), asked alone: what a single request of that audio costs, and the
                 2-hour total at that rate (one request cannot hold 2 hours: ~12.7 tokens/s of
@@ -38,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from stepaudio_cli.audio import SAMPLE_RATE, Audio, format_duration  # noqa: E402
+from stepaudio_cli.defaults import ASK_MAX_NUM_SEQS  # noqa: E402
 from stepaudio_cli.request import Request, Sampling  # noqa: E402
 
 
@@ -94,6 +96,8 @@ async def run(args) -> dict:
         "device": _device(),
         "recording": format_duration(audio.duration),
         "max_model_len": args.max_model_len,
+        "max_num_seqs": args.max_num_seqs,
+        "new_tokens_per_request": args.new_tokens,
         "engine_start_s": round(start_s, 1),
         "windows": [
             {"span": span(w, audio.duration), **{k: v for k, v in rec.items() if k in ("usage", "finish_reason")}}
@@ -129,13 +133,15 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=120.0, help="length of the synthetic recording")
     p.add_argument("--new-tokens", type=int, default=256, help="tokens every request generates (bounds the run)")
     p.add_argument("--max-model-len", type=int, default=16384)
-    p.add_argument("--max-num-seqs", type=int, default=16)
+    p.add_argument("--max-num-seqs", type=int, default=ASK_MAX_NUM_SEQS,
+                   help=f"sequences batched at once (default {ASK_MAX_NUM_SEQS}, as `ask` starts its engine)")
     p.add_argument("--quantization", default=None, help="fp8, or none for bf16")
     p.add_argument("--tiny", action="store_true", help="the tiny test checkpoint (CPU)")
     args = p.parse_args()
     report = asyncio.run(run(args))
     w, one = report["windowed"], report["one_request"]
     print(f"{report['device']}: a {report['recording']} recording, max model length {report['max_model_len']}, "
+          f"{report['max_num_seqs']} sequences at once, {report['new_tokens_per_request']} new tokens per request, "
           f"engine start {report['engine_start_s']} s")
     for i, win in enumerate(report["windows"], 1):
         u = win["usage"]
