@@ -11,6 +11,7 @@
 #   bash scripts/gpu-check.sh multi-tp  2 GPUs: ask -tp 2, serve -tp 2
 #   bash scripts/gpu-check.sh multi-pp  2 GPUs: serve -pp 2, and serve with Ray -tp 2 (kit with RAY=1)
 #   bash scripts/gpu-check.sh faults    a context the KV cache cannot hold; kill -9 of ask and of serve
+#   bash scripts/gpu-check.sh long      benchmarks/long_recording.py: a 2-hour recording in windows vs one request
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD:/tmp/site VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1 STEPAUDIO_LOAD_FORMAT=dummy
@@ -110,5 +111,8 @@ case ${1:-} in
     head -n 2 "$OUT/killed-serve.log"
     echo "serve ready: $(gpu_mib) MiB of GPU memory used"; kill -9 $pid; freed serve
     ;;
-  *) echo "usage: $0 bench|single|serve|compare|multi-tp|multi-pp|faults"; exit 2 ;;
+  long)
+    step long python3 benchmarks/long_recording.py --minutes 120 --new-tokens 256
+    ;;
+  *) echo "usage: $0 bench|single|serve|compare|multi-tp|multi-pp|faults|long"; exit 2 ;;
 esac

@@ -1,4 +1,5 @@
-"""One-shot questions: decode the audio, run one request on an engine session."""
+"""One-shot questions: decode the audio, run one request on an engine session (or, for a
+recording longer than one request holds, its windows and then one answer: windows.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from collections.abc import Callable, Sequence
 from stepaudio_cli.audio import Audio, load_audio
 from stepaudio_cli.engines import EngineSettings, Result, collect, open_engine
 from stepaudio_cli.errors import UserError
-from stepaudio_cli.request import Request, Sampling, Thinking, fit_max_tokens
+from stepaudio_cli.request import Request, Sampling, Thinking
 from stepaudio_cli.splitter import Delta
+from stepaudio_cli.windows import MapProgress, Windowing, answer_in_windows, plan
 
 __all__ = ["ask", "prepare"]
 
@@ -31,11 +33,22 @@ async def ask(
     *,
     on_status: Callable[[str | None], None] | None = None,
     on_delta: Callable[[Delta], None] | None = None,
+    windowing: Windowing = Windowing(),
+    on_windows: Callable[[MapProgress], None] | None = None,
 ) -> Result:
-    """Run ``request``; ``on_delta`` gets the text as it comes, ``on_status`` what is being waited for."""
+    """Run ``request``; ``on_delta`` gets the text as it comes, ``on_status`` what is being waited
+    for, ``on_windows`` how the windows of a long recording are getting on."""
+    windows = None
     if not settings.remote:
-        # Refuse audio that cannot fit before loading the model; a server's context is
-        # known once connected, and the engine checks it there.
-        fit_max_tokens(request.audios, request.sampling, settings.max_model_len)
+        # Refuse audio that cannot fit (or be windowed) before loading the model; a server's
+        # context is known once connected.
+        windows = plan(request, settings.max_model_len, windowing)
     async with open_engine(settings, on_status) as engine:
-        return await collect(engine, request, on_delta)
+        if settings.remote:
+            windows = plan(request, engine.max_model_len, windowing)
+        if windows is None:
+            return await collect(engine, request, on_delta)
+        return await answer_in_windows(
+            request, windows, lambda r, d: collect(engine, r, d), max_model_len=engine.max_model_len,
+            on_progress=on_windows, on_delta=on_delta,
+        )

@@ -9,11 +9,14 @@ from stepaudio_cli.records import ask_record
 from stepaudio_cli.request import Request
 from stepaudio_cli.splitter import Delta
 from stepaudio_cli.terminal import Terminal
+from stepaudio_cli.windows import MapProgress
 
 
 def stats_line(request: Request, result: Result) -> str:
     u, t = result.usage, result.timings
     parts = [f"audio {format_duration(request.audio_seconds)}", f"{u.completion_tokens} tokens"]
+    if result.windows:
+        parts.insert(1, f"{len(result.windows)} windows + 1 combining request")
     if u.reasoning_tokens:
         parts[-1] += f" ({u.reasoning_tokens} reasoning)"
     if t.time_to_first_token is not None:
@@ -33,15 +36,25 @@ class AskView:
         self.hide_reasoning = hide_reasoning
         self.status = term.status_line()
 
+    def on_windows(self, progress: MapProgress) -> None:
+        """A long recording's windows: how many are answered, and their tokens so far."""
+        if progress.done < progress.total:
+            self.status(f"Listening in {progress.total} windows: {progress.done}/{progress.total} answered, "
+                        f"{progress.completion_tokens:,} tokens")
+        else:
+            self.status(f"Combining the answers of {progress.total} windows")
+
     def on_delta(self, delta: Delta) -> None:
         if self.json_output:
             return  # nothing partial: the record comes whole at the end
+        self.status(None)
         if delta.kind == "answer":
             self.term.stream_answer(delta.text)
         elif not self.hide_reasoning:
             self.term.stream_reasoning(delta.text)
 
     def finish(self, request: Request, result: Result) -> None:
+        self.status(None)
         if self.json_output:
             self.term.print_json(ask_record(request, result, hide_reasoning=self.hide_reasoning))
             return
@@ -54,4 +67,8 @@ class AskView:
             )
         elif not result.answer:
             self.term.warn("the model gave no answer after its reasoning")
+        cut = [w for w in result.windows or () if w["finish_reason"] == "length"]
+        if cut:
+            self.term.warn(f"{len(cut)} of {len(result.windows)} windows were cut off at the length limit "
+                           "(their answers may be missing): raise --max-tokens or use a shorter --window")
         self.term.note(stats_line(request, result))

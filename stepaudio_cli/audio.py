@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from stepaudio_cli.checkpoint import LONGEST_CONTEXT
 from stepaudio_cli.errors import AudioError
 
 SAMPLE_RATE = 16_000
@@ -34,6 +33,9 @@ MEL_PADDING = 479
 CHUNK_SECONDS = 25
 CHUNK_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE
 STDIN_NAME = "<stdin>"
+# The longest recording decoded (answered in windows; 16 kHz float32: 0.9 GiB). Longer ones are
+# refused from the header, before they are read.
+MAX_RECORDING_SECONDS = 4 * 3600
 # Containers libsndfile cannot read are handed to ffmpeg in one piece: a bound on what is read.
 MAX_FFMPEG_INPUT_BYTES = 1 << 30
 
@@ -83,9 +85,11 @@ def max_audio_samples(context_tokens: int) -> int:
 
 
 def audio_limit_seconds(context_tokens: int | None = None) -> float:
-    """The most audio worth decoding for a context of ``context_tokens`` (None: the longest
-    context the model family has)."""
-    return max_audio_samples(context_tokens or LONGEST_CONTEXT) / SAMPLE_RATE
+    """The most audio worth decoding for one request in a context of ``context_tokens``; None:
+    for a recording answered in windows (``MAX_RECORDING_SECONDS``)."""
+    if context_tokens is None:
+        return MAX_RECORDING_SECONDS
+    return max_audio_samples(context_tokens) / SAMPLE_RATE
 
 
 def prompt_tokens_for_chunks(chunk_lengths: list[int]) -> int:
@@ -241,8 +245,8 @@ def _too_long(name: str, seconds: float | None, context_tokens: int | None) -> A
             "at most); use shorter audio or raise --max-model-len"
         )
     return AudioError(
-        f"{name}: {length} is more than the model's longest context ({LONGEST_CONTEXT} tokens) holds; "
-        f"split it into parts under {format_duration(limit)}"
+        f"{name}: {length} is more than the {format_duration(limit)} stepaudio answers in windows "
+        f"({limit * SAMPLE_RATE * 4 / 2**30:.1f} GiB decoded); split it into parts under {format_duration(limit)}"
     )
 
 

@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stepaudio_cli.audio import AUDIO_EXTENSIONS, header_length, load_file, sha256_file
-from stepaudio_cli.engines import Engine, EngineSettings, collect, open_engine
+from stepaudio_cli.engines import Engine, EngineSettings, Result, collect, open_engine
 from stepaudio_cli.errors import EngineError, NoServerError, StoreError, UserError
 from stepaudio_cli.records import params, to_record
 from stepaudio_cli.request import Request, Sampling, Thinking, fit_max_tokens
 from stepaudio_cli.store import Store
+from stepaudio_cli.windows import Windowing, answer_in_windows, plan
 
 
 @dataclass
@@ -43,6 +44,7 @@ class BatchJob:
     overwrite: bool = False
     hide_reasoning: bool = False
     decode_ahead: int = 8
+    windowing: Windowing = field(default_factory=Windowing)  # audio longer than one request holds
 
 
 @dataclass
@@ -108,7 +110,10 @@ def _scan(root: Path, patterns: Sequence[str], recursive: bool):
 
 
 def request_key(sha256: str, job: BatchJob, model: str) -> str:
-    blob = json.dumps([sha256, job.prompt, job.system, model, job.sampling.as_dict(), job.thinking.as_dict()], sort_keys=True)
+    parts = [sha256, job.prompt, job.system, model, job.sampling.as_dict(), job.thinking.as_dict()]
+    if job.windowing.as_dict():  # only when not the default, so earlier results keep their keys
+        parts.append(job.windowing.as_dict())
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -222,11 +227,13 @@ class BatchRunner:
 
     async def _compute(self, name: str, path: Path, stamp: tuple, sha: str, key: str, infer: asyncio.Semaphore) -> dict:
         length = None
+        # One request holds at most the context; a recording answered in windows may be longer.
+        context = None if self.job.windowing.enabled else self.engine.max_model_len
         try:
             length = await asyncio.to_thread(header_length, path, name)
-            if length is not None:  # audio the context cannot hold is refused before it is read
-                fit_max_tokens([length], self.job.sampling, self.engine.max_model_len)
-            audio = await asyncio.to_thread(load_file, path, name, self.engine.max_model_len)
+            if length is not None and context:  # audio one request cannot hold is refused before it is read
+                fit_max_tokens([length], self.job.sampling, context)
+            audio = await asyncio.to_thread(load_file, path, name, context)
             if await asyncio.to_thread(_stamp, path) != stamp:
                 raise UserError(f"{name}: changed while it was being read; rerun to try it again")
         except UserError as e:
@@ -238,22 +245,19 @@ class BatchRunner:
             audios=(audio,), question=self.job.prompt, system=self.job.system, sampling=self.job.sampling,
             thinking=self.job.thinking, stream=False,
         )
-        async with infer:
-            attempt = 0
-            while True:
-                try:
-                    result = await collect(self.engine, request)
-                    break
-                except NoServerError:
-                    raise  # stops the run: not this file's fault
-                except EngineError as e:
-                    attempt += e.attempts  # every send counts against --retries, a pool's included
-                    if not e.retryable or attempt > self.job.retries:
-                        tries = f" (after {attempt} tries)" if attempt > 1 else ""
-                        return await self._record_failure(name, sha, key, e.message + tries, audio.duration)
-                    await asyncio.sleep(min(30.0, 0.5 * 2**attempt) * (0.5 + random.random()))
-                except UserError as e:  # the audio does not fit the context
-                    return await self._record_failure(name, sha, key, _strip_name(e.message, name), audio.duration)
+        try:
+            windows = plan(request, self.engine.max_model_len, self.job.windowing)
+            if windows is None:
+                async with infer:
+                    result = await self._send(request)
+            else:  # each window takes a place among the requests in flight
+                result = await answer_in_windows(
+                    request, windows, lambda r, _: self._send(r, infer), max_model_len=self.engine.max_model_len
+                )
+        except NoServerError:
+            raise  # stops the run: not this file's fault
+        except UserError as e:  # the server failed it (after retries), or the audio does not fit
+            return await self._record_failure(name, sha, key, _strip_name(e.message, name), audio.duration)
         record = to_record(
             file=name, prompt=self.job.prompt, model=self.engine.model, params=self._params, result=result,
             sha256=sha, key=key, audio_seconds=audio.duration, hide_reasoning=self.job.hide_reasoning,
@@ -264,6 +268,23 @@ class BatchRunner:
         self.summary.cut_off += result.finish_reason == "length"
         self.summary.audio_seconds += audio.duration
         return record
+
+    async def _send(self, request: Request, infer: asyncio.Semaphore | None = None) -> Result:
+        """One request to the end, retrying what a server may do better next time (holding a
+        place in ``infer`` while in flight, when given)."""
+        attempt = 0
+        while True:
+            try:
+                async with infer or contextlib.nullcontext():
+                    return await collect(self.engine, request)
+            except NoServerError:
+                raise
+            except EngineError as e:
+                attempt += e.attempts  # every send counts against --retries, a pool's included
+                if not e.retryable or attempt > self.job.retries:
+                    tries = f" (after {attempt} tries)" if attempt > 1 else ""
+                    raise EngineError(e.message + tries) from None
+            await asyncio.sleep(min(30.0, 0.5 * 2**attempt) * (0.5 + random.random()))
 
     async def _reuse(self, name: str, source: dict) -> dict:
         record = dict(source, file=name)

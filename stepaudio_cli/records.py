@@ -14,6 +14,8 @@ row. One builder, one field list, one CSV mapping.
     finish_reason  "stop", or "length" when cut off at the length limit
     audio_seconds  length of the audio
     error          why the file failed, else None
+    windows        a recording answered in windows: [{start, end, answer, usage, finish_reason}]
+                   (seconds; usage above is then the total of every request), else None
 
 ``check_record`` is the shape a stored record must have (a results file is read back only
 when every line has it); the CSV mapping neutralises formula cells for spreadsheets.
@@ -28,10 +30,12 @@ from stepaudio_cli.request import Request, Sampling, Thinking
 
 FIELDS = [
     "file", "sha256", "prompt", "model", "params", "key", "reasoning", "answer", "usage", "timings",
-    "finish_reason", "audio_seconds", "error",
+    "finish_reason", "audio_seconds", "error", "windows",
 ]
 
 
+#: Fields a later version added: records written before them (and CSV rows) may lack them.
+_LATER_FIELDS = ("windows",)
 _TEXT_FIELDS = ("sha256", "prompt", "model", "key", "reasoning", "answer", "finish_reason", "error")
 _OBJECT_FIELDS = ("params", "usage", "timings")
 
@@ -41,7 +45,7 @@ def check_record(value: object) -> None:
     every field, each of its type); extra keys are allowed (a later version may add some)."""
     if not isinstance(value, dict):
         raise ValueError(f"a JSON {type(value).__name__.replace('NoneType', 'null')}, not an object")
-    missing = [k for k in FIELDS if k not in value]
+    missing = [k for k in FIELDS if k not in value and k not in _LATER_FIELDS]
     if missing:
         raise ValueError(f"no {', '.join(repr(k) for k in missing)}")
     if not isinstance(value["file"], str):
@@ -52,6 +56,9 @@ def check_record(value: object) -> None:
     for k in _OBJECT_FIELDS:
         if value[k] is not None and not isinstance(value[k], dict):
             raise ValueError(f"{k!r} is not an object or null")
+    windows = value.get("windows")
+    if windows is not None and not (isinstance(windows, list) and all(isinstance(w, dict) for w in windows)):
+        raise ValueError("'windows' is not a list of objects or null")
     seconds = value["audio_seconds"]
     if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))):
         raise ValueError("'audio_seconds' is not a number or null")
@@ -87,6 +94,7 @@ def to_record(
             usage=result.usage.as_dict(),
             timings=result.timings.as_dict(),
             finish_reason=result.finish_reason,
+            windows=result.windows,
         )
     return record
 

@@ -101,7 +101,7 @@ def fit_max_tokens(
 
     ``text_tokens`` is a generous allowance for the question and the chat scaffolding.
     """
-    if not max_model_len:
+    if not max_model_len or not audios:  # a text-only request (windows' reduce step) sizes itself
         return sampling.max_tokens
     audio_tokens = sum(a.prompt_tokens for a in audios)
     room = max_model_len - audio_tokens - text_tokens

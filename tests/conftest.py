@@ -123,6 +123,18 @@ def http_servers():
         s.shutdown()
 
 
+def reply_stream(handler, deltas: list[dict], finish: str | None, usage: dict, model: str = "scripted") -> None:
+    """Answer a chat request as an OpenAI stream: one chunk per delta, then usage, then [DONE]."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream")
+    handler.end_headers()
+    for i, delta in enumerate(deltas):
+        choice = {"index": 0, "delta": delta, "finish_reason": finish if i == len(deltas) - 1 else None}
+        handler.wfile.write(b"data: " + json.dumps({"model": model, "choices": [choice]}).encode() + b"\n\n")
+    handler.wfile.write(b"data: " + json.dumps({"model": model, "choices": [], "usage": usage}).encode() + b"\n\n")
+    handler.wfile.write(b"data: [DONE]\n\n")
+
+
 class _suppress:
     def __enter__(self):
         return self

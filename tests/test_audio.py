@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import ffmpeg, noise, tone, write_wav
+
 from stepaudio_cli.audio import (
     CHUNK_SAMPLES,
     SAMPLE_RATE,

@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from stepaudio_cli.cli import app
 from stepaudio_cli.checkpoint import R1_TEXT_SIZES, weight_bytes
+from stepaudio_cli.cli import app
 
 pytestmark = pytest.mark.engine
 

@@ -22,9 +22,9 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import SCRIPT, ServerProcess, free_port, tone, write_wav
 from typer.testing import CliRunner
 
-from conftest import SCRIPT, ServerProcess, free_port, tone, write_wav
 from stepaudio_cli.cli import app
 from stepaudio_cli.tiny_checkpoint import MOVED_SPECIAL_TOKENS, R1_1_ORIGIN_NAMES, build_checkpoint, build_tokenizer
 

@@ -14,9 +14,9 @@ import time
 from http.server import BaseHTTPRequestHandler
 
 import pytest
+from conftest import SCRIPT, reply_json, tone, write_wav
 from typer.testing import CliRunner
 
-from conftest import SCRIPT, reply_json, tone, write_wav
 from stepaudio_cli.cli import app
 from stepaudio_cli.records import FIELDS
 
@@ -100,7 +100,7 @@ def test_wrong_api_key_is_one_line(vllm_server, clip):
 
 def test_audio_too_long_for_the_server_is_refused(vllm_server, tmp_path):
     long = write_wav(tmp_path / "long.wav", tone(300.0))
-    result = ask("--server", vllm_server.url, "--api-key", "sekret", str(long), "Q?")
+    result = ask("--server", vllm_server.url, "--api-key", "sekret", str(long), "Q?", "--no-window")
     assert_one_line_error(result, 2, "long.wav", "max model length 4096")
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from stepaudio_cli.checkpoint import R1_TEXT_SIZES, weight_bytes
 from stepaudio_cli.cli import app
 from stepaudio_cli.doctor import fit, kv_bytes_per_token
-from stepaudio_cli.checkpoint import R1_TEXT_SIZES, weight_bytes
 
 runner = CliRunner()
 

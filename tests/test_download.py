@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from stepaudio_cli.checkpoint import make_config, safetensors_problem
 from stepaudio_cli.cli import app
-from stepaudio_cli.checkpoint import safetensors_problem
-from stepaudio_cli.checkpoint import make_config
 
 REPO = "stepfun-ai/Step-Audio-R1"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -12,10 +12,10 @@ import uuid
 import numpy as np
 import psutil
 import pytest
-from typer.testing import CliRunner
-
 from conftest import SCRIPT, LoopThread, noise, tone, write_wav
 from reference import next_token_logprobs
+from typer.testing import CliRunner
+
 from stepaudio_cli.audio import Audio, chunk_tokens, load_audio
 from stepaudio_cli.cli import app
 from stepaudio_cli.engines import EngineSettings, collect, make_engine
@@ -161,9 +161,14 @@ def test_ask_in_process_json(scripted_ckpt, clip):
 
 def test_too_long_audio_is_refused_before_the_engine_starts(ckpt, tmp_path):
     long = write_wav(tmp_path / "long.wav", tone(400.0))
-    result = CliRunner().invoke(app, ["ask", "-m", str(ckpt), "--max-model-len", "4096", str(long), "Q?"])
+    result = CliRunner().invoke(app, ["ask", "-m", str(ckpt), "--max-model-len", "4096", str(long), "Q?", "--no-window"])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {long}: 6m40s of audio needs")
+    # Windows on (the default), but a context with no room for one next to the reasoning reserve.
+    result = CliRunner().invoke(app, ["ask", "-m", str(ckpt), "--max-model-len", "2048", str(long), "Q?"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {long}: 6m40s is too long for one request")
+    assert "raise --max-model-len to at least" in result.stderr
     assert not (tmp_path / "cache" / "stepaudio" / "engine.log").exists()  # vLLM never started
 
 

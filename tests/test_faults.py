@@ -19,9 +19,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import SCRIPT, ServerProcess, free_port, tone, write_wav
 from typer.testing import CliRunner
 
-from conftest import SCRIPT, ServerProcess, free_port, tone, write_wav
 from stepaudio_cli.cli import app
 from stepaudio_cli.errors import StoreError, UserError
 from stepaudio_cli.records import FIELDS

@@ -9,12 +9,12 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import tone, write_wav
+from hostile import GOOD_STREAM, HANG, KEEPALIVE, MODEL, HostileServer, chunk, sse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from conftest import tone, write_wav
-from hostile import GOOD_STREAM, HANG, KEEPALIVE, MODEL, HostileServer, chunk, sse
 from stepaudio_cli.cli import app
 
 runner = CliRunner()

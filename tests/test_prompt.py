@@ -8,10 +8,10 @@ import io
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import tone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import tone
 from stepaudio_cli.audio import Audio
 from stepaudio_cli.errors import AudioError
 from stepaudio_cli.prompt import build_messages, build_prompt

@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from conftest import reply_json, reply_stream
 
-from conftest import reply_json
 from stepaudio_cli.audio import Audio
 from stepaudio_cli.engines import EngineSettings, collect, open_engine
 from stepaudio_cli.request import Request, Sampling, Thinking
@@ -39,15 +39,7 @@ class Scripted(BaseHTTPRequestHandler):
         self.asked.append(body)
         reasoning, content, finish = self.scripts.pop(0)
         chunks = [{"reasoning": r} for r in reasoning] + [{"content": c} for c in content]
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.end_headers()
-        for i, delta in enumerate(chunks):
-            choice = {"index": 0, "delta": delta, "finish_reason": finish if i == len(chunks) - 1 else None}
-            self.wfile.write(b"data: " + json.dumps({"model": "scripted", "choices": [choice]}).encode() + b"\n\n")
-        usage = {"prompt_tokens": 50, "completion_tokens": len(chunks)}
-        self.wfile.write(b"data: " + json.dumps({"model": "scripted", "choices": [], "usage": usage}).encode() + b"\n\n")
-        self.wfile.write(b"data: [DONE]\n\n")
+        reply_stream(self, chunks, finish, {"prompt_tokens": 50, "completion_tokens": len(chunks)})
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from conftest import ffmpeg, reply_json, tone, write_wav
 from typer.testing import CliRunner
 
-from conftest import ffmpeg, reply_json, tone, write_wav
 from stepaudio_cli.audio import load_file
 from stepaudio_cli.cli import app
 from stepaudio_cli.errors import AudioError

@@ -12,12 +12,12 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from conftest import SCRIPT, ServerProcess, free_port
 from typer.testing import CliRunner
 
-from conftest import SCRIPT, ServerProcess, free_port
 from stepaudio_cli import serve as core
-from stepaudio_cli.engines.settings import EngineSettings
 from stepaudio_cli.cli import app
+from stepaudio_cli.engines.settings import EngineSettings
 
 runner = CliRunner()
 REASONING, ANSWER = SCRIPT

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import SCRIPT, LoopThread, tone
 from typer.testing import CliRunner
 
-from conftest import SCRIPT, LoopThread, tone
 from stepaudio_cli.audio import Audio
 from stepaudio_cli.cli import app
 from stepaudio_cli.engines import EngineSettings, collect, make_engine

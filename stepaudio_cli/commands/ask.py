@@ -51,6 +51,8 @@ def ask(
     quantization: options.QuantOpt = None,
     kv_cache_dtype: options.KvCacheDtypeOpt = "auto",
     load_format: options.LoadFormatOpt = "auto",
+    window: options.WindowOpt = None,
+    no_window: options.NoWindowOpt = False,
 ) -> None:
     """Ask one question about one or more audio files; streams reasoning and answer."""
     from stepaudio_cli import ask as core
@@ -64,6 +66,10 @@ def ask(
     think = options.thinking(ctx)
     settings = options.engine_settings(ctx, max_num_seqs=ASK_MAX_NUM_SEQS, thinking_processor=think.constrained)
     request = core.prepare(sources, question, system, options.sampling(ctx), think)
+    windowing = options.windowing(ctx)
     view = AskView(term, json_output=json_output, hide_reasoning=hide_reasoning)
-    result = asyncio.run(core.ask(settings, request, on_status=view.status, on_delta=view.on_delta))
+    result = asyncio.run(core.ask(
+        settings, request, on_status=view.status, on_delta=view.on_delta, windowing=windowing,
+        on_windows=view.on_windows,
+    ))
     view.finish(request, result)

@@ -73,6 +73,8 @@ def batch(
     quantization: options.QuantOpt = None,
     kv_cache_dtype: options.KvCacheDtypeOpt = "auto",
     load_format: options.LoadFormatOpt = "auto",
+    window: options.WindowOpt = None,
+    no_window: options.NoWindowOpt = False,
 ) -> None:
     """Ask the same question about every audio file in directories; resumable JSONL/CSV results."""
     from stepaudio_cli import batch as core
@@ -97,6 +99,7 @@ def batch(
         prompt=question, system=system, sampling=options.sampling(ctx),
         thinking=thinking, concurrency=concurrency or settings.default_concurrency(), retries=retries,
         retry_failed=retry_failed, overwrite=overwrite, hide_reasoning=hide_reasoning,
+        windowing=options.windowing(ctx),
     )
     store.open(files)  # locked, and checked to be ours and whole, before any engine starts
     view = BatchView(term, len(files))

@@ -210,3 +210,28 @@ def thinking(ctx: typer.Context):
 
     p = ctx.params
     return Thinking.from_options(p["think_budget"], p["min_think"], p["effort"], p["no_think"])
+
+
+# --- long recordings (windows.py) -------------------------------------------------------------
+LONG = "Long recordings"
+WindowOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--window", envvar="STEPAUDIO_WINDOW", metavar="DURATION",
+        help="Window length for audio longer than one request holds, e.g. 20m (default: what fits the context).",
+        rich_help_panel=LONG,
+    ),
+]
+NoWindowOpt = Annotated[
+    bool,
+    typer.Option("--no-window", envvar="STEPAUDIO_NO_WINDOW",
+                 help="Refuse audio longer than one request holds instead of answering it in windows.",
+                 rich_help_panel=LONG),
+]
+
+
+def windowing(ctx: typer.Context):
+    """How a command (ask, batch) answers audio longer than one request holds, from its options."""
+    from stepaudio_cli.windows import Windowing
+
+    return Windowing.from_options(ctx.params["window"], ctx.params["no_window"])

@@ -49,6 +49,9 @@ class Result:
     usage: Usage
     timings: Timings
     finish_reason: str | None = None
+    #: A recording answered in windows (windows.py): each window's start, end, answer, usage
+    #: and finish_reason; the fields above are then the reduce step's, with the total usage.
+    windows: list[dict] | None = None
 
 
 class Clock:

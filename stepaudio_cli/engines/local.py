@@ -135,10 +135,9 @@ class LocalEngine(Engine):
             ignore_eos=request.fixed_length,
             extra_args=extra,
         )
-        prompt = {
-            "prompt": build_prompt(request.question, request.audios, request.system, t.prefix),
-            "multi_modal_data": {"audio": [(c, SAMPLE_RATE) for a in request.audios for c in a.chunks()]},
-        }
+        prompt = {"prompt": build_prompt(request.question, request.audios, request.system, t.prefix)}
+        if request.audios:  # a text-only request (windows' reduce step) has no multimodal data
+            prompt["multi_modal_data"] = {"audio": [(c, SAMPLE_RATE) for a in request.audios for c in a.chunks()]}
         request_id = uuid.uuid4().hex
         clock = Clock()
         splitter = ReasoningSplitter(in_answer=not t.enabled)
