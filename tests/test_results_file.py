@@ -367,7 +367,7 @@ def test_inputs_that_cannot_be_used_are_each_their_own_failure(scripted, tmp_pat
     locked = write_wav(tmp_path / "locked.wav", tone(1.0))
     locked.chmod(0)
     out = tmp_path / "r.jsonl"
-    result = batch(str(inputs), str(fifo), str(locked), "-p", "Q", "-s", url, "-o", str(out))
+    result = batch(str(inputs), str(fifo), str(locked), "-p", "Q", "-s", url, "-o", str(out), "--no-window")
     assert result.exit_code == 1, result.stderr
     assert not error_lines(result)
     recs = {Path(r["file"]).name: r for r in map(json.loads, out.read_text().splitlines())}
@@ -380,12 +380,12 @@ def test_inputs_that_cannot_be_used_are_each_their_own_failure(scripted, tmp_pat
 
 
 def test_audio_longer_than_the_context_is_refused_before_it_is_read(tmp_path):
-    two_hours = _sparse_wav(tmp_path / "header.wav", 7200)  # 230 MB: refused from its header alone
+    five_hours = _sparse_wav(tmp_path / "header.wav", 5 * 3600)  # refused from its header alone
     with pytest.raises(AudioError) as err:
-        load_file(two_hours, "header.wav")
+        load_file(five_hours, "header.wav")  # no context: a recording answered in windows
     assert err.value.message == (
-        "header.wav: 2h00m of audio is more than the model's longest context (65536 tokens) holds; "
-        "split it into parts under 1h26m"
+        "header.wav: 5h00m of audio is more than the 4h00m stepaudio answers in windows (0.9 GiB decoded); "
+        "split it into parts under 4h00m"
     )
     m4a = tmp_path / "40s.m4a"  # ffmpeg's formats: it stops decoding past the limit
     ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:duration=40", "-c:a", "aac", "-b:a", "16k", str(m4a))
