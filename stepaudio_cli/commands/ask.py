@@ -10,7 +10,9 @@ import typer
 from stepaudio_cli.commands import options
 from stepaudio_cli.defaults import (
     ASK_MAX_NUM_SEQS,
+    DEFAULT_KEEP_ALIVE,
     DEFAULT_MAX_MODEL_LEN,
+    DEFAULT_MAX_NUM_SEQS,
     DEFAULT_MAX_TOKENS,
     DEFAULT_TEMPERATURE,
     DEFAULT_TIMEOUT,
@@ -48,10 +50,12 @@ def ask(
     dtype: options.DtypeOpt = "auto",
     quantization: options.QuantOpt = None,
     load_format: options.LoadFormatOpt = "auto",
+    keep_alive: options.KeepAliveOpt = DEFAULT_KEEP_ALIVE,
 ) -> None:
     """Ask one question about one or more audio files; streams reasoning and answer."""
     from stepaudio_cli import ask as core
     from stepaudio_cli.ask_view import AskView
+    from stepaudio_cli.resident import parse_keep_alive, session
 
     term = options.terminal(ctx)
     term.quiet = term.quiet or json_output  # stderr stays empty unless something fails
@@ -59,12 +63,15 @@ def ask(
         raise UserError("give at least one audio file and a question, e.g. stepaudio ask clip.wav \"What is this?\"")
     *sources, question = inputs
     think = options.thinking(think_budget, min_think, effort, no_think)
+    keep = parse_keep_alive(keep_alive)
+    seqs = ASK_MAX_NUM_SEQS if keep == 0 else DEFAULT_MAX_NUM_SEQS  # a resident engine batch can share
     settings = options.engine_settings(
         server, api_key, model, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
         gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, quantization=quantization,
-        load_format=load_format, max_num_seqs=ASK_MAX_NUM_SEQS, thinking_processor=think.constrained, timeout=timeout,
+        load_format=load_format, max_num_seqs=seqs, thinking_processor=think.constrained, timeout=timeout,
     )
     request = core.prepare(sources, question, system, options.sampling(temperature, top_p, max_tokens, seed), think)
     view = AskView(term, json_output=json_output, hide_reasoning=hide_reasoning)
-    result = asyncio.run(core.ask(settings, request, on_status=view.status, on_delta=view.on_delta))
+    with session(settings, keep, view.status) as settings:
+        result = asyncio.run(core.ask(settings, request, on_status=view.status, on_delta=view.on_delta))
     view.finish(request, result)

@@ -128,6 +128,12 @@ TimeoutOpt = Annotated[
                  help="Seconds a server may stay silent mid-request before it counts as hung (--server).",
                  rich_help_panel=ENGINE),
 ]
+KeepAliveOpt = Annotated[
+    str,
+    typer.Option(envvar="STEPAUDIO_KEEP_ALIVE", rich_help_panel=ENGINE,
+                 help="Without --server: keep the model loaded this long after use (e.g. 5m, 1h, forever); "
+                      "0 runs it in-process and leaves nothing running. `stepaudio ps` lists, `stepaudio stop` frees."),
+]
 
 
 def terminal(ctx: typer.Context) -> Terminal:

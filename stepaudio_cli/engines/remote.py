@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from urllib.parse import unquote
 
 import httpx
 
@@ -14,6 +15,7 @@ from stepaudio_cli.errors import EngineError, UserError
 from stepaudio_cli.checkpoint import EOT
 from stepaudio_cli.prompt import build_messages
 from stepaudio_cli.request import Request, request_max_tokens
+from stepaudio_cli.resident import UDS_SCHEME
 from stepaudio_cli.splitter import Delta
 
 CONNECT_TIMEOUT = 10.0
@@ -60,6 +62,9 @@ class RemoteEngine(Engine):
     ) -> None:
         self.url = url
         self.base = api_base(url)
+        uds = unquote(url.removeprefix(UDS_SCHEME)) if url.startswith(UDS_SCHEME) else None
+        if uds:  # a resident engine's Unix socket
+            self.url, self.base = f"unix:{uds}", "http://localhost/v1"
         self.api_key = api_key
         self.wanted_model = model
         self.model = model or ""
@@ -71,7 +76,10 @@ class RemoteEngine(Engine):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         timeout = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT)
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-        self._client = httpx.AsyncClient(base_url=self.base, headers=headers, timeout=timeout, limits=limits)
+        transport = httpx.AsyncHTTPTransport(uds=uds, limits=limits) if uds else None
+        self._client = httpx.AsyncClient(
+            base_url=self.base, headers=headers, timeout=timeout, limits=limits, transport=transport
+        )
 
     async def start(self) -> None:
         """Ask the server what it serves; also the health probe of a server pool."""
