@@ -35,7 +35,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from urllib.parse import quote, unquote
 
 from stepaudio_cli.errors import UserError
 
@@ -45,7 +44,7 @@ IDENTITY_FIELDS = (
     "model", "quantization", "max_model_len", "tensor_parallel_size", "pipeline_parallel_size",
     "dtype", "gpu_memory_utilization", "load_format", "max_num_seqs", "kv_cache_dtype",
 )
-UDS_SCHEME = "http+unix://"
+UDS_SCHEME = "unix:"  # a server URL naming a Unix socket: unix:/path/to.sock
 SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes on Linux
 StatusCallback = Callable[[str | None], None]
 
@@ -125,13 +124,9 @@ class Entry:
     pid_started: str | None = None  # the process's start time (/proc): a reused pid is not ours
 
     @property
-    def address(self) -> str:
-        return f"unix:{self.uds}" if self.uds else str(self.url)
-
-    @property
     def server_url(self) -> str:
-        """The URL RemoteEngine takes: http+unix://<socket, quoted> or http://127.0.0.1:PORT."""
-        return UDS_SCHEME + quote(self.uds, safe="") if self.uds else str(self.url)
+        """The URL RemoteEngine takes: unix:/path/to.sock or http://127.0.0.1:PORT."""
+        return UDS_SCHEME + self.uds if self.uds else str(self.url)
 
     def api_key(self) -> str | None:
         if not self.key_file:
@@ -160,10 +155,12 @@ class Entry:
 
 
 def _proc_started(pid: int) -> str | None:
+    """When process ``pid`` started (None when there is none, or only its zombie)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
         return None
+    return None if len(fields) < 20 or fields[0] in ("Z", "X") else fields[19]
 
 
 def _connectable(entry: Entry) -> bool:
@@ -448,6 +445,31 @@ def _forget_start(entry_id: str) -> None:
         (registry_dir() / f"{entry_id}.starting").unlink()
 
 
+def _check_room(settings) -> None:
+    """One line when resident engines with other settings leave this one no room on the GPUs."""
+    from stepaudio_cli import gpus
+    from stepaudio_cli.defaults import GPU_MEMORY_FRACTION
+
+    others = read_entries()
+    if not others or not gpus.count_cheap():
+        return
+
+    def fraction(e: Entry) -> float:
+        return e.settings.get("gpu_memory_utilization") or GPU_MEMORY_FRACTION
+
+    if sum(map(fraction, others)) + (settings.gpu_memory_utilization or GPU_MEMORY_FRACTION) > 1.0:
+        holder = max(others, key=fraction)
+        if holder.kind == "resident":
+            how = f"`stepaudio stop {holder.model}`"
+        else:
+            how = f"stopping its `stepaudio serve` (pid {holder.pid})"
+        raise UserError(
+            f"the GPU is held by a resident engine for {holder.model} with other settings ({summary(holder)}); "
+            f"free it with {how}",
+            exit_code=1,
+        )
+
+
 def _alone(held: _Hold, entry_id: str) -> bool:
     """True when no other command holds or waits for this engine (our shared lock let go)."""
     held.release()
@@ -572,7 +594,7 @@ def status_rows(entries: list[Entry]) -> list[dict[str, str]]:
             idle_for = format_duration(idle)
             stops_in = "when stopped" if keep is None else format_duration(max(keep - idle, 0))
         rows.append({
-            "model": e.model, "settings": summary(e), "address": e.address, "pid": str(e.pid),
+            "model": e.model, "settings": summary(e), "address": e.server_url, "pid": str(e.pid),
             "gpu": f"{gpu[e.id] / 1024:.1f} GiB" if gpu.get(e.id) else "-",
             "idle": idle_for, "stops": stops_in, "kind": e.kind,
         })

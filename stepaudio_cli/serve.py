@@ -285,7 +285,7 @@ def run(
         entry = register_resident(opts, private_key, url, log_path)
         code = wait_or_idle(server, opts, entry)
         if code is None:
-            on_status(f"Stopping the server: unused for {resident.describe_keep_alive(opts.keep_alive)}")
+            on_status("Stopping the server: unused for as long as its keep-alive")
             return 0
         raise UserError(f"vLLM exited unexpectedly with code {code}: {server.last_error()}", exit_code=1)
     except _Terminated:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from urllib.parse import unquote
 
 import httpx
 
@@ -62,9 +61,9 @@ class RemoteEngine(Engine):
     ) -> None:
         self.url = url
         self.base = api_base(url)
-        uds = unquote(url.removeprefix(UDS_SCHEME)) if url.startswith(UDS_SCHEME) else None
-        if uds:  # a resident engine's Unix socket
-            self.url, self.base = f"unix:{uds}", "http://localhost/v1"
+        uds = url.removeprefix(UDS_SCHEME) if url.startswith(UDS_SCHEME) else None
+        if uds:  # a Unix socket (a resident engine's)
+            self.base = "http://localhost/v1"
         self.api_key = api_key
         self.wanted_model = model
         self.model = model or ""
