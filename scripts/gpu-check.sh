@@ -9,6 +9,7 @@
 #   bash scripts/gpu-check.sh multi-tp  2 GPUs: ask -tp 2, serve -tp 2
 #   bash scripts/gpu-check.sh multi-pp  2 GPUs: serve -pp 2, and serve with Ray -tp 2 (kit with RAY=1)
 #   bash scripts/gpu-check.sh faults    a context the KV cache cannot hold; kill -9 of ask and of serve
+#   bash scripts/gpu-check.sh resident  3 asks (2,650 tokens each) on a resident engine, then in-process (today)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD:/tmp/site VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1 STEPAUDIO_LOAD_FORMAT=dummy
@@ -107,5 +108,9 @@ case ${1:-} in
     head -n 2 "$OUT/killed-serve.log"
     echo "serve ready: $(gpu_mib) MiB of GPU memory used"; kill -9 $pid; freed serve
     ;;
-  *) echo "usage: $0 bench|single|serve|compare|multi-tp|multi-pp|faults"; exit 2 ;;
+  resident)  # < 9 min on one H200: resident ~4.5 min (one load), in-process ~2.6 min an ask
+    python3 benchmarks/resident_ask.py --model "$R1" --keep-alive 5m --asks 3 --budget 300
+    python3 benchmarks/resident_ask.py --model "$R1" --keep-alive 0 --asks 2 --budget 220
+    ;;
+  *) echo "usage: $0 bench|single|serve|compare|multi-tp|multi-pp|faults|resident"; exit 2 ;;
 esac

@@ -10,7 +10,7 @@ from stepaudio_cli.errors import UserError
 from stepaudio_cli.request import Request, Sampling, Thinking, fit_max_tokens
 from stepaudio_cli.splitter import Delta
 
-__all__ = ["ask", "prepare"]
+__all__ = ["ask", "check_fits", "prepare"]
 
 
 def prepare(
@@ -25,6 +25,13 @@ def prepare(
     return Request(audios=tuple(audios), question=question, system=system, sampling=sampling, thinking=thinking)
 
 
+def check_fits(settings: EngineSettings, request: Request) -> None:
+    """Refuse audio that cannot fit before loading the model (in-process or resident); a
+    server's context is known once connected, and the engine checks it there."""
+    if not settings.remote:
+        fit_max_tokens(request.audios, request.sampling, settings.max_model_len)
+
+
 async def ask(
     settings: EngineSettings,
     request: Request,
@@ -33,9 +40,6 @@ async def ask(
     on_delta: Callable[[Delta], None] | None = None,
 ) -> Result:
     """Run ``request``; ``on_delta`` gets the text as it comes, ``on_status`` what is being waited for."""
-    if not settings.remote:
-        # Refuse audio that cannot fit before loading the model; a server's context is
-        # known once connected, and the engine checks it there.
-        fit_max_tokens(request.audios, request.sampling, settings.max_model_len)
+    check_fits(settings, request)
     async with open_engine(settings, on_status) as engine:
         return await collect(engine, request, on_delta)

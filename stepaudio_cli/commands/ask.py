@@ -55,6 +55,7 @@ def ask(
     """Ask one question about one or more audio files; streams reasoning and answer."""
     from stepaudio_cli import ask as core
     from stepaudio_cli.ask_view import AskView
+    from stepaudio_cli.commands.download import offer_download
     from stepaudio_cli.resident import parse_keep_alive, session
 
     term = options.terminal(ctx)
@@ -71,7 +72,10 @@ def ask(
         load_format=load_format, max_num_seqs=seqs, thinking_processor=think.constrained, timeout=timeout,
     )
     request = core.prepare(sources, question, system, options.sampling(temperature, top_p, max_tokens, seed), think)
+    if not settings.remote:
+        offer_download(term, settings.model)
     view = AskView(term, json_output=json_output, hide_reasoning=hide_reasoning)
+    core.check_fits(settings, request)  # before a resident engine loads
     with session(settings, keep, view.status) as settings:
         result = asyncio.run(core.ask(settings, request, on_status=view.status, on_delta=view.on_delta))
     view.finish(request, result)
