@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from stepaudio_cli.defaults import UDS_SCHEME
 from stepaudio_cli.errors import UserError
 
 #: EngineSettings fields that shape the engine: one engine per distinct set. A field the
@@ -44,7 +45,6 @@ IDENTITY_FIELDS = (
     "model", "quantization", "max_model_len", "tensor_parallel_size", "pipeline_parallel_size",
     "dtype", "gpu_memory_utilization", "load_format", "max_num_seqs", "kv_cache_dtype",
 )
-UDS_SCHEME = "unix:"  # a server URL naming a Unix socket: unix:/path/to.sock
 SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes on Linux
 StatusCallback = Callable[[str | None], None]
 

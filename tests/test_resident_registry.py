@@ -246,3 +246,14 @@ def test_entry_file_is_json_with_the_address(fake):
     with resident.use(SETTINGS, None, lambda text: None) as entry:
         data = json.loads((resident.registry_dir() / f"{entry.id}.json").read_text())
     assert data["uds"] == entry.uds and entry.server_url == "unix:" + entry.uds
+
+
+def test_ask_without_a_terminal_keeps_the_one_line_errors(clip):
+    runner = CliRunner()
+    missing = runner.invoke(app, ["ask", "-m", "someone/not-here", "--keep-alive", "5m", str(clip), "What?"])
+    assert missing.exit_code != 0 and "Traceback" not in missing.stderr
+    (line,) = [ln for ln in missing.stderr.splitlines() if ln.startswith("error:")]
+    assert "not downloaded yet" in line and "stepaudio download someone/not-here" in line
+    assert resident.read_entries() == [] and not list(resident.registry_dir().glob("*.starting"))
+    bad = runner.invoke(app, ["ask", "--keep-alive", "soon", str(clip), "What?"])
+    assert bad.exit_code == 2 and "--keep-alive" in bad.stderr

@@ -7,14 +7,13 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from stepaudio_cli.defaults import DEFAULT_TIMEOUT
+from stepaudio_cli.defaults import DEFAULT_TIMEOUT, UDS_SCHEME
 from stepaudio_cli.engines.base import Done, Engine
 from stepaudio_cli.engines.reasoning_length import Run, phased
 from stepaudio_cli.errors import EngineError, UserError
 from stepaudio_cli.checkpoint import EOT
 from stepaudio_cli.prompt import build_messages
 from stepaudio_cli.request import Request, request_max_tokens
-from stepaudio_cli.resident import UDS_SCHEME
 from stepaudio_cli.splitter import Delta
 
 CONNECT_TIMEOUT = 10.0
