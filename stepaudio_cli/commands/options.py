@@ -18,7 +18,7 @@ ServerOpt = Annotated[
         "--server",
         "-s",
         envvar="STEPAUDIO_SERVER",
-        help="URL of an OpenAI-compatible server (e.g. http://127.0.0.1:9999). Without it: a local engine (--keep-alive).",
+        help="URL of an OpenAI-compatible server (e.g. http://127.0.0.1:9999); else a local engine (see --keep-alive).",
         rich_help_panel=ENGINE,
     ),
 ]
