@@ -93,9 +93,8 @@ def registry_dir() -> Path:
 def identity(settings) -> str:
     """A short name for the engine ``settings`` shape (``IDENTITY_FIELDS``)."""
     values = {name: getattr(settings, name, None) for name in IDENTITY_FIELDS}
-    model = str(values["model"])
-    if Path(model).expanduser().exists():
-        values["model"] = str(Path(model).expanduser().resolve())
+    values["model"] = _absolute(str(values["model"]))
+    values["gpus"] = os.environ.get("CUDA_VISIBLE_DEVICES")  # the engine keeps the GPUs it started on
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -211,12 +210,14 @@ def _find(entry_id: str, model: str | None = None) -> Entry | None:
     return next((e for e in entries if e.kind == "serve" and _same_model(e.model, model)), None)
 
 
-def _same_model(a: str, b: str) -> bool:
-    def norm(m: str) -> str:
-        p = Path(m).expanduser()
-        return str(p.resolve()) if p.exists() else m.rstrip("/")
+def _absolute(model: str) -> str:
+    """A local model folder as an absolute path; a repo id as it is."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model.rstrip("/")
 
-    return norm(a) == norm(b)
+
+def _same_model(a: str, b: str) -> bool:
+    return _absolute(a) == _absolute(b)
 
 
 # --- locks ----------------------------------------------------------------------------------
@@ -319,7 +320,7 @@ class Use:
 def serve_command(settings, entry_id: str, keep_alive: float | None, log: Path) -> list[str]:
     """`stepaudio serve` for the resident engine ``settings`` describe."""
     cmd = [
-        sys.executable, "-m", "stepaudio_cli", "serve", settings.model, "--resident", entry_id,
+        sys.executable, "-m", "stepaudio_cli", "serve", _absolute(settings.model), "--resident", entry_id,
         "--keep-alive", "forever" if keep_alive is None else repr(keep_alive),
         "--max-model-len", str(settings.max_model_len), "--max-num-seqs", str(settings.max_num_seqs),
         "--tensor-parallel-size", str(settings.tensor_parallel_size or "auto"), "--dtype", settings.dtype,
@@ -405,10 +406,12 @@ def _spawn(settings, entry_id: str, keep_alive: float | None) -> dict:
     log = engine_log_path(f"resident-{entry_id}.log")
     offset = log_size(log)
     env = {k: v for k, v in os.environ.items() if k != "STEPAUDIO_API_KEY"}
+    if env.get("PYTHONPATH"):  # it runs from /, so that it pins no folder
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             serve_command(settings, entry_id, keep_alive, log), stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd="/",
         )
     info = {"pid": proc.pid, "pid_started": _proc_started(proc.pid), "log": str(log), "offset": offset, "proc": proc}
     _write_private(registry_dir() / f"{entry_id}.starting", json.dumps({k: v for k, v in info.items() if k != "proc"}))

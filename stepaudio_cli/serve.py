@@ -315,8 +315,8 @@ def resident_address(opts: ServeOptions) -> tuple[ServeOptions, str | None]:
 
 def register_resident(opts: ServeOptions, private_key: str | None, url: str, log_path: Path) -> resident.Entry | None:
     """Register a resident engine, or a server on loopback (which `ask` then finds for its model)."""
-    if not opts.resident and client_host(opts.host) not in ("127.0.0.1", "::1", "localhost"):
-        return None
+    if not opts.resident and (opts.raw_reasoning or client_host(opts.host) not in ("127.0.0.1", "::1", "localhost")):
+        return None  # ask finds only servers it can use: on loopback, reasoning split out
     extra = list(opts.extra)
     load_format = extra[extra.index("--load-format") + 1] if "--load-format" in extra[:-1] else "auto"
     settings = {
