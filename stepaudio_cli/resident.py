@@ -100,7 +100,7 @@ def identity(settings) -> str:
 
 def _write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` (mode 0600) atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
