@@ -21,6 +21,10 @@ def ps(ctx: typer.Context) -> None:
         return
     columns = ["settings", "address", "pid", "GPU memory", "idle for", "stops in"]
     keys = ["settings", "address", "pid", "gpu", "idle", "stops"]
+    if not term.out.is_terminal:  # for scripts: one tab-separated line per engine, no wrapping
+        lines = ["\t".join(["model", *columns])] + ["\t".join(r[k] for k in ["model", *keys]) for r in rows]
+        term.write_out("\n".join(lines) + "\n")
+        return
     term.table(None, [(r["model"], [r[k] for k in keys]) for r in rows], columns, first="model", plain=True)
 
 
