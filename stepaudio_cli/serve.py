@@ -330,7 +330,12 @@ def register_resident(opts: ServeOptions, private_key: str | None, url: str, log
         kind="resident" if opts.resident else "serve", uds=opts.uds, url=None if opts.uds else url,
         settings=settings, log=str(log_path),
     )
-    return resident.register(entry, private_key or opts.api_key)
+    try:
+        return resident.register(entry, private_key or opts.api_key)
+    except (UserError, OSError):
+        if opts.resident:
+            raise
+        return None  # a server the user started serves on, found by `ask` or not
 
 
 def wait_or_idle(server: VllmServerProcess, opts: ServeOptions, entry: resident.Entry | None) -> int | None:
