@@ -158,8 +158,8 @@ def main() -> None:
     args = parser.parse_args()
     args.load_format = "dummy" if args.real_sizes else "auto"
 
-    from stepaudio_cli.vllm_log import engine_output_to_log, quiet_vllm_logs
     from stepaudio_cli.tiny_checkpoint import build_checkpoint
+    from stepaudio_cli.vllm_log import engine_output_to_log, quiet_vllm_logs
 
     quiet_vllm_logs()
     with tempfile.TemporaryDirectory() as tmp:

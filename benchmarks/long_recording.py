@@ -61,7 +61,7 @@ def synthetic(minutes: float, seed: int = 0) -> Audio:
 async def run(args) -> dict:
     from stepaudio_cli.bench import real_size_checkpoint
     from stepaudio_cli.engines import EngineSettings, collect, open_engine
-    from stepaudio_cli.windows import answer_in_windows, plan, span, Windowing
+    from stepaudio_cli.windows import Windowing, answer_in_windows, plan, span
 
     audio = synthetic(args.minutes)
     question = "Summarise what is said in this recording."

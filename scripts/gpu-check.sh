@@ -12,6 +12,7 @@
 #   bash scripts/gpu-check.sh multi-pp  2 GPUs: serve -pp 2, and serve with Ray -tp 2 (kit with RAY=1)
 #   bash scripts/gpu-check.sh faults    a context the KV cache cannot hold; kill -9 of ask and of serve
 #   bash scripts/gpu-check.sh long      benchmarks/long_recording.py: a 2-hour recording in windows vs one request
+#   bash scripts/gpu-check.sh resident  3 asks (2,650 tokens each) on a resident engine, then in-process (today)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD:/tmp/site VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1 STEPAUDIO_LOAD_FORMAT=dummy
@@ -114,5 +115,9 @@ case ${1:-} in
   long)
     step long python3 benchmarks/long_recording.py --minutes 120 --new-tokens 256
     ;;
-  *) echo "usage: $0 bench|single|serve|compare|multi-tp|multi-pp|faults|long"; exit 2 ;;
+  resident)  # < 9 min on one H200: resident ~4.5 min (one load), in-process ~2.6 min an ask
+    python3 benchmarks/resident_ask.py --model "$R1" --keep-alive 5m --asks 3 --budget 300
+    python3 benchmarks/resident_ask.py --model "$R1" --keep-alive 0 --asks 2 --budget 220
+    ;;
+  *) echo "usage: $0 bench|single|serve|compare|multi-tp|multi-pp|faults|long|resident"; exit 2 ;;
 esac

@@ -12,7 +12,7 @@ from stepaudio_cli.request import Request, Sampling, Thinking
 from stepaudio_cli.splitter import Delta
 from stepaudio_cli.windows import MapProgress, Windowing, answer_in_windows, plan
 
-__all__ = ["ask", "prepare"]
+__all__ = ["ask", "check_fits", "prepare"]
 
 
 def prepare(
@@ -27,6 +27,13 @@ def prepare(
     return Request(audios=tuple(audios), question=question, system=system, sampling=sampling, thinking=thinking)
 
 
+def check_fits(settings: EngineSettings, request: Request, windowing: Windowing = Windowing()) -> list | None:
+    """Refuse audio that cannot fit (or be answered in windows) before loading the model,
+    in-process or resident; returns the windows it needs in that context (None: one request).
+    A server's context is known once connected: then None, and ``ask`` plans there."""
+    return None if settings.remote else plan(request, settings.max_model_len, windowing)
+
+
 async def ask(
     settings: EngineSettings,
     request: Request,
@@ -38,11 +45,7 @@ async def ask(
 ) -> Result:
     """Run ``request``; ``on_delta`` gets the text as it comes, ``on_status`` what is being waited
     for, ``on_windows`` how the windows of a long recording are getting on."""
-    windows = None
-    if not settings.remote:
-        # Refuse audio that cannot fit (or be windowed) before loading the model; a server's
-        # context is known once connected.
-        windows = plan(request, settings.max_model_len, windowing)
+    windows = check_fits(settings, request, windowing)
     async with open_engine(settings, on_status) as engine:
         if settings.remote:
             windows = plan(request, engine.max_model_len, windowing)

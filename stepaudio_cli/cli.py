@@ -30,6 +30,7 @@ from stepaudio_cli.commands.config import config_app
 from stepaudio_cli.commands.doctor import doctor
 from stepaudio_cli.commands.download import download
 from stepaudio_cli.commands.options import terminal
+from stepaudio_cli.commands.ps import ps, stop
 from stepaudio_cli.commands.serve import serve
 from stepaudio_cli.errors import UserError
 
@@ -173,6 +174,8 @@ app.command(epilog=examples(
     "stepaudio bench --quantization bf16 --quantization fp8 --concurrency 32",
     "stepaudio bench --model /data/sar1 --json",
 ))(command(bench))
+app.command(epilog=examples("stepaudio ps"))(command(ps))
+app.command(epilog=examples("stepaudio stop", "stepaudio stop --all"))(command(stop))
 app.add_typer(config_app, name="config")
 app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},

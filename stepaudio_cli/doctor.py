@@ -119,6 +119,7 @@ def run(model: str, max_model_len: int, util: float, quantization: str | None = 
         r.next_steps.append("apt-get install ffmpeg   (or brew install ffmpeg)")
     plugin = any(e.name == "step_audio_r1" for e in md.entry_points(group="vllm.general_plugins"))
     r.add("vLLM plugin", "registered (StepAudio2ForCausalLM, step_audio_r1 parser)" if plugin else "not registered", plugin)
+    _resident_engines(r)
 
     from stepaudio_cli.checkpoint import resolve_model
 
@@ -160,3 +161,19 @@ def run(model: str, max_model_len: int, util: float, quantization: str | None = 
     else:
         r.next_steps.append("no GPU here: run `stepaudio serve` on a GPU machine and use --server URL")
     return r
+
+
+def _resident_engines(r: Report) -> None:
+    """The engines kept loaded (`stepaudio ps`): they hold GPU memory a new engine may need."""
+    from stepaudio_cli import resident
+    from stepaudio_cli.errors import UserError
+
+    try:
+        rows = resident.status_rows(resident.read_entries())
+    except UserError as e:
+        r.add("resident engines", e.message, False)
+        return
+    for row in rows:
+        r.add("loaded", f"{row['model']} ({row['settings']}) at {row['address']}, GPU {row['gpu']}, stops in {row['stops']}")
+    if rows:
+        r.next_steps.append("stepaudio stop --all   (frees the GPU memory the loaded models hold)")

@@ -18,10 +18,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from stepaudio_cli import gpus
+from stepaudio_cli import gpus, resident
 from stepaudio_cli.checkpoint import check_checkpoint, looks_like_repo_id, resolve_model
 from stepaudio_cli.defaults import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from stepaudio_cli.engines.settings import EngineSettings, command_line_flags, vllm_args
@@ -42,6 +42,9 @@ class ServeOptions:
     raw_reasoning: bool = False  # reasoning, </think> and answer all in `content` (StepFun's clients)
     extra: list[str] = field(default_factory=list)  # more vLLM flags, as given after `--`
     insecure_no_key: bool = False  # the user means to serve beyond loopback without a key
+    keep_alive: float | None = None  # stop after this long unused (seconds); None: run until stopped
+    resident: str | None = None  # a resident engine's id: a private address, registered under that id
+    uds: str | None = None  # listen on this Unix socket instead of host:port
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -99,6 +102,7 @@ def build_command(opts: ServeOptions, model_path: Path, n_gpus: int) -> list[str
         # none gets all the room the context leaves (reasoning can run to tens of thousands).
         "--override-generation-config",
         json.dumps({"temperature": DEFAULT_TEMPERATURE, "top_p": DEFAULT_TOP_P}),
+        *(["--uds", opts.uds] if opts.uds else []),
         *opts.extra,  # the API key goes through the environment (VllmServerProcess), never argv
     ]
 
@@ -151,7 +155,7 @@ class VllmServerProcess:
     def __init__(self, cmd: list[str], log_path: Path, passthrough: bool, api_key: str | None = None) -> None:
         self.cmd = cmd
         self.log_path = log_path
-        env = dict(os.environ)
+        env = dict(os.environ, **(env_extra or {}))
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         if api_key:
             env["VLLM_API_KEY"] = api_key
@@ -168,16 +172,17 @@ class VllmServerProcess:
         )
         self.watchdog.watch_group(self.proc.pid)
 
-    def wait_ready(self, url: str, timeout: float) -> None:
+    def wait_ready(self, url: str, timeout: float, uds: str | None = None) -> None:
         import httpx
 
+        client = httpx.Client(transport=httpx.HTTPTransport(uds=uds)) if uds else httpx
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             code = self.proc.poll()
             if code is not None:
                 raise UserError(f"vLLM exited with code {code} while starting: {self.last_error()}", exit_code=1)
             try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                if client.get(url + "/health", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -223,11 +228,12 @@ def prepare(opts: ServeOptions) -> list[str]:
     check_exposure(opts)
     path = resolve_model(opts.engine.model)
     check_checkpoint(path, weights=opts.engine.load_format != "dummy" and not dummy_weights(opts.extra))
-    check_port_free(opts.host, opts.port)
+    if not opts.uds:
+        check_port_free(opts.host, opts.port)
     return build_command(opts, path, gpus.count_cheap())
 
 
-def served_context(url: str, api_key: str | None) -> str:
+def served_context(url: str, api_key: str | None, uds: str | None = None) -> str:
     """The context length the server chose, as /v1/models reports it."""
     import httpx
 
@@ -235,8 +241,9 @@ def served_context(url: str, api_key: str | None) -> str:
     from stepaudio_cli.errors import EngineError
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    client = httpx.Client(transport=httpx.HTTPTransport(uds=uds)) if uds else httpx
     try:
-        body = httpx.get(url + "/v1/models", headers=headers, timeout=10).json()
+        body = client.get(url + "/v1/models", headers=headers, timeout=10).json()
         models = parse_model_list(body, url)
     except (httpx.HTTPError, ValueError, RecursionError, EngineError):
         return "?"
@@ -262,19 +269,26 @@ def run(
 ) -> int:
     """Start the server and keep it up until Ctrl-C or SIGTERM (exit code 130 or 0), or until it
     dies (UserError). ``on_status`` hears what is being waited for; ``on_ready`` gets the
-    server's URL and the context length it chose."""
+    server's URL and the context length it chose. With ``opts.keep_alive`` it also stops (0)
+    once unused that long; on loopback it registers as a resident engine (`resident.py`)."""
+    opts, private_key = resident_address(opts)
     cmd = prepare(opts)
     url = base_url(opts.host, opts.port)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    server = VllmServerProcess(cmd, log_path, passthrough, api_key=opts.api_key)
+    server = VllmServerProcess(cmd, log_path, passthrough, api_key=opts.api_key or private_key)
+    entry = None
     try:
         on_status(f"Starting vLLM for {opts.engine.model}")
         try:
-            server.wait_ready(url, ready_timeout)
+            server.wait_ready(url, ready_timeout, opts.uds)
         finally:
             on_status(None)
-        on_ready(url, served_context(url, opts.api_key))
-        code = server.proc.wait()
+        on_ready(url, served_context(url, opts.api_key or private_key, opts.uds))
+        entry = register_resident(opts, private_key, url, log_path)
+        code = wait_or_idle(server, opts, entry)
+        if code is None:
+            on_status("Stopping the server: unused for as long as its keep-alive")
+            return 0
         raise UserError(f"vLLM exited unexpectedly with code {code}: {server.last_error()}", exit_code=1)
     except _Terminated:
         on_status("Stopping the server")
@@ -284,5 +298,56 @@ def run(
         return 130
     finally:
         server.stop()
+        if entry:
+            resident.remove(entry.id)
         on_status(None)
         signal.signal(signal.SIGTERM, previous)
+
+
+def resident_address(opts: ServeOptions) -> tuple[ServeOptions, str | None]:
+    """A resident engine's private address: a 0600 Unix socket in the registry folder where
+    this vLLM has ``--uds``, else a free 127.0.0.1 port and a random API key (returned)."""
+    if not opts.resident:
+        return opts, None
+    from stepaudio_cli.vllm_plugin.compat import api_server_has_uds
+
+    uds, port, key = resident.private_address(opts.resident, api_server_has_uds())
+    return replace(opts, host="127.0.0.1", port=port or opts.port, api_key=None, uds=uds, raw_reasoning=False), key
+
+
+def register_resident(opts: ServeOptions, private_key: str | None, url: str, log_path: Path) -> resident.Entry | None:
+    """Register a resident engine, or a server on loopback (which `ask` then finds for its model)."""
+    if not opts.resident and (opts.raw_reasoning or not is_loopback(client_host(opts.host))):
+        return None  # ask finds only servers it can use: on loopback, reasoning split out
+    engine = opts.engine
+    if dummy_weights(opts.extra):
+        engine = replace(engine, load_format="dummy")
+    settings = {name: getattr(engine, name) for name in resident.IDENTITY_FIELDS if name != "model"}
+    settings["keep_alive"] = opts.keep_alive
+    entry = resident.Entry(
+        id=opts.resident or f"serve-{opts.port}", pid=os.getpid(), model=engine.model,
+        kind="resident" if opts.resident else "serve", uds=opts.uds, url=None if opts.uds else url,
+        settings=settings, log=str(log_path),
+    )
+    try:
+        return resident.register(entry, private_key or opts.api_key)
+    except (UserError, OSError):
+        if opts.resident:
+            raise
+        return None  # a server the user started serves on, found by `ask` or not
+
+
+def wait_or_idle(server: VllmServerProcess, opts: ServeOptions, entry: resident.Entry | None) -> int | None:
+    """vLLM's exit code when it dies; None when the server was unused for its keep-alive."""
+    watch = None
+    if entry and (opts.resident or opts.keep_alive is not None):
+        watch = resident.IdleWatch(entry.id, opts.keep_alive, follow_clients=bool(opts.resident))
+    while True:
+        try:
+            return server.proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            if watch and watch.idle():
+                resident.remove(entry.id)  # under the idle lock: no client picks it up meanwhile
+                server.stop()
+                watch.release()
+                return None

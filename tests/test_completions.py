@@ -41,7 +41,7 @@ def test_bash_completes_every_command():
     assert set(got) == {name for name, cmd in group.commands.items() if not cmd.hidden}
 
 
-@pytest.mark.parametrize("command", ["ask", "batch", "serve", "download"])
+@pytest.mark.parametrize("command", ["ask", "batch", "serve", "download", "stop"])
 def test_bash_completes_each_commands_options(command):
     cmd = click_command().commands[command]
     expected = {o for p in cmd.params if p.param_type_name == "option" and not p.hidden for o in p.opts if o.startswith("--")}

@@ -16,6 +16,7 @@ from conftest import SCRIPT, LoopThread, noise, tone, write_wav
 from reference import next_token_logprobs
 from typer.testing import CliRunner
 
+from stepaudio_cli import resident
 from stepaudio_cli.audio import Audio, chunk_tokens, load_audio
 from stepaudio_cli.cli import app
 from stepaudio_cli.engines import EngineSettings, collect, make_engine
@@ -141,7 +142,8 @@ def children() -> set[int]:
 
 def test_ask_in_process_end_to_end(scripted_ckpt, clip):
     before = children()
-    result = CliRunner().invoke(app, ["ask", "--model", str(scripted_ckpt), str(clip), "What is happening?"])
+    args = ["ask", "--keep-alive", "0", "--model", str(scripted_ckpt), str(clip), "What is happening?"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.stderr
     reasoning, answer = SCRIPT
     assert result.stdout == answer + "\n"
@@ -149,6 +151,7 @@ def test_ask_in_process_end_to_end(scripted_ckpt, clip):
     # vLLM's own chatter went to the engine log, not to the user's terminal.
     assert "INFO" not in result.stderr and "Loading safetensors" not in result.stderr
     assert children() - before == set(), "engine processes left behind"
+    assert not list(resident.registry_dir().iterdir()), "--keep-alive 0 registered an engine"
 
 
 def test_ask_in_process_json(scripted_ckpt, clip):

@@ -10,7 +10,9 @@ import typer
 from stepaudio_cli.commands import options
 from stepaudio_cli.defaults import (
     ASK_MAX_NUM_SEQS,
+    DEFAULT_KEEP_ALIVE,
     DEFAULT_MAX_MODEL_LEN,
+    DEFAULT_MAX_NUM_SEQS,
     DEFAULT_MAX_TOKENS,
     DEFAULT_TEMPERATURE,
     DEFAULT_TIMEOUT,
@@ -53,10 +55,13 @@ def ask(
     load_format: options.LoadFormatOpt = "auto",
     window: options.WindowOpt = None,
     no_window: options.NoWindowOpt = False,
+    keep_alive: options.KeepAliveOpt = DEFAULT_KEEP_ALIVE,
 ) -> None:
     """Ask one question about one or more audio files; streams reasoning and answer."""
     from stepaudio_cli import ask as core
     from stepaudio_cli.ask_view import AskView
+    from stepaudio_cli.commands.download import offer_download
+    from stepaudio_cli.resident import parse_keep_alive, session
 
     term = options.terminal(ctx)
     term.quiet = term.quiet or json_output  # stderr stays empty unless something fails
@@ -64,12 +69,18 @@ def ask(
         raise UserError("give at least one audio file and a question, e.g. stepaudio ask clip.wav \"What is this?\"")
     *sources, question = inputs
     think = options.thinking(ctx)
-    settings = options.engine_settings(ctx, max_num_seqs=ASK_MAX_NUM_SEQS, thinking_processor=think.constrained)
+    keep = parse_keep_alive(keep_alive)
+    seqs = ASK_MAX_NUM_SEQS if keep == 0 else DEFAULT_MAX_NUM_SEQS  # a resident engine batch can share
+    settings = options.engine_settings(ctx, max_num_seqs=seqs, thinking_processor=think.constrained)
     request = core.prepare(sources, question, system, options.sampling(ctx), think)
     windowing = options.windowing(ctx)
+    if not settings.remote:
+        offer_download(term, settings.model)
     view = AskView(term, json_output=json_output, hide_reasoning=hide_reasoning)
-    result = asyncio.run(core.ask(
-        settings, request, on_status=view.status, on_delta=view.on_delta, windowing=windowing,
-        on_windows=view.on_windows,
-    ))
+    core.check_fits(settings, request, windowing)  # before a resident engine loads
+    with session(settings, keep, view.status) as settings:
+        result = asyncio.run(core.ask(
+            settings, request, on_status=view.status, on_delta=view.on_delta, windowing=windowing,
+            on_windows=view.on_windows,
+        ))
     view.finish(request, result)

@@ -11,6 +11,7 @@ import typer
 
 from stepaudio_cli.commands import options
 from stepaudio_cli.defaults import (
+    DEFAULT_KEEP_ALIVE,
     DEFAULT_MAX_MODEL_LEN,
     DEFAULT_MAX_NUM_SEQS,
     DEFAULT_MAX_TOKENS,
@@ -75,14 +76,17 @@ def batch(
     load_format: options.LoadFormatOpt = "auto",
     window: options.WindowOpt = None,
     no_window: options.NoWindowOpt = False,
+    keep_alive: options.KeepAliveOpt = DEFAULT_KEEP_ALIVE,
 ) -> None:
     """Ask the same question about every audio file in directories; resumable JSONL/CSV results."""
     from stepaudio_cli import batch as core
     from stepaudio_cli.batch_view import BatchView
+    from stepaudio_cli.resident import parse_keep_alive, session
     from stepaudio_cli.store import Store
 
     term = options.terminal(ctx)
     question = _question(prompt, prompt_file)
+    keep = parse_keep_alive(keep_alive)
     thinking = options.thinking(ctx)
     settings = options.engine_settings(ctx, thinking_processor=thinking.constrained)
     if output is None:
@@ -104,9 +108,10 @@ def batch(
     store.open(files)  # locked, and checked to be ours and whole, before any engine starts
     view = BatchView(term, len(files))
     try:
-        summary = asyncio.run(core.execute(
-            settings, job, store, files, on_status=view.status, on_start=view.started, on_progress=view.update,
-        ))
+        with session(settings, keep, view.status) as settings:
+            summary = asyncio.run(core.execute(
+                settings, job, store, files, on_status=view.status, on_start=view.started, on_progress=view.update,
+            ))
     finally:
         view.close()
         store.close()

@@ -29,7 +29,6 @@ def download(
     """Download the model weights (resumable), or --check a local copy."""
     from stepaudio_cli import download as core
     from stepaudio_cli.checkpoint import resolve_model
-    from stepaudio_cli.download_view import DownloadProgress
     from stepaudio_cli.errors import UserError
 
     term = options.terminal(ctx)
@@ -42,21 +41,56 @@ def download(
         raise UserError("--offline only makes sense with --check (downloading needs the hub)")
     hub = core.Downloader(repo_id, revision=revision, endpoint=endpoint, token=token)
     files = hub.files()
-    total = sum(f.size for f in files)
     if check:
         where = local_dir or resolve_model(repo_id, revision=hub.commit or revision)
         problems = core.check_against(files, Path(where))
         _report(term, Path(where), problems, f"checked {len(files)} files against {hub.endpoint}")
         return
+    path = _fetch(term, hub, files, repo_id, revision, local_dir)
+    term.info(f"Use it with: --model {path}" + ("" if local_dir else f"  (or --model {repo_id})"))
+    term.write_out(f"{path}\n")
+
+
+def _fetch(term: Terminal, hub, files, repo_id: str, revision: str | None, local_dir: Path | None,
+           confirm: bool = False) -> Path:
+    """Download ``files`` with a progress bar; ``confirm``: ask y/N first (size, destination)."""
+    from stepaudio_cli import download as core
+    from stepaudio_cli.download_view import DownloadProgress
+    from stepaudio_cli.errors import UserError
+
+    total = sum(f.size for f in files)
     layout = hub.layout(local_dir)
     have = sum(f.size for f in files if layout.complete(f))
     core.check_disk(files, layout.root, have)
     term.info(f"{repo_id}@{(hub.commit or revision or 'main')[:12]}: {len(files)} files, {total / 1e9:.2f} GB")
+    if confirm and not typer.confirm(f"Download {(total - have) / 1e9:.2f} GB to {layout.root}?", err=True):
+        raise UserError(f"{repo_id}: not downloaded; `stepaudio download {repo_id}` gets it", exit_code=1)
     with DownloadProgress(term, total) as progress:
         path = hub.download(files, layout, progress)
     term.success(f"Downloaded to {path}")
-    term.info(f"Use it with: --model {path}" + ("" if local_dir else f"  (or --model {repo_id})"))
-    term.write_out(f"{path}\n")
+    return path
+
+
+def offer_download(term: Terminal, model: str) -> None:
+    """First use: a hub model that is not downloaded yet is offered for download on a terminal
+    (size, destination, y/N); elsewhere it stays today's one-line error."""
+    import sys
+
+    from stepaudio_cli import download as core
+    from stepaudio_cli.checkpoint import looks_like_repo_id, resolve_model
+    from stepaudio_cli.errors import UserError
+
+    if Path(model).expanduser().exists() or not looks_like_repo_id(model):
+        return
+    try:
+        resolve_model(model)
+        return
+    except UserError:
+        if not (term.interactive and sys.stdin.isatty()):
+            raise
+    term.info(f"{model} is not downloaded yet.")
+    hub = core.Downloader(model, revision=None, endpoint=None, token=None)
+    _fetch(term, hub, hub.files(), model, None, None, confirm=True)
 
 
 def _report(term: Terminal, where: Path, problems: list[str], what: str) -> None:

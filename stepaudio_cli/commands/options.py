@@ -28,7 +28,7 @@ ServerOpt = Annotated[
         "--server",
         "-s",
         envvar="STEPAUDIO_SERVER",
-        help="URL of an OpenAI-compatible server (e.g. http://127.0.0.1:9999). Without it the model runs in-process.",
+        help="URL of an OpenAI-compatible server (e.g. http://127.0.0.1:9999); else a local engine (see --keep-alive).",
         rich_help_panel=ENGINE,
     ),
 ]
@@ -168,6 +168,12 @@ TimeoutOpt = Annotated[
     typer.Option(envvar="STEPAUDIO_TIMEOUT", min=1.0,
                  help="Seconds a server may stay silent mid-request before it counts as hung (--server).",
                  rich_help_panel=ENGINE),
+]
+KeepAliveOpt = Annotated[
+    str,
+    typer.Option(envvar="STEPAUDIO_KEEP_ALIVE", rich_help_panel=ENGINE,
+                 help="Without --server: keep the model loaded this long after use (e.g. 5m, 1h, forever); "
+                      "0 runs it in-process and leaves nothing running. `stepaudio ps` lists, `stepaudio stop` frees."),
 ]
 
 

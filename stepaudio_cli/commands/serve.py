@@ -55,9 +55,14 @@ def serve(
     log_file: Annotated[Path | None, typer.Option(help="Where vLLM's log goes (default: the cache folder).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show vLLM's log on the terminal.")] = False,
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for /health.")] = 1800.0,
+    keep_alive: Annotated[
+        str | None, typer.Option(help="Stop after this long without requests (e.g. 30m; default: run until stopped).")
+    ] = None,
+    resident: Annotated[str | None, typer.Option(hidden=True, help="Run as this resident engine (ask/batch).")] = None,
 ) -> None:
     """Start vLLM's OpenAI-compatible server for Step-Audio-R1 (arguments after `--` go to vLLM)."""
     from stepaudio_cli import serve as core
+    from stepaudio_cli.resident import parse_keep_alive
     from stepaudio_cli.vllm_log import engine_log_path
 
     term = options.terminal(ctx)
@@ -68,6 +73,7 @@ def serve(
     opts = core.ServeOptions(
         engine=options.engine_settings(ctx), host=host, port=port, api_key=api_key, raw_reasoning=raw_reasoning,
         extra=list(ctx.args), insecure_no_key=insecure_no_key,
+        keep_alive=None if keep_alive is None else parse_keep_alive(keep_alive), resident=resident,
     )
     log = log_file or engine_log_path(f"serve-{port}.log")
 

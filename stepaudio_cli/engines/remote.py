@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from stepaudio_cli.checkpoint import EOT
-from stepaudio_cli.defaults import DEFAULT_TIMEOUT
+from stepaudio_cli.defaults import DEFAULT_TIMEOUT, UDS_SCHEME
 from stepaudio_cli.engines.base import Done, Engine
 from stepaudio_cli.engines.reasoning_length import PhaseEnd, Run, Text, phased
 from stepaudio_cli.errors import EngineError, UserError
@@ -158,6 +158,9 @@ class RemoteEngine(Engine):
     ) -> None:
         self.url = url
         self.base = api_base(url)
+        uds = url.removeprefix(UDS_SCHEME) if url.startswith(UDS_SCHEME) else None
+        if uds:  # a Unix socket (a resident engine's)
+            self.base = "http://localhost/v1"
         self.api_key = api_key
         self.wanted_model = model
         self.model = model or ""
@@ -169,7 +172,10 @@ class RemoteEngine(Engine):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         timeout = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT)
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-        self._client = httpx.AsyncClient(base_url=self.base, headers=headers, timeout=timeout, limits=limits)
+        transport = httpx.AsyncHTTPTransport(uds=uds, limits=limits) if uds else None
+        self._client = httpx.AsyncClient(
+            base_url=self.base, headers=headers, timeout=timeout, limits=limits, transport=transport
+        )
 
     async def start(self) -> None:
         """Ask the server what it serves; also the health probe of a server pool."""

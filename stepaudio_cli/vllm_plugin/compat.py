@@ -110,3 +110,22 @@ def _delta_message_class() -> type:
 def delta_message(**fields):
     """vLLM's streamed chat delta (its module moved at 0.32)."""
     return _delta_message_class()(**fields)
+
+
+@functools.cache
+def api_server_has_uds() -> bool:
+    """Whether vLLM's OpenAI server takes ``--uds PATH`` (listen on a Unix socket): read from
+    the source of its argument definitions (``uds: str | None``), without importing vLLM."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("vllm")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        for path in (Path(root) / "entrypoints").rglob("cli_args.py"):
+            try:
+                if re.search(r"^\s+uds\s*:", path.read_text(errors="replace"), re.M):
+                    return True
+            except OSError:
+                continue
+    return False
