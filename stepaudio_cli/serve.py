@@ -155,7 +155,7 @@ class VllmServerProcess:
     def __init__(self, cmd: list[str], log_path: Path, passthrough: bool, api_key: str | None = None) -> None:
         self.cmd = cmd
         self.log_path = log_path
-        env = dict(os.environ, **(env_extra or {}))
+        env = dict(os.environ)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         if api_key:
             env["VLLM_API_KEY"] = api_key

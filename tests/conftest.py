@@ -197,15 +197,16 @@ def vllm_server(scripted_ckpt, tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path, monkeypatch):
+def _isolated_home(tmp_path, tmp_path_factory, monkeypatch):
     """No test reads or writes the real user's config, cache or hub token."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # In-process unless a test asks for a resident engine; those register in a private folder.
     monkeypatch.setenv("STEPAUDIO_KEEP_ALIVE", "0")
-    (tmp_path / "run").mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    run = tmp_path_factory.mktemp("run")  # beside the test's folder: tests list what they leave there
+    run.chmod(0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.delenv("STEPAUDIO_SERVER", raising=False)
     monkeypatch.delenv("STEPAUDIO_API_KEY", raising=False)

@@ -94,7 +94,7 @@ def test_keep_alive_durations():
 
 def test_registry_folder_is_private(tmp_path, monkeypatch):
     folder = resident.registry_dir()
-    assert folder == tmp_path / "run" / "stepaudio"
+    assert folder == Path(os.environ["XDG_RUNTIME_DIR"]) / "stepaudio"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     os.chmod(folder, 0o755)
     assert stat.S_IMODE(resident.registry_dir().stat().st_mode) == 0o700
