@@ -38,8 +38,8 @@ class AskView:
 
     def on_windows(self, progress: MapProgress) -> None:
         """A long recording's windows: how many are answered, and their tokens so far."""
-        if progress.done < progress.total:
-            self.status(f"Listening in {progress.total} windows: {progress.done}/{progress.total} answered, "
+        if progress.answered < progress.total:
+            self.status(f"Listening in {progress.total} windows: {progress.answered}/{progress.total} answered, "
                         f"{progress.completion_tokens:,} tokens")
         else:
             self.status(f"Combining the answers of {progress.total} windows")

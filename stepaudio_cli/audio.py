@@ -127,7 +127,7 @@ class Audio:
 @dataclass(frozen=True)
 class AudioLength:
     """How long an audio file is, from its header, before it is decoded: what
-    ``request.fit_max_tokens`` needs to refuse it early."""
+    ``request.generation_room`` needs to refuse it early."""
 
     name: str
     n_samples: int  # at 16 kHz

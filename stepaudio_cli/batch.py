@@ -27,7 +27,7 @@ from stepaudio_cli.audio import AUDIO_EXTENSIONS, header_length, load_file, sha2
 from stepaudio_cli.engines import Engine, EngineSettings, Result, collect, open_engine
 from stepaudio_cli.errors import EngineError, NoServerError, StoreError, UserError
 from stepaudio_cli.records import params, to_record
-from stepaudio_cli.request import Request, Sampling, Thinking, fit_max_tokens
+from stepaudio_cli.request import Request, Sampling, Thinking, generation_room
 from stepaudio_cli.store import Store
 from stepaudio_cli.windows import Windowing, answer_in_windows, plan
 
@@ -50,7 +50,7 @@ class BatchJob:
 @dataclass
 class Summary:
     total: int = 0
-    done: int = 0  # computed in this run
+    answered: int = 0  # answered in this run
     skipped: int = 0  # already in the results
     reused: int = 0  # same content + settings as another file
     failed: int = 0
@@ -65,7 +65,7 @@ class Summary:
 
     @property
     def finished(self) -> int:
-        return self.done + self.skipped + self.reused + self.failed
+        return self.answered + self.skipped + self.reused + self.failed
 
 
 def discover(inputs: Sequence[str], patterns: Sequence[str] = (), recursive: bool = False) -> list[Path]:
@@ -232,7 +232,7 @@ class BatchRunner:
         try:
             length = await asyncio.to_thread(header_length, path, name)
             if length is not None and context:  # audio one request cannot hold is refused before it is read
-                fit_max_tokens([length], self.job.sampling, context)
+                generation_room([length], self.job.sampling, context)
             audio = await asyncio.to_thread(load_file, path, name, context)
             if await asyncio.to_thread(_stamp, path) != stamp:
                 raise UserError(f"{name}: changed while it was being read; rerun to try it again")
@@ -264,7 +264,7 @@ class BatchRunner:
         )
         await self._write(record)
         self._by_key[key] = record
-        self.summary.done += 1
+        self.summary.answered += 1
         self.summary.cut_off += result.finish_reason == "length"
         self.summary.audio_seconds += audio.duration
         return record

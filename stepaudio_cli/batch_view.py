@@ -63,7 +63,7 @@ class BatchView:
         if s.finished == self.total or now - self._last_plain >= PLAIN_EVERY_S:
             self._last_plain = now
             left = self.total - s.finished
-            rate = (s.done + s.reused) / max(now - self.start, 1e-6)
+            rate = (s.answered + s.reused) / max(now - self.start, 1e-6)
             eta = f", ETA {format_duration(left / rate)}" if rate > 0 and left else ""
             self.term.info(f"batch: {s.finished}/{self.total} files, {self._stats(s)}{eta}")
 
@@ -75,7 +75,7 @@ class BatchView:
 
     def _stats(self, s: Summary) -> str:
         elapsed = max(time.monotonic() - self.start, 1e-6)
-        rate = (s.done + s.reused) / elapsed
+        rate = (s.answered + s.reused) / elapsed
         parts = [f"{format_duration(s.audio_seconds)} audio", f"{rate:.2f} files/s"]
         if s.failed:
             parts.append(f"{s.failed} failed")
@@ -86,7 +86,7 @@ class BatchView:
     # --- the end ---------------------------------------------------------------------------------
     def summary(self, s: Summary, output: str) -> None:
         term = self.term
-        rows: list[tuple[str, str, str | None]] = [("done", str(s.done), None)]
+        rows: list[tuple[str, str, str | None]] = [("answered", str(s.answered), None)]
         if s.reused:
             rows.append(("duplicates", f"{s.reused} (same audio as another file, answered once)", None))
         if s.skipped:

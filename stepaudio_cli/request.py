@@ -92,7 +92,7 @@ class Request:
         return sum(a.duration for a in self.audios)
 
 
-def fit_max_tokens(
+def generation_room(
     audios: Sequence[Audio | AudioLength], sampling: Sampling, max_model_len: int | None, text_tokens: int = 64
 ) -> int:
     """max_tokens that fits in the model length next to the audio, or an AudioError.
@@ -120,9 +120,9 @@ def fit_max_tokens(
     return room if sampling.max_tokens is None else min(sampling.max_tokens, room)
 
 
-def request_max_tokens(request: Request, max_model_len: int | None) -> int | None:
+def max_tokens_to_send(request: Request, max_model_len: int | None) -> int | None:
     """What an engine asks for: the audio is checked against the context first; without a
     cap, None, and vLLM gives exactly what the context leaves after the real prompt (our
     estimate of the text tokens could be short for a long question or system prompt)."""
-    fitted = fit_max_tokens(request.audios, request.sampling, max_model_len)
+    fitted = generation_room(request.audios, request.sampling, max_model_len)
     return None if request.sampling.max_tokens is None else fitted

@@ -25,7 +25,7 @@ from stepaudio_cli.audio import CHUNK_SAMPLES, SAMPLE_RATE, Audio, format_durati
 from stepaudio_cli.defaults import MAX_AUDIO_ITEMS
 from stepaudio_cli.engines.base import Result, Timings, Usage
 from stepaudio_cli.errors import AudioError, NoServerError, UserError
-from stepaudio_cli.request import MIN_GENERATION_TOKENS, Request, Sampling, fit_max_tokens
+from stepaudio_cli.request import MIN_GENERATION_TOKENS, Request, Sampling, generation_room
 from stepaudio_cli.splitter import Delta
 
 OVERLAP_SECONDS = 5.0  # the next window starts 5-10 s before this one ends
@@ -166,7 +166,7 @@ def plan(request: Request, max_model_len: int | None, windowing: Windowing) -> l
     fits = True
     if max_model_len:
         try:
-            fit_max_tokens(request.audios, request.sampling, max_model_len)
+            generation_room(request.audios, request.sampling, max_model_len)
         except AudioError:
             if not windowed:
                 raise  # today's refusal
@@ -236,7 +236,7 @@ Send = Callable[[Request, Callable[[Delta], None] | None], Awaitable[Result]]
 
 @dataclass
 class MapProgress:
-    done: int
+    answered: int
     total: int
     completion_tokens: int = 0
 
@@ -262,7 +262,7 @@ async def answer_in_windows(
     audio = request.audios[0]
     total = audio.duration
     started = time.perf_counter()
-    progress = MapProgress(done=0, total=len(windows))
+    progress = MapProgress(answered=0, total=len(windows))
     report = on_progress or (lambda p: None)
     report(progress)
 
@@ -276,7 +276,7 @@ async def answer_in_windows(
             raise  # not this recording's fault: the caller stops
         except UserError as e:
             raise type(e)(f"part {i + 1} of {len(windows)} ({span(w, total)}): {e.message}") from None
-        progress.done += 1
+        progress.answered += 1
         progress.completion_tokens += result.usage.completion_tokens
         report(progress)
         return result

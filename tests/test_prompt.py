@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from stepaudio_cli.audio import Audio
 from stepaudio_cli.errors import AudioError
 from stepaudio_cli.prompt import build_messages, build_prompt
-from stepaudio_cli.request import Sampling, fit_max_tokens
+from stepaudio_cli.request import Sampling, generation_room
 from stepaudio_cli.splitter import ReasoningSplitter
 
 
@@ -53,15 +53,15 @@ def test_defaults_leave_all_the_context_to_reasoning_and_answer():
     s = Sampling()
     assert (s.temperature, s.top_p) == (0.7, 0.9)
     ten_seconds = audio(10).prompt_tokens
-    assert fit_max_tokens([audio(10)], s, 65536) == 65536 - ten_seconds - 64  # 64: question + scaffolding
-    assert fit_max_tokens([audio(10)], s, None) is None  # the server decides
+    assert generation_room([audio(10)], s, 65536) == 65536 - ten_seconds - 64  # 64: question + scaffolding
+    assert generation_room([audio(10)], s, None) is None  # the server decides
 
 
 def test_fit_max_tokens_shrinks_to_the_context_then_refuses():
-    assert fit_max_tokens([audio(10)], Sampling(max_tokens=8192), 16384) == 8192
-    assert 3072 < fit_max_tokens([audio(700)], Sampling(max_tokens=8192), 16384) < 8192
+    assert generation_room([audio(10)], Sampling(max_tokens=8192), 16384) == 8192
+    assert 3072 < generation_room([audio(700)], Sampling(max_tokens=8192), 16384) < 8192
     with pytest.raises(AudioError) as err:
-        fit_max_tokens([audio(1200, "long.wav")], Sampling(), 16384)
+        generation_room([audio(1200, "long.wav")], Sampling(), 16384)
     assert err.value.message.startswith("long.wav: 20m00s of audio needs")
     assert "--max-model-len" in err.value.message
 
@@ -118,11 +118,11 @@ def test_server_split_fields():
 
 
 def test_without_a_cap_the_engine_leaves_max_tokens_to_the_server():
-    from stepaudio_cli.request import Request, request_max_tokens
+    from stepaudio_cli.request import Request, max_tokens_to_send
 
     uncapped = Request(audios=(audio(10),), question="Q", sampling=Sampling())
     capped = Request(audios=(audio(10),), question="Q", sampling=Sampling(max_tokens=500))
-    assert request_max_tokens(uncapped, 16384) is None  # vLLM fills in exactly what the real prompt leaves
-    assert request_max_tokens(capped, 16384) == 500
+    assert max_tokens_to_send(uncapped, 16384) is None  # vLLM fills in exactly what the real prompt leaves
+    assert max_tokens_to_send(capped, 16384) == 500
     with pytest.raises(AudioError):  # the audio is still checked against the context first
-        request_max_tokens(Request(audios=(audio(1200),), question="Q", sampling=Sampling()), 16384)
+        max_tokens_to_send(Request(audios=(audio(1200),), question="Q", sampling=Sampling()), 16384)

@@ -78,13 +78,13 @@ def test_budget_caps_reasoning_then_forces_the_tag_and_asks_for_the_answer(serve
 
 def test_min_think_bans_the_first_token_of_the_tag_and_eot_then_lets_it_close(server):
     handler, url = server
-    handler.scripts += [(["x"] * 4, [], "length"), ([" y"], ["Done."], "stop")]
+    handler.scripts += [(["x"] * 4, [], "length"), ([" y"], ["Final."], "stop")]
     result = run(url, Thinking(min_tokens=4))
     first, second = handler.asked
     assert first["logit_bias"] == {"8": -100, "7": -100} and first["max_tokens"] == 4
     assert "logit_bias" not in second and "max_tokens" not in second  # no cap: the context decides
     assert assistant(second) == "<think>\nxxxx"
-    assert (result.reasoning, result.answer) == ("xxxx y", "Done.")
+    assert (result.reasoning, result.answer) == ("xxxx y", "Final.")
     assert result.usage.reasoning_tokens == 5
 
 

@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from stepaudio_cli.audio import Audio
 from stepaudio_cli.cli import app
 from stepaudio_cli.errors import AudioError, UserError
-from stepaudio_cli.request import Request, Sampling, fit_max_tokens
+from stepaudio_cli.request import Request, Sampling, generation_room
 from stepaudio_cli.windows import (
     MAX_RESERVE_TOKENS,
     WINDOW_TEXT_TOKENS,
@@ -130,7 +130,7 @@ def test_plan_keeps_one_request_when_it_fits_and_today_s_refusal_with_no_window(
     with pytest.raises(AudioError) as off:
         plan(Request((long,), "Q", sampling=Sampling(max_tokens=64)), 1024, Windowing(enabled=False))
     with pytest.raises(AudioError) as today:
-        fit_max_tokens([long], Sampling(max_tokens=64), 1024)
+        generation_room([long], Sampling(max_tokens=64), 1024)
     assert off.value.message == today.value.message and "raise --max-model-len" in off.value.message
     with pytest.raises(AudioError):  # several files are never windowed
         plan(Request((long, short), "Q", sampling=Sampling(max_tokens=64)), 1024, Windowing())

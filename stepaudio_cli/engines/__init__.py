@@ -9,10 +9,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-from stepaudio_cli.engines.base import Done, Engine, Result, Timings, Usage, collect
+from stepaudio_cli.engines.base import Final, Engine, Result, Timings, Usage, collect
 from stepaudio_cli.engines.settings import EngineSettings
 
-__all__ = ["Done", "Engine", "EngineSettings", "Result", "Timings", "Usage", "collect", "make_engine", "open_engine"]
+__all__ = ["Final", "Engine", "EngineSettings", "Result", "Timings", "Usage", "collect", "make_engine", "open_engine"]
 
 #: Told what the engine is waiting for (a spinner's text), or None when it no longer waits.
 StatusCallback = Callable[[str | None], None]

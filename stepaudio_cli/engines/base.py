@@ -34,7 +34,7 @@ class Timings:
 
 
 @dataclass
-class Done:
+class Final:
     model: str
     usage: Usage
     timings: Timings
@@ -89,8 +89,8 @@ class Engine(abc.ABC):
         """Connect or load; raises UserError with a one-line reason."""
 
     @abc.abstractmethod
-    def stream(self, request: Request) -> AsyncIterator[Delta | Done]:
-        """Yield reasoning/answer deltas as they come, then exactly one Done."""
+    def stream(self, request: Request) -> AsyncIterator[Delta | Final]:
+        """Yield reasoning/answer deltas as they come, then exactly one Final."""
 
     async def close(self) -> None:  # noqa: B027
         """Release everything (processes, sockets). Safe to call twice."""
@@ -102,15 +102,15 @@ async def collect(
     """Run one request to the end, calling ``on_delta`` for each piece of text."""
     reasoning: list[str] = []
     answer: list[str] = []
-    done: Done | None = None
+    done: Final | None = None
     async for event in engine.stream(request):
-        if isinstance(event, Done):
+        if isinstance(event, Final):
             done = event
             continue
         (reasoning if event.kind == "reasoning" else answer).append(event.text)
         if on_delta is not None:
             on_delta(event)
-    assert done is not None, "engine stream ended without Done"
+    assert done is not None, "engine stream ended without Final"
     return Result(
         reasoning="".join(reasoning).strip(),
         answer="".join(answer).strip(),
@@ -121,4 +121,4 @@ async def collect(
     )
 
 
-__all__ = ["Clock", "Done", "Engine", "Result", "Timings", "Usage", "collect"]
+__all__ = ["Clock", "Final", "Engine", "Result", "Timings", "Usage", "collect"]

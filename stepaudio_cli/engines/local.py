@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator
 from stepaudio_cli import gpus
 from stepaudio_cli.audio import SAMPLE_RATE
 from stepaudio_cli.checkpoint import TokenIds, find_sequence
-from stepaudio_cli.engines.base import Clock, Done, Engine, Usage
+from stepaudio_cli.engines.base import Clock, Final, Engine, Usage
 from stepaudio_cli.engines.settings import EngineSettings, vllm_args
 from stepaudio_cli.errors import EngineError, UserError
 from stepaudio_cli.prompt import build_prompt
-from stepaudio_cli.request import Request, request_max_tokens
+from stepaudio_cli.request import Request, max_tokens_to_send
 from stepaudio_cli.splitter import Delta, ReasoningSplitter
 from stepaudio_cli.vllm_log import engine_output_to_log, explain, log_size, quiet_vllm_logs, read_since
 from stepaudio_cli.watchdog import Watchdog
@@ -108,7 +108,7 @@ class LocalEngine(Engine):
         before = self._started_children or frozenset()
         return {p.pid for p in multiprocessing.active_children() if p.pid not in before}
 
-    async def stream(self, request: Request) -> AsyncIterator[Delta | Done]:
+    async def stream(self, request: Request) -> AsyncIterator[Delta | Final]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -127,7 +127,7 @@ class LocalEngine(Engine):
         params = SamplingParams(
             temperature=s.temperature,
             top_p=s.top_p,
-            max_tokens=request_max_tokens(request, self.max_model_len),
+            max_tokens=max_tokens_to_send(request, self.max_model_len),
             seed=s.seed,
             stop_token_ids=[] if request.fixed_length else self._tokens.stop,
             skip_special_tokens=False,
@@ -173,7 +173,7 @@ class LocalEngine(Engine):
             raise EngineError(f"the engine rejected the request: {_root_cause(e)}") from None
         for ev in splitter.finish():
             yield ev
-        yield Done(
+        yield Final(
             model=self.model,
             usage=Usage(
                 prompt_tokens=prompt_tokens, completion_tokens=completion,

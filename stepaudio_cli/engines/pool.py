@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from stepaudio_cli.audio import format_duration
-from stepaudio_cli.engines.base import Done, Engine
+from stepaudio_cli.engines.base import Final, Engine
 from stepaudio_cli.engines.remote import RemoteEngine
 from stepaudio_cli.errors import EngineError, NoServerError
 from stepaudio_cli.request import Request
@@ -68,7 +68,7 @@ class ServerPool(Engine):
         self.max_model_len = min(lens) if lens else None
 
     # --- requests ----------------------------------------------------------------------------
-    async def stream(self, request: Request) -> AsyncIterator[Delta | Done]:
+    async def stream(self, request: Request) -> AsyncIterator[Delta | Final]:
         sends = 0
         failed_on: list[_Member] = []  # servers this request already failed on: others first
         while True:

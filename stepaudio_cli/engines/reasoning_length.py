@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from stepaudio_cli.checkpoint import EOT, THINK_END
-from stepaudio_cli.engines.base import Clock, Done, Usage
+from stepaudio_cli.engines.base import Clock, Final, Usage
 from stepaudio_cli.errors import EngineError
 from stepaudio_cli.prompt import ASSISTANT_PREFIX
 from stepaudio_cli.request import Request
@@ -164,9 +164,9 @@ class Run:
             text += THINK_END + ("\n\n" + self.splitter.answer if self.splitter.answer else "")
         return text
 
-    def done(self, model: str) -> Done:
+    def final(self, model: str) -> Final:
         self.usage.reasoning_tokens = self.reasoning_tokens
-        return Done(
+        return Final(
             model=model, usage=self.usage, timings=self.clock.timings(self.usage.completion_tokens),
             finish_reason=self.finish_reason,
         )

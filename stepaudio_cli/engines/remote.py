@@ -12,11 +12,11 @@ import httpx
 
 from stepaudio_cli.checkpoint import EOT
 from stepaudio_cli.defaults import DEFAULT_TIMEOUT, UDS_SCHEME
-from stepaudio_cli.engines.base import Done, Engine
+from stepaudio_cli.engines.base import Final, Engine
 from stepaudio_cli.engines.reasoning_length import PhaseEnd, Run, Text, phased
 from stepaudio_cli.errors import EngineError, UserError
 from stepaudio_cli.prompt import build_messages
-from stepaudio_cli.request import Request, request_max_tokens
+from stepaudio_cli.request import Request, max_tokens_to_send
 from stepaudio_cli.splitter import Delta
 
 CONNECT_TIMEOUT = 10.0
@@ -228,8 +228,8 @@ class RemoteEngine(Engine):
             payload["seed"] = s.seed
         return payload
 
-    async def stream(self, request: Request) -> AsyncIterator[Delta | Done]:
-        max_tokens = request_max_tokens(request, self.max_model_len)
+    async def stream(self, request: Request) -> AsyncIterator[Delta | Final]:
+        max_tokens = max_tokens_to_send(request, self.max_model_len)
         self.in_flight += 1
         try:
             run = Run(request.thinking)
@@ -240,7 +240,7 @@ class RemoteEngine(Engine):
                 phases = run.phase(self, self.payload(request, request.thinking.prefix, max_tokens), mode)
             async for event in phases:  # each phase flushes the splitter as it ends
                 yield event
-            yield run.done(self.model)
+            yield run.final(self.model)
         finally:
             self.in_flight -= 1
 
