@@ -36,8 +36,8 @@ from pathlib import Path
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-import soundfile as sf  # noqa: E402
+import numpy as np
+import soundfile as sf
 
 
 def make_files(d: Path, n: int, seconds: float) -> list[Path]:
@@ -67,12 +67,20 @@ def bench_raw(ckpt: Path, paths: list[Path], args) -> tuple[float, int, float]:
         for a in audios
     ]
     llm = LLM(
-        model=str(ckpt), max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-        enforce_eager=not torch.cuda.is_available(), limit_mm_per_prompt={"audio": 64}, disable_log_stats=True,
-        seed=0, load_format=args.load_format,
+        model=str(ckpt),
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        enforce_eager=not torch.cuda.is_available(),
+        limit_mm_per_prompt={"audio": 64},
+        disable_log_stats=True,
+        seed=0,
+        load_format=args.load_format,
     )
     params = SamplingParams(
-        temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, ignore_eos=True,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_tokens=args.max_tokens,
+        ignore_eos=True,
         skip_special_tokens=False,
     )
     llm.generate(prompts[: args.warmup], params, use_tqdm=False)
@@ -102,8 +110,9 @@ async def bench_stepaudio(ckpt: Path, paths: list[Path], args, out_dir: Path) ->
     from stepaudio_cli.store import Store
 
     sampling = Sampling(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens)
-    settings = EngineSettings(model=str(ckpt), max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-                              load_format=args.load_format)
+    settings = EngineSettings(
+        model=str(ckpt), max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs, load_format=args.load_format
+    )
     results = {}
     async with open_engine(settings) as engine:
         job = BatchJob(prompt=args.prompt, sampling=sampling, concurrency=2 * args.max_num_seqs)

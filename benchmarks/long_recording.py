@@ -36,11 +36,11 @@ from pathlib import Path
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from stepaudio_cli.audio import SAMPLE_RATE, Audio, format_duration  # noqa: E402
-from stepaudio_cli.defaults import ASK_MAX_NUM_SEQS  # noqa: E402
-from stepaudio_cli.request import Request, Sampling  # noqa: E402
+from stepaudio_cli.audio import SAMPLE_RATE, Audio, format_duration
+from stepaudio_cli.defaults import ASK_MAX_NUM_SEQS
+from stepaudio_cli.request import Request, Sampling
 
 
 def synthetic(minutes: float, seed: int = 0) -> Audio:
@@ -68,8 +68,11 @@ async def run(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = real_size_checkpoint(Path(tmp) / "r1", tiny=args.tiny)
         settings = EngineSettings(
-            model=str(ckpt), max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-            load_format="auto" if args.tiny else "dummy", quantization=args.quantization,
+            model=str(ckpt),
+            max_model_len=args.max_model_len,
+            max_num_seqs=args.max_num_seqs,
+            load_format="auto" if args.tiny else "dummy",
+            quantization=args.quantization,
         )
         t0 = time.perf_counter()
         async with open_engine(settings) as engine:
@@ -82,7 +85,10 @@ async def run(args) -> dict:
             done_at: list[float] = []
             t1 = time.perf_counter()
             result = await answer_in_windows(
-                request, windows, lambda r, d: collect(engine, r, d), max_model_len=engine.max_model_len,
+                request,
+                windows,
+                lambda r, d: collect(engine, r, d),
+                max_model_len=engine.max_model_len,
                 on_progress=lambda p: done_at.append(time.perf_counter() - t1) if p.done else None,
             )
             windowed_s = time.perf_counter() - t1
@@ -133,24 +139,34 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=120.0, help="length of the synthetic recording")
     p.add_argument("--new-tokens", type=int, default=256, help="tokens every request generates (bounds the run)")
     p.add_argument("--max-model-len", type=int, default=16384)
-    p.add_argument("--max-num-seqs", type=int, default=ASK_MAX_NUM_SEQS,
-                   help=f"sequences batched at once (default {ASK_MAX_NUM_SEQS}, as `ask` starts its engine)")
+    p.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=ASK_MAX_NUM_SEQS,
+        help=f"sequences batched at once (default {ASK_MAX_NUM_SEQS}, as `ask` starts its engine)",
+    )
     p.add_argument("--quantization", default=None, help="fp8, or none for bf16")
     p.add_argument("--tiny", action="store_true", help="the tiny test checkpoint (CPU)")
     args = p.parse_args()
     report = asyncio.run(run(args))
     w, one = report["windowed"], report["one_request"]
-    print(f"{report['device']}: a {report['recording']} recording, max model length {report['max_model_len']}, "
-          f"{report['max_num_seqs']} sequences at once, {report['new_tokens_per_request']} new tokens per request, "
-          f"engine start {report['engine_start_s']} s")
+    print(
+        f"{report['device']}: a {report['recording']} recording, max model length {report['max_model_len']}, "
+        f"{report['max_num_seqs']} sequences at once, {report['new_tokens_per_request']} new tokens per request, "
+        f"engine start {report['engine_start_s']} s"
+    )
     for i, win in enumerate(report["windows"], 1):
         u = win["usage"]
         print(f"  window {i:2d} {win['span']:>17}  prompt {u['prompt_tokens']:6d}  new {u['completion_tokens']:5d}")
-    print(f"windows: {w['requests']} requests in {w['wall_s']} s (map {w['map_s']} s, combine {w['reduce_s']} s), "
-          f"prompt {w['usage']['prompt_tokens']:,} + new {w['usage']['completion_tokens']:,} tokens")
-    print(f"one request of {one['audio']} (the most one request holds): {one['wall_s']} s, "
-          f"prompt {one['usage']['prompt_tokens']:,} + new {one['usage']['completion_tokens']:,} tokens; "
-          f"the whole recording at that rate, one request after another: {one['whole_recording_at_this_rate_s']} s")
+    print(
+        f"windows: {w['requests']} requests in {w['wall_s']} s (map {w['map_s']} s, combine {w['reduce_s']} s), "
+        f"prompt {w['usage']['prompt_tokens']:,} + new {w['usage']['completion_tokens']:,} tokens"
+    )
+    print(
+        f"one request of {one['audio']} (the most one request holds): {one['wall_s']} s, "
+        f"prompt {one['usage']['prompt_tokens']:,} + new {one['usage']['completion_tokens']:,} tokens; "
+        f"the whole recording at that rate, one request after another: {one['whole_recording_at_this_rate_s']} s"
+    )
     print(json.dumps(report))
 
 

@@ -51,8 +51,20 @@ def main() -> int:
     clip = args.out / "resident-clip.wav"
     _write_clip(clip, args.seconds)
     cmd = [
-        sys.executable, "-m", "stepaudio_cli", "ask", "-m", args.model, "--json", "--keep-alive", args.keep_alive,
-        "--max-tokens", str(args.max_tokens), "--max-model-len", str(args.max_model_len), str(clip),
+        sys.executable,
+        "-m",
+        "stepaudio_cli",
+        "ask",
+        "-m",
+        args.model,
+        "--json",
+        "--keep-alive",
+        args.keep_alive,
+        "--max-tokens",
+        str(args.max_tokens),
+        "--max-model-len",
+        str(args.max_model_len),
+        str(clip),
         "What is happening in this recording?",
     ]
     mode = "in-process" if args.keep_alive in ("0", "0s") else f"resident (keep-alive {args.keep_alive})"
@@ -76,16 +88,27 @@ def main() -> int:
             first, total = t.get("time_to_first_token") or 0.0, t.get("total") or 0.0
             tokens = (record.get("usage") or {}).get("completion_tokens")
             rows.append((i, last, first, total, last - total + first, tokens))
-            print(f"ask {i}: wall {last:6.1f} s | first token {first:5.2f} s after the request, "
-                  f"{last - total + first:6.1f} s after launch | answer {total:5.1f} s | "
-                  f"{tokens} tokens | start+exit overhead {last - total:5.1f} s", flush=True)
+            print(
+                f"ask {i}: wall {last:6.1f} s | first token {first:5.2f} s after the request, "
+                f"{last - total + first:6.1f} s after launch | answer {total:5.1f} s | "
+                f"{tokens} tokens | start+exit overhead {last - total:5.1f} s",
+                flush=True,
+            )
     finally:
         if args.keep_alive not in ("0", "0s"):
             subprocess.run([sys.executable, "-m", "stepaudio_cli", "ps"], env=env)
             subprocess.run([sys.executable, "-m", "stepaudio_cli", "stop", "--all"], env=env)
-    (args.out / f"resident-{args.keep_alive}.json").write_text(json.dumps(
-        {"mode": mode, "asks": [dict(zip(("ask", "wall", "first_token", "answer", "first_from_launch", "tokens"), r))
-                                for r in rows]}, indent=1))
+    (args.out / f"resident-{args.keep_alive}.json").write_text(
+        json.dumps(
+            {
+                "mode": mode,
+                "asks": [
+                    dict(zip(("ask", "wall", "first_token", "answer", "first_from_launch", "tokens"), r)) for r in rows
+                ],
+            },
+            indent=1,
+        )
+    )
     return 0
 
 

@@ -50,7 +50,10 @@ def main() -> None:
     enc16, ada16 = build(torch.bfloat16, device)
     with torch.no_grad():
         batched = timed(lambda: encode_chunks(enc16, ada16, feats, lens), args.iters)
-        single = timed(lambda: [encode_chunks(enc16, ada16, feats[i * t:(i + 1) * t], [t]) for i in range(args.batch)], max(1, args.iters // 2))
+        single = timed(
+            lambda: [encode_chunks(enc16, ada16, feats[i * t : (i + 1) * t], [t]) for i in range(args.batch)],
+            max(1, args.iters // 2),
+        )
         out16 = encode_chunks(enc16, ada16, feats, lens)
         enc32, ada32 = build(torch.float32, device)
         out32 = encode_chunks(enc32, ada32, feats, lens)

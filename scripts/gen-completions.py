@@ -22,7 +22,9 @@ COMPLETE_VAR = "_STEPAUDIO_COMPLETE"
 
 def scripts() -> dict[Path, str]:
     return {
-        ROOT / "completions" / name: get_completion_script(prog_name="stepaudio", complete_var=COMPLETE_VAR, shell=shell)
+        ROOT / "completions" / name: get_completion_script(
+            prog_name="stepaudio", complete_var=COMPLETE_VAR, shell=shell
+        )
         + "\n"
         for shell, name in FILES.items()
     }

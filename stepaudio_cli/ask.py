@@ -52,6 +52,10 @@ async def ask(
         if windows is None:
             return await collect(engine, request, on_delta)
         return await answer_in_windows(
-            request, windows, lambda r, d: collect(engine, r, d), max_model_len=engine.max_model_len,
-            on_progress=on_windows, on_delta=on_delta,
+            request,
+            windows,
+            lambda r, d: collect(engine, r, d),
+            max_model_len=engine.max_model_len,
+            on_progress=on_windows,
+            on_delta=on_delta,
         )

@@ -39,8 +39,10 @@ class AskView:
     def on_windows(self, progress: MapProgress) -> None:
         """A long recording's windows: how many are answered, and their tokens so far."""
         if progress.answered < progress.total:
-            self.status(f"Listening in {progress.total} windows: {progress.answered}/{progress.total} answered, "
-                        f"{progress.completion_tokens:,} tokens")
+            self.status(
+                f"Listening in {progress.total} windows: {progress.answered}/{progress.total} answered, "
+                f"{progress.completion_tokens:,} tokens"
+            )
         else:
             self.status(f"Combining the answers of {progress.total} windows")
 
@@ -69,6 +71,8 @@ class AskView:
             self.term.warn("the model gave no answer after its reasoning")
         cut = [w for w in result.windows or () if w["finish_reason"] == "length"]
         if cut:
-            self.term.warn(f"{len(cut)} of {len(result.windows)} windows were cut off at the length limit "
-                           "(their answers may be missing): raise --max-tokens or use a shorter --window")
+            self.term.warn(
+                f"{len(cut)} of {len(result.windows)} windows were cut off at the length limit "
+                "(their answers may be missing): raise --max-tokens or use a shorter --window"
+            )
         self.term.note(stats_line(request, result))

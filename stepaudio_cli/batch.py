@@ -239,11 +239,15 @@ class BatchRunner:
         except UserError as e:
             seconds = length.duration if length is not None else None
             return await self._record_failure(name, sha, key, _strip_name(e.message, name), seconds)
-        except Exception as e:  # whatever a decoder raises (MemoryError included): this file's failure, not the run's
+        except Exception as e:  # noqa: BLE001 - whatever a decoder raises (MemoryError too): this file's failure
             return await self._record_failure(name, sha, key, f"cannot decode ({type(e).__name__}: {e})")
         request = Request(
-            audios=(audio,), question=self.job.prompt, system=self.job.system, sampling=self.job.sampling,
-            thinking=self.job.thinking, stream=False,
+            audios=(audio,),
+            question=self.job.prompt,
+            system=self.job.system,
+            sampling=self.job.sampling,
+            thinking=self.job.thinking,
+            stream=False,
         )
         try:
             windows = plan(request, self.engine.max_model_len, self.job.windowing)
@@ -259,8 +263,15 @@ class BatchRunner:
         except UserError as e:  # the server failed it (after retries), or the audio does not fit
             return await self._record_failure(name, sha, key, _strip_name(e.message, name), audio.duration)
         record = to_record(
-            file=name, prompt=self.job.prompt, model=self.engine.model, params=self._params, result=result,
-            sha256=sha, key=key, audio_seconds=audio.duration, hide_reasoning=self.job.hide_reasoning,
+            file=name,
+            prompt=self.job.prompt,
+            model=self.engine.model,
+            params=self._params,
+            result=result,
+            sha256=sha,
+            key=key,
+            audio_seconds=audio.duration,
+            hide_reasoning=self.job.hide_reasoning,
         )
         await self._write(record)
         self._by_key[key] = record
@@ -295,8 +306,14 @@ class BatchRunner:
 
     async def _record_failure(self, name, sha, key, message: str, seconds: float | None = None) -> dict:
         record = to_record(
-            file=name, prompt=self.job.prompt, model=self.engine.model, params=self._params, error=message,
-            sha256=sha, key=key, audio_seconds=seconds,
+            file=name,
+            prompt=self.job.prompt,
+            model=self.engine.model,
+            params=self._params,
+            error=message,
+            sha256=sha,
+            key=key,
+            audio_seconds=seconds,
         )
         await self._write(record)
         self.summary.failed += 1
@@ -350,7 +367,7 @@ def _hash(path: Path) -> tuple[str, tuple]:
 
 def _strip_name(message: str, name: str) -> str:
     prefix = name + ": "
-    return message[len(prefix):] if message.startswith(prefix) else message
+    return message[len(prefix) :] if message.startswith(prefix) else message
 
 
 async def run_batch(

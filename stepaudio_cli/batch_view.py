@@ -48,9 +48,15 @@ class BatchView:
             )
 
             self._progress = Progress(
-                SpinnerColumn(), TextColumn("[bold]batch[/bold]"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), TextColumn("[yellow]{task.fields[note]}"),
-                console=self.term.err, transient=False,
+                SpinnerColumn(),
+                TextColumn("[bold]batch[/bold]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[stats]}"),
+                TimeRemainingColumn(),
+                TextColumn("[yellow]{task.fields[note]}"),
+                console=self.term.err,
+                transient=False,
             )
             self._progress.start()
             self._task = self._progress.add_task("batch", total=self.total, stats="", note="")
@@ -93,11 +99,14 @@ class BatchView:
             rows.append(("already done", str(s.skipped), None))
         rows.append(("failed", str(s.failed), "red" if s.failed else None))
         if s.cut_off:
-            rows.append(("cut off", f"{s.cut_off} (stopped at the length limit; finish_reason \"length\")", "yellow"))
+            rows.append(("cut off", f'{s.cut_off} (stopped at the length limit; finish_reason "length")', "yellow"))
         if s.stopped or s.interrupted:
             rows.append(("not done", f"{s.total - s.finished} (no result yet: a rerun does them)", "yellow"))
-        rows += [("audio", format_duration(s.audio_seconds), None), ("time", format_duration(s.elapsed), None),
-                 ("results", output, None)]
+        rows += [
+            ("audio", format_duration(s.audio_seconds), None),
+            ("time", format_duration(s.elapsed), None),
+            ("results", output, None),
+        ]
         term.pairs(rows)
         for name, message in s.failures[:SHOW_FAILURES]:
             term.labelled("failed", f"{name}: {message}")

@@ -81,12 +81,19 @@ def _compressed(weights: dict, acts: dict | None, fmt: str) -> dict:
     """A compressed-tensors quantization_config as llm-compressor writes it, with the community
     builds' ignore list (audio encoder, adapter and head stay bf16)."""
     return {
-        "quant_method": "compressed-tensors", "format": fmt, "quantization_status": "compressed",
+        "quant_method": "compressed-tensors",
+        "format": fmt,
+        "quantization_status": "compressed",
         "ignore": ["lm_head", "re:encoder.*", "re:adapter.*"],
-        "config_groups": {"group_0": {
-            "targets": ["Linear"], "weights": {"symmetric": True, "dynamic": False, **weights},
-            "input_activations": acts, "output_activations": None, "format": fmt,
-        }},
+        "config_groups": {
+            "group_0": {
+                "targets": ["Linear"],
+                "weights": {"symmetric": True, "dynamic": False, **weights},
+                "input_activations": acts,
+                "output_activations": None,
+                "format": fmt,
+            }
+        },
     }
 
 
@@ -94,13 +101,16 @@ def _compressed(weights: dict, acts: dict | None, fmt: str) -> dict:
 #: family the community publishes (``--quantization``): the weights are vLLM's dummy ones,
 #: so they measure memory and speed, never accuracy.
 PREQUANTIZED = {
-    "w4a16": _compressed({"num_bits": 4, "type": "int", "strategy": "group", "group_size": 128}, None,
-                         "pack-quantized"),
-    "nvfp4a16": _compressed({"num_bits": 4, "type": "float", "strategy": "tensor_group", "group_size": 16}, None,
-                            "nvfp4-pack-quantized"),
+    "w4a16": _compressed(
+        {"num_bits": 4, "type": "int", "strategy": "group", "group_size": 128}, None, "pack-quantized"
+    ),
+    "nvfp4a16": _compressed(
+        {"num_bits": 4, "type": "float", "strategy": "tensor_group", "group_size": 16}, None, "nvfp4-pack-quantized"
+    ),
     "fp8-dynamic": _compressed(
         {"num_bits": 8, "type": "float", "strategy": "channel"},
-        {"num_bits": 8, "type": "float", "strategy": "token", "dynamic": True, "symmetric": True}, "float-quantized",
+        {"num_bits": 8, "type": "float", "strategy": "token", "dynamic": True, "symmetric": True},
+        "float-quantized",
     ),
 }
 FORMS = ("bf16", "fp8", *PREQUANTIZED)  # fp8: vLLM's online FP8 of the bf16 weights
@@ -147,7 +157,7 @@ def copy_bandwidth() -> tuple[str, float | None]:
 
 def clip(seconds: float) -> Audio:
     t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    samples = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * np.random.default_rng(0).normal(size=t.size))
+    samples = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * np.random.default_rng(0).normal(size=t.size)
     return Audio(name=f"{seconds:g}s-clip", samples=samples.astype(np.float32))
 
 
@@ -171,10 +181,15 @@ async def run(settings: BenchSettings, on_status: Callable[[str], None] = lambda
             own = checkpoint_quantization(config)
             label = own.label if own else form
             text = None if settings.tiny else text_config(config)
-            engine = make_engine(dataclasses.replace(
-                settings.engine, model=model, quantization=quantization, max_num_seqs=settings.concurrency,
-                load_format="auto" if settings.model else "dummy",
-            ))
+            engine = make_engine(
+                dataclasses.replace(
+                    settings.engine,
+                    model=model,
+                    quantization=quantization,
+                    max_num_seqs=settings.concurrency,
+                    load_format="auto" if settings.model else "dummy",
+                )
+            )
             on_status(f"{label}: starting the engine")
             log = None if os.environ.get("STEPAUDIO_DEBUG") else engine_log_path()  # as the engine writes it
             offset = log_size(log)
@@ -187,40 +202,56 @@ async def run(settings: BenchSettings, on_status: Callable[[str], None] = lambda
                 kv = engine.kv_cache_tokens()
                 greedy = Sampling(temperature=0.0, top_p=1.0, max_tokens=1)
                 on_status(f"{label}: time to first token ({settings.seconds:g} s clip)")
-                await collect(engine, Request((audio,), "What is happening?", sampling=greedy, fixed_length=True))  # warm-up
-                first = await collect(engine, Request((audio,), "What is happening?", sampling=greedy, fixed_length=True))
+                await collect(
+                    engine, Request((audio,), "What is happening?", sampling=greedy, fixed_length=True)
+                )  # warm-up
+                first = await collect(
+                    engine, Request((audio,), "What is happening?", sampling=greedy, fixed_length=True)
+                )
                 on_status(f"{label}: batch-1 decode ({settings.new_tokens} tokens)")
                 long = Sampling(temperature=0.0, top_p=1.0, max_tokens=settings.new_tokens)
                 one = await collect(engine, Request((audio,), "What is happening?", sampling=long, fixed_length=True))
-                runs = await _throughput(engine, audio, settings, lambda i: on_status(
-                    f"{label}: {settings.concurrency} requests in flight ({i})"))
+                runs = await _throughput(
+                    engine,
+                    audio,
+                    settings,
+                    lambda i, label=label: on_status(f"{label}: {settings.concurrency} requests in flight ({i})"),
+                )
             finally:
                 await engine.close()
             floor = None
             if bandwidth and text:  # each of the TP ranks reads its shard of the weights at once
-                floor = 1000 * weight_bytes(text, own or quantization, per_token=True) / (
-                    bandwidth * engine.tensor_parallel_used)
+                floor = (
+                    1000
+                    * weight_bytes(text, own or quantization, per_token=True)
+                    / (bandwidth * engine.tensor_parallel_used)
+                )
             ttft = first.timings.time_to_first_token or first.timings.total
             decode_ms = 1000 / one.timings.tokens_per_s if one.timings.tokens_per_s else float("nan")
             best = max(runs)
             slots = min(settings.concurrency, kv // TYPICAL_REQUEST_TOKENS) if kv else settings.concurrency
             per_gpu = best * min(1.0, slots / settings.concurrency) / engine.tensor_parallel_used
-            results.append(BenchResult(
-                quantization=label, kv_cache_dtype=settings.engine.kv_cache_dtype, device=device,
-                engine_start_s=round(started, 1), kv_cache_tokens=kv,
-                requests_at_max_len=kv // settings.engine.max_model_len if kv else None,
-                prompt_tokens=first.usage.prompt_tokens,
-                ttft_s=round(ttft, 4),
-                decode_ms_per_token=round(decode_ms, 2),
-                floor_ms_per_token=round(floor, 2) if floor else None,
-                concurrency=settings.concurrency,
-                throughput_tok_s=round(best, 1),
-                throughput_runs_tok_s=[round(r, 1) for r in runs],
-                typical_answer_s=round(ttft + TYPICAL_ANSWER_TOKENS * decode_ms / 1000, 1),
-                batch_slots=slots,
-                clips_per_gpu_hour=round(3600 * per_gpu / TYPICAL_ANSWER_TOKENS, 1),
-                start_phases_s=phases,
-            ))
+            results.append(
+                BenchResult(
+                    quantization=label,
+                    kv_cache_dtype=settings.engine.kv_cache_dtype,
+                    device=device,
+                    engine_start_s=round(started, 1),
+                    kv_cache_tokens=kv,
+                    requests_at_max_len=kv // settings.engine.max_model_len if kv else None,
+                    prompt_tokens=first.usage.prompt_tokens,
+                    ttft_s=round(ttft, 4),
+                    decode_ms_per_token=round(decode_ms, 2),
+                    floor_ms_per_token=round(floor, 2) if floor else None,
+                    concurrency=settings.concurrency,
+                    throughput_tok_s=round(best, 1),
+                    throughput_runs_tok_s=[round(r, 1) for r in runs],
+                    typical_answer_s=round(ttft + TYPICAL_ANSWER_TOKENS * decode_ms / 1000, 1),
+                    batch_slots=slots,
+                    clips_per_gpu_hour=round(3600 * per_gpu / TYPICAL_ANSWER_TOKENS, 1),
+                    start_phases_s=phases,
+                )
+            )
     return results
 
 
@@ -231,8 +262,10 @@ async def _throughput(engine, audio: Audio, settings: BenchSettings, on_run: Cal
 
     def requests(max_tokens: int) -> list[Request]:
         sampling = Sampling(max_tokens=max_tokens)
-        return [Request((audio,), "What is happening?", sampling=sampling, fixed_length=True, stream=False)
-                for _ in range(settings.concurrency)]
+        return [
+            Request((audio,), "What is happening?", sampling=sampling, fixed_length=True, stream=False)
+            for _ in range(settings.concurrency)
+        ]
 
     on_run("warm-up")
     await asyncio.gather(*(collect(engine, r) for r in requests(min(settings.new_tokens, 32))))

@@ -45,14 +45,30 @@ TEXT_KEYS = {
     "max_position_embeddings": "StepFun's code assumes 8192",
 }
 #: Optional text keys that are copied through when present.
-TEXT_OPTIONAL = ("rms_norm_eps", "rope_scaling", "rope_parameters", "hidden_act", "tie_word_embeddings", "eos_token_id", "pad_token_id",
-                 "torch_dtype", "sliding_window", "use_sliding_window", "max_window_layers", "head_dim")
+TEXT_OPTIONAL = (
+    "rms_norm_eps",
+    "rope_scaling",
+    "rope_parameters",
+    "hidden_act",
+    "tie_word_embeddings",
+    "eos_token_id",
+    "pad_token_id",
+    "torch_dtype",
+    "sliding_window",
+    "use_sliding_window",
+    "max_window_layers",
+    "head_dim",
+)
 
 
 #: Step-Audio-R1's published sizes: Qwen2.5-32B + a Whisper-style encoder 1280 wide.
 R1_TEXT_SIZES = {
-    "hidden_size": 5120, "intermediate_size": 27648, "num_hidden_layers": 64, "num_attention_heads": 40,
-    "num_key_value_heads": 8, "vocab_size": 158720,
+    "hidden_size": 5120,
+    "intermediate_size": 27648,
+    "num_hidden_layers": 64,
+    "num_attention_heads": 40,
+    "num_key_value_heads": 8,
+    "vocab_size": 158720,
 }
 R1_AUDIO_SIZES = {"n_mels": 128, "n_audio_ctx": 1500, "n_audio_state": 1280, "n_audio_head": 20, "n_audio_layer": 32}
 EOT_ID_GUESS = 151665  # <|EOT|>; only to write test/bench configs. Running code looks ids up.
@@ -61,8 +77,13 @@ EOT_ID_GUESS = 151665  # <|EOT|>; only to write test/bench configs. Running code
 LONGEST_CONTEXT = 65536
 
 
-def make_config(text: dict = R1_TEXT_SIZES, audio: dict = R1_AUDIO_SIZES, dtype: str = "bfloat16",
-                max_position_embeddings: int = LONGEST_CONTEXT, eos_token_id: int = EOT_ID_GUESS) -> dict:
+def make_config(
+    text: dict = R1_TEXT_SIZES,
+    audio: dict = R1_AUDIO_SIZES,
+    dtype: str = "bfloat16",
+    max_position_embeddings: int = LONGEST_CONTEXT,
+    eos_token_id: int = EOT_ID_GUESS,
+) -> dict:
     """A config.json in the nested layout (the one StepFun's configs use), for the real
     sizes (``stepaudio bench``, random weights) or tiny ones (tests)."""
     return {
@@ -70,9 +91,16 @@ def make_config(text: dict = R1_TEXT_SIZES, audio: dict = R1_AUDIO_SIZES, dtype:
         "model_type": MODEL_TYPES[0],
         "torch_dtype": dtype,
         "text_config": {
-            "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], **text,
-            "max_position_embeddings": max_position_embeddings, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
-            "hidden_act": "silu", "tie_word_embeddings": False, "torch_dtype": dtype, "eos_token_id": eos_token_id,
+            "model_type": "qwen2",
+            "architectures": ["Qwen2ForCausalLM"],
+            **text,
+            "max_position_embeddings": max_position_embeddings,
+            "rope_theta": 1000000.0,
+            "rms_norm_eps": 1e-6,
+            "hidden_act": "silu",
+            "tie_word_embeddings": False,
+            "torch_dtype": dtype,
+            "eos_token_id": eos_token_id,
         },
         "audio_encoder_config": {**audio, "llm_dim": text["hidden_size"], "kernel_size": 3, "adapter_stride": 2},
     }
@@ -101,9 +129,7 @@ def text_config(config: dict, where: str = "config.json") -> dict:
             value = (source.get("rope_parameters") or {}).get("rope_theta")
         if value is None:
             hint = f"; {note}" if note and " " in note else ""
-            raise ConfigError(
-                f"{where}: no {prefix}{key} (needed to build the model{hint}); add it to the file"
-            )
+            raise ConfigError(f"{where}: no {prefix}{key} (needed to build the model{hint}); add it to the file")
         out[key] = value
     for key in TEXT_OPTIONAL:
         if source.get(key) is not None:
@@ -272,7 +298,6 @@ class TokenIds:
         self.stop = [self.eot, *(i for i in eos_token_ids(config or {}) if i != self.eot)]
 
 
-
 def find_sequence(ids, seq) -> int:
     """Index just past the first occurrence of the token sequence ``seq`` in ``ids``, or -1."""
     n = len(seq)
@@ -359,8 +384,9 @@ def checkpoint_quantization(config: dict, where: str = "config.json") -> Quantiz
     return Quantization(method, label, widest)
 
 
-def weight_bytes(text: dict, quantization: str | Quantization | None = None, *, per_token: bool = False,
-                 audio: dict = R1_AUDIO_SIZES) -> int:
+def weight_bytes(
+    text: dict, quantization: str | Quantization | None = None, *, per_token: bool = False, audio: dict = R1_AUDIO_SIZES
+) -> int:
     """Bytes of weights: all of them (what must fit), or with ``per_token`` those one decode
     step reads (every linear layer and the LM head; the embedding lookup reads one row, the
     audio tower does not run). vLLM's online FP8 (``"fp8"``) stores the LLM's linear layers

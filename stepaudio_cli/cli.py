@@ -58,7 +58,7 @@ def error_boundary(ctx: typer.Context) -> Iterator[None]:
         raise typer.Exit(130) from None
     except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
         raise  # click's and typer's own ways out: usage errors, --help, an exit code
-    except Exception as e:  # a bug: one line, the trace kept for the report
+    except Exception as e:  # noqa: BLE001 - a bug: one line, the trace kept for the report
         if os.environ.get("STEPAUDIO_DEBUG"):
             traceback.print_exc()
             where = "traceback above"
@@ -149,31 +149,41 @@ def examples(*lines: str) -> str:
     return "[bold]Examples[/bold]\n\n" + "\n\n".join(f"  $ {line}" for line in lines)
 
 
-app.command(no_args_is_help=True, epilog=examples(
-    'stepaudio ask clip.wav "What is happening?"',
-    'stepaudio ask a.wav b.mp3 "Which one is the real piano?"',
-    'cat call.ogg | stepaudio ask - "Summarise the call" --hide-reasoning',
-    'stepaudio ask --json clip.wav "Transcribe it" | jq -r .answer',
-    'stepaudio ask --server http://127.0.0.1:9999 clip.wav "Who is speaking?"',
-))(command(ask))
-app.command(no_args_is_help=True, epilog=examples(
-    'stepaudio batch recordings/ -r --prompt "Is the speaker angry?" -o results.jsonl',
-    'stepaudio batch recordings/ --prompt "..." -o results.jsonl   # again: resumes',
-    'stepaudio batch calls/ -p "..." -o out.csv -f csv --server http://gpu1:9999 --server http://gpu2:9999',
-))(command(batch))
-app.command(epilog=examples(
-    "stepaudio download",
-    "stepaudio download --local-dir /data/sar1",
-    "stepaudio download --check",
-))(command(download))
+app.command(
+    no_args_is_help=True,
+    epilog=examples(
+        'stepaudio ask clip.wav "What is happening?"',
+        'stepaudio ask a.wav b.mp3 "Which one is the real piano?"',
+        'cat call.ogg | stepaudio ask - "Summarise the call" --hide-reasoning',
+        'stepaudio ask --json clip.wav "Transcribe it" | jq -r .answer',
+        'stepaudio ask --server http://127.0.0.1:9999 clip.wav "Who is speaking?"',
+    ),
+)(command(ask))
+app.command(
+    no_args_is_help=True,
+    epilog=examples(
+        'stepaudio batch recordings/ -r --prompt "Is the speaker angry?" -o results.jsonl',
+        'stepaudio batch recordings/ --prompt "..." -o results.jsonl   # again: resumes',
+        'stepaudio batch calls/ -p "..." -o out.csv -f csv --server http://gpu1:9999 --server http://gpu2:9999',
+    ),
+)(command(batch))
+app.command(
+    epilog=examples(
+        "stepaudio download",
+        "stepaudio download --local-dir /data/sar1",
+        "stepaudio download --check",
+    )
+)(command(download))
 app.command(epilog=examples("stepaudio doctor", "stepaudio doctor --quantization fp8 --max-model-len 32768"))(
     command(doctor)
 )
-app.command(epilog=examples(
-    "stepaudio bench",
-    "stepaudio bench --quantization bf16 --quantization fp8 --concurrency 32",
-    "stepaudio bench --model /data/sar1 --json",
-))(command(bench))
+app.command(
+    epilog=examples(
+        "stepaudio bench",
+        "stepaudio bench --quantization bf16 --quantization fp8 --concurrency 32",
+        "stepaudio bench --model /data/sar1 --json",
+    )
+)(command(bench))
 app.command(epilog=examples("stepaudio ps"))(command(ps))
 app.command(epilog=examples("stepaudio stop", "stepaudio stop --all"))(command(stop))
 app.add_typer(config_app, name="config")

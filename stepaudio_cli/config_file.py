@@ -142,7 +142,10 @@ def _check_value(param, key: str, value, path: Path) -> None:
         if not ok:
             raise wrong(f"want {want}")
         low, high = getattr(param, "min", None), getattr(param, "max", None)
-        if low is not None and item < low or high is not None and item > high:
-            span = f"{low} to {high}" if low is not None and high is not None else (
-                f"at least {low}" if low is not None else f"at most {high}")
+        if (low is not None and item < low) or (high is not None and item > high):
+            span = (
+                f"{low} to {high}"
+                if low is not None and high is not None
+                else (f"at least {low}" if low is not None else f"at most {high}")
+            )
             raise wrong(f"want {span}")

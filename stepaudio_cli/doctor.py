@@ -40,7 +40,9 @@ def kv_bytes_per_token(text: dict, dtype_bytes: int = 2) -> int:
     return 2 * text["num_hidden_layers"] * text["num_key_value_heads"] * head_dim * dtype_bytes
 
 
-def fit(weights: int, kv_per_token: int, max_model_len: int, gpu_memory: int, n_gpus: int, util: float = GPU_MEMORY_FRACTION) -> int | None:
+def fit(
+    weights: int, kv_per_token: int, max_model_len: int, gpu_memory: int, n_gpus: int, util: float = GPU_MEMORY_FRACTION
+) -> int | None:
     """Smallest tensor-parallel size (power of two, at most ``n_gpus``) that holds the
     weights plus one full-length sequence of KV cache, or None."""
     tp = 1
@@ -118,7 +120,11 @@ def run(model: str, max_model_len: int, util: float, quantization: str | None = 
         r.add("ffmpeg", "missing: m4a/aac/webm/mp4 input will not decode", False)
         r.next_steps.append("apt-get install ffmpeg   (or brew install ffmpeg)")
     plugin = any(e.name == "step_audio_r1" for e in md.entry_points(group="vllm.general_plugins"))
-    r.add("vLLM plugin", "registered (StepAudio2ForCausalLM, step_audio_r1 parser)" if plugin else "not registered", plugin)
+    r.add(
+        "vLLM plugin",
+        "registered (StepAudio2ForCausalLM, step_audio_r1 parser)" if plugin else "not registered",
+        plugin,
+    )
     _resident_engines(r)
 
     from stepaudio_cli.checkpoint import resolve_model
@@ -140,13 +146,22 @@ def run(model: str, max_model_len: int, util: float, quantization: str | None = 
         from stepaudio_cli.checkpoint import weight_problems
 
         problems = weight_problems(path)
-        r.add("weights", "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
-              if problems else "complete (every shard, as long as its header says)", not problems)
+        r.add(
+            "weights",
+            "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+            if problems
+            else "complete (every shard, as long as its header says)",
+            not problems,
+        )
         if problems:
             r.next_steps.append("stepaudio download --check   (then rerun `stepaudio download` to complete the copy)")
     per_token = kv_bytes_per_token(text)
     need = weights + per_token * max_model_len
-    r.add("memory need", f"{weights / 1e9:.1f} GB {kind} weights + {per_token * max_model_len / 1e9:.1f} GB KV for {max_model_len} tokens")
+    r.add(
+        "memory need",
+        f"{weights / 1e9:.1f} GB {kind} weights + {per_token * max_model_len / 1e9:.1f} GB KV "
+        f"for {max_model_len} tokens",
+    )
     if found:
         tp = fit(weights, per_token, max_model_len, min(g.memory for g in found), len(found), util)
         if tp:
@@ -174,6 +189,9 @@ def _resident_engines(r: Report) -> None:
         r.add("resident engines", e.message, False)
         return
     for row in rows:
-        r.add("loaded", f"{row['model']} ({row['settings']}) at {row['address']}, GPU {row['gpu']}, stops in {row['stops']}")
+        r.add(
+            "loaded",
+            f"{row['model']} ({row['settings']}) at {row['address']}, GPU {row['gpu']}, stops in {row['stops']}",
+        )
     if rows:
         r.next_steps.append("stepaudio stop --all   (frees the GPU memory the loaded models hold)")

@@ -45,8 +45,10 @@ def remote_file(repo_id: str, name, size, sha256, blob_id) -> RemoteFile:
     """One entry of the hub's file list, checked: a name that escapes the target folder, or a
     size or hash of the wrong form (hashes name files in the cache), is refused."""
     if not safe_name(name):
-        raise UserError(f"{repo_id}: the hub lists a file outside the model folder: {str(name)[:200]!r}; "
-                        "nothing was downloaded", exit_code=1)
+        raise UserError(
+            f"{repo_id}: the hub lists a file outside the model folder: {str(name)[:200]!r}; nothing was downloaded",
+            exit_code=1,
+        )
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
         raise UserError(f"{repo_id}: {name}: the hub gives no valid size ({size!r})", exit_code=1)
     if sha256 is not None and not (isinstance(sha256, str) and _HEX64.fullmatch(sha256)):
@@ -75,7 +77,14 @@ def _hub_errors():
         RevisionNotFoundError,
     )
 
-    return GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError, HfHubHTTPError, OfflineModeIsEnabled, LocalEntryNotFoundError
+    return (
+        GatedRepoError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        LocalEntryNotFoundError,
+    )
 
 
 def explain(e: BaseException, repo_id: str, revision: str | None, endpoint: str) -> UserError:
@@ -93,7 +102,9 @@ def explain(e: BaseException, repo_id: str, revision: str | None, endpoint: str)
             exit_code=1,
         )
     if isinstance(e, offline | local_missing):
-        return UserError(f"{repo_id}: the hub is offline (HF_HUB_OFFLINE=1) and the files are not in the cache", exit_code=1)
+        return UserError(
+            f"{repo_id}: the hub is offline (HF_HUB_OFFLINE=1) and the files are not in the cache", exit_code=1
+        )
     if isinstance(e, http_error):
         status = getattr(getattr(e, "response", None), "status_code", None)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -134,8 +145,9 @@ class Downloader:
         info = self._guard(self.api.model_info, self.repo_id, revision=self.revision, files_metadata=True)
         self.commit = info.sha
         if self.commit is not None and not _HEX40.fullmatch(str(self.commit)):
-            raise UserError(f"{self.repo_id}: the hub sent a commit id that is not one: {str(self.commit)[:80]!r}",
-                            exit_code=1)
+            raise UserError(
+                f"{self.repo_id}: the hub sent a commit id that is not one: {str(self.commit)[:80]!r}", exit_code=1
+            )
         out = []
         for s in info.siblings or []:
             lfs = getattr(s, "lfs", None)
@@ -184,7 +196,9 @@ class Downloader:
         if code == "GatedRepo":
             return explain_gated(self.repo_id, page)
         if code == "RevisionNotFound":
-            return UserError(f"{self.repo_id}: no revision {self.revision!r} (a branch, tag or commit on {page})", exit_code=1)
+            return UserError(
+                f"{self.repo_id}: no revision {self.revision!r} (a branch, tag or commit on {page})", exit_code=1
+            )
         message = response.headers.get("X-Error-Message") or response.reason_phrase
         return UserError(f"{self.repo_id}: {name}: the hub answered {response.status_code}: {message}", exit_code=1)
 
@@ -234,13 +248,16 @@ def fetch_resumable(client, url: str, partial: Path, f: RemoteFile, progress, hu
             if attempt == ATTEMPTS:
                 raise UserError(
                     f"{f.name}: download interrupted ({' '.join(str(e).split())[:120]}); "
-                    "run the same command again to resume", exit_code=1,
+                    "run the same command again to resume",
+                    exit_code=1,
                 ) from None
             import time
 
             time.sleep(min(2.0**attempt, 20.0) * 0.1)
     if partial.stat().st_size != f.size:
-        raise UserError(f"{f.name}: got {partial.stat().st_size} bytes, expected {f.size}; run again to resume", exit_code=1)
+        raise UserError(
+            f"{f.name}: got {partial.stat().st_size} bytes, expected {f.size}; run again to resume", exit_code=1
+        )
     from stepaudio_cli.audio import sha256_file
 
     if f.sha256 and sha256_file(partial) != f.sha256:
@@ -248,8 +265,9 @@ def fetch_resumable(client, url: str, partial: Path, f: RemoteFile, progress, hu
         raise UserError(f"{f.name}: sha256 mismatch after download (file removed); run again", exit_code=1)
     if not f.sha256 and f.blob_id and git_blob_id(partial) != f.blob_id:
         partial.unlink()
-        raise UserError(f"{f.name}: content differs from the hub's after download (file removed); run again",
-                        exit_code=1)
+        raise UserError(
+            f"{f.name}: content differs from the hub's after download (file removed); run again", exit_code=1
+        )
 
 
 class _Layout:

@@ -24,8 +24,12 @@ class DownloadProgress:
             )
 
             self._progress = Progress(
-                TextColumn("[bold]download[/bold]"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                TimeRemainingColumn(), console=self.term.err,
+                TextColumn("[bold]download[/bold]"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=self.term.err,
             )
             self._progress.__enter__()
             self._task = self._progress.add_task("download", total=self.total)

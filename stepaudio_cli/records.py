@@ -29,8 +29,20 @@ from stepaudio_cli.engines import Result
 from stepaudio_cli.request import Request, Sampling, Thinking
 
 FIELDS = [
-    "file", "sha256", "prompt", "model", "params", "key", "reasoning", "answer", "usage", "timings",
-    "finish_reason", "audio_seconds", "error", "windows",
+    "file",
+    "sha256",
+    "prompt",
+    "model",
+    "params",
+    "key",
+    "reasoning",
+    "answer",
+    "usage",
+    "timings",
+    "finish_reason",
+    "audio_seconds",
+    "error",
+    "windows",
 ]
 
 
@@ -102,17 +114,35 @@ def to_record(
 def ask_record(request: Request, result: Result, *, hide_reasoning: bool = False) -> dict:
     names = [a.name for a in request.audios]
     return to_record(
-        file=names[0] if len(names) == 1 else names, prompt=request.question, model=result.model,
-        params=params(request.sampling, request.thinking, request.system), result=result,
-        audio_seconds=request.audio_seconds, hide_reasoning=hide_reasoning,
+        file=names[0] if len(names) == 1 else names,
+        prompt=request.question,
+        model=result.model,
+        params=params(request.sampling, request.thinking, request.system),
+        result=result,
+        audio_seconds=request.audio_seconds,
+        hide_reasoning=hide_reasoning,
     )
 
 
 # --- CSV: the same record, flattened --------------------------------------------------------
 
 CSV_FIELDS = [
-    "file", "sha256", "prompt", "model", "answer", "reasoning", "error", "finish_reason", "audio_seconds",
-    "prompt_tokens", "completion_tokens", "reasoning_tokens", "time_to_first_token", "total_seconds", "params", "key",
+    "file",
+    "sha256",
+    "prompt",
+    "model",
+    "answer",
+    "reasoning",
+    "error",
+    "finish_reason",
+    "audio_seconds",
+    "prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "time_to_first_token",
+    "total_seconds",
+    "params",
+    "key",
 ]
 _USAGE = ("prompt_tokens", "completion_tokens", "reasoning_tokens")
 # A spreadsheet runs a cell starting with one of these as a formula (OWASP "CSV injection"):
@@ -155,7 +185,9 @@ def from_csv_row(row: dict) -> dict:
 
     record = {k: text(k) for k in FIELDS if k in CSV_FIELDS}
     record.update(
-        file=row["file"], prompt=row.get("prompt"), audio_seconds=num("audio_seconds"),
+        file=row["file"],
+        prompt=row.get("prompt"),
+        audio_seconds=num("audio_seconds"),
         usage={k: num(k) for k in _USAGE},
         timings={"time_to_first_token": num("time_to_first_token"), "total": num("total_seconds")},
         params=json.loads(row["params"]) if row.get("params") else None,

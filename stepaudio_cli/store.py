@@ -324,7 +324,7 @@ class Store:
                 os.fchmod(fd, mode)
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -447,9 +447,17 @@ def _csv_complete_prefix(data: bytes) -> int:
     return end
 
 
-_MAGIC = ((b"fLaC", "a FLAC audio file"), (b"OggS", "an Ogg audio file"), (b"ID3", "an MP3 audio file"),
-          (b"\x1a\x45\xdf\xa3", "a Matroska/WebM file"), (b"FORM", "an AIFF audio file"), (b"caff", "a CAF audio file"),
-          (b"PK\x03\x04", "a zip archive"), (b"%PDF", "a PDF document"), (b"\x7fELF", "a program"))
+_MAGIC = (
+    (b"fLaC", "a FLAC audio file"),
+    (b"OggS", "an Ogg audio file"),
+    (b"ID3", "an MP3 audio file"),
+    (b"\x1a\x45\xdf\xa3", "a Matroska/WebM file"),
+    (b"FORM", "an AIFF audio file"),
+    (b"caff", "a CAF audio file"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"%PDF", "a PDF document"),
+    (b"\x7fELF", "a program"),
+)
 
 
 def _sniff(data: bytes) -> str | None:

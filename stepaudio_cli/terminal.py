@@ -145,7 +145,12 @@ class Terminal:
         self.err.print(table)
 
     def table(
-        self, title: str | None, rows: list[tuple[str, list[str]]], columns: list[str], *, first: str = "",
+        self,
+        title: str | None,
+        rows: list[tuple[str, list[str]]],
+        columns: list[str],
+        *,
+        first: str = "",
         plain: bool = False,
     ) -> None:
         """A labelled table on stdout: one row per label, one column per name in ``columns``

@@ -73,7 +73,9 @@ def build_tokenizer(special_tokens: dict[str, int] = SPECIAL_TOKENS):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     tok.train_from_iterator([_CORPUS] * 4, trainer)
     spec = json.loads(tok.to_str())
     vocab: dict[str, int] = spec["model"]["vocab"]
@@ -84,8 +86,15 @@ def build_tokenizer(special_tokens: dict[str, int] = SPECIAL_TOKENS):
         if i not in used:
             vocab[f"<x{i}>"] = i
     spec["added_tokens"] = [
-        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
-         "special": True}
+        {
+            "id": i,
+            "content": t,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
         for t, i in sorted(special_tokens.items(), key=lambda kv: kv[1])
     ]
     return Tokenizer.from_str(json.dumps(spec))
@@ -137,10 +146,21 @@ def build_checkpoint(
     )
     s = sizes
     config = make_config(
-        {"hidden_size": s.hidden, "intermediate_size": s.intermediate, "num_hidden_layers": s.layers,
-         "num_attention_heads": s.heads, "num_key_value_heads": s.kv_heads, "vocab_size": VOCAB_SIZE},
-        {"n_mels": s.n_mels, "n_audio_ctx": s.audio_ctx, "n_audio_state": s.audio_state,
-         "n_audio_head": s.audio_heads, "n_audio_layer": s.audio_layers},
+        {
+            "hidden_size": s.hidden,
+            "intermediate_size": s.intermediate,
+            "num_hidden_layers": s.layers,
+            "num_attention_heads": s.heads,
+            "num_key_value_heads": s.kv_heads,
+            "vocab_size": VOCAB_SIZE,
+        },
+        {
+            "n_mels": s.n_mels,
+            "n_audio_ctx": s.audio_ctx,
+            "n_audio_state": s.audio_state,
+            "n_audio_head": s.audio_heads,
+            "n_audio_layer": s.audio_layers,
+        },
         dtype="float32",
         eos_token_id=special_tokens["<|EOT|>"],
     )
@@ -161,8 +181,10 @@ def build_checkpoint(
         tensors = w4a16_checkpoint_tensors(tensors)
         config["quantization_config"] = W4A16_CONFIG
     (out / "config.json").write_text(json.dumps(config, indent=1))
-    save_file({k: np.ascontiguousarray(v, dtype=v.dtype if v.dtype.kind == "i" else np.float32)
-               for k, v in tensors.items()}, str(out / "model.safetensors"))
+    save_file(
+        {k: np.ascontiguousarray(v, dtype=v.dtype if v.dtype.kind == "i" else np.float32) for k, v in tensors.items()},
+        str(out / "model.safetensors"),
+    )
     return out
 
 
@@ -180,16 +202,31 @@ W4A16_CONFIG = {
     "config_groups": {
         "group_0": {
             "targets": ["Linear"],
-            "weights": {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group",
-                        "group_size": W4A16_GROUP, "dynamic": False, "actorder": None, "observer": "minmax"},
+            "weights": {
+                "num_bits": 4,
+                "type": "int",
+                "symmetric": True,
+                "strategy": "group",
+                "group_size": W4A16_GROUP,
+                "dynamic": False,
+                "actorder": None,
+                "observer": "minmax",
+            },
             "input_activations": None,
             "output_activations": None,
             "format": "pack-quantized",
         }
     },
 }
-_LLM_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+_LLM_LINEARS = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
 
 
 def w4a16_pack(weight: np.ndarray, group: int = W4A16_GROUP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -91,14 +91,20 @@ def diagnose(log_text: str) -> str | None:
             f"use --max-model-len {_round_down(fits)} or less, --quantization fp8, or more GPUs (-tp)"
         )
     if "larger than the available KV cache memory" in log_text:
-        return ("the KV cache is too small for one request of --max-model-len: lower --max-model-len, "
-                "use --quantization fp8, or more GPUs (-tp)")
+        return (
+            "the KV cache is too small for one request of --max-model-len: lower --max-model-len, "
+            "use --quantization fp8, or more GPUs (-tp)"
+        )
     if "No available memory for the cache blocks" in log_text:
-        return ("no memory is left for the KV cache once the weights are loaded: use --quantization fp8, "
-                "more GPUs (-tp), or a higher --gpu-memory-utilization")
+        return (
+            "no memory is left for the KV cache once the weights are loaded: use --quantization fp8, "
+            "more GPUs (-tp), or a higher --gpu-memory-utilization"
+        )
     if "CUDA out of memory" in log_text or "OutOfMemoryError" in log_text:
-        return ("the GPU ran out of memory while starting the model: use --quantization fp8 (35 GB of weights "
-                "instead of 66), more GPUs (-tp), or a lower --max-model-len")
+        return (
+            "the GPU ran out of memory while starting the model: use --quantization fp8 (35 GB of weights "
+            "instead of 66), more GPUs (-tp), or a lower --max-model-len"
+        )
     return None
 
 
@@ -106,15 +112,20 @@ def diagnose(log_text: str) -> str | None:
 # prefix their lines with "(EngineCore_DP0 pid=N)" and a log level).
 _EXCEPTION_LINE = re.compile(r"(?:^|[\s:\]])((?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception)): (\S.*)$", re.M)
 # What the API process says when the engine process failed: the cause is elsewhere in the log.
-_NOT_THE_CAUSE = ("See root cause above", "Engine core initialization failed", "Worker failed with error",
-                  "WorkerProc initialization failed")
+_NOT_THE_CAUSE = (
+    "See root cause above",
+    "Engine core initialization failed",
+    "Worker failed with error",
+    "WorkerProc initialization failed",
+)
 
 
 def root_cause(log_text: str) -> str | None:
     """The exception vLLM's log shows as the reason a start failed (``OSError: ... no file
     named model.safetensors``), without the generic lines that only point at it."""
     causes = [
-        f"{kind}: {text.strip()}" for kind, text in _EXCEPTION_LINE.findall(log_text)
+        f"{kind}: {text.strip()}"
+        for kind, text in _EXCEPTION_LINE.findall(log_text)
         if not any(generic in text for generic in _NOT_THE_CAUSE)
     ]
     return causes[-1][:300] if causes else None
@@ -137,7 +148,8 @@ def _round_down(tokens: int) -> int:
 _INIT = r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s"
 _START_PHASES = {
     "load weights": (
-        r"Model loading took [\d.]+ GiB(?: memory)? and ([\d.]+) seconds", r"Loading weights took ([\d.]+) s",
+        r"Model loading took [\d.]+ GiB(?: memory)? and ([\d.]+) seconds",
+        r"Loading weights took ([\d.]+) s",
     ),
     "compile": (r"warmup model\) took [\d.]+ s \(compilation: ([\d.]+) s", r"torch.compile takes ([\d.]+) s in total"),
     "capture CUDA graphs": (r"Graph capturing finished in ([\d.]+) secs",),

@@ -25,7 +25,9 @@ class Watchdog:
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stepaudio_cli.watchdog"],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,  # outlives a kill of the parent's process group or terminal
         )
         self._fd = self.proc.stdin.fileno()

@@ -82,6 +82,7 @@ def parse_duration(text: str, flag: str) -> float:
 
 # --- plan ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Window:
     """Samples ``start:end`` of the recording (16 kHz)."""
@@ -194,6 +195,7 @@ def plan(request: Request, max_model_len: int | None, windowing: Windowing) -> l
 
 # --- prompts --------------------------------------------------------------------------------
 
+
 def clock(seconds: float, total: float) -> str:
     """``12:05`` or, in recordings of an hour or more, ``0:12:05``."""
     s = int(round(seconds))
@@ -268,8 +270,9 @@ async def answer_in_windows(
 
     async def one(i: int, w: Window) -> Result:
         part = Audio(name=f"{audio.name} [{span(w, total)}]", samples=audio.samples[w.start : w.end])
-        asked = replace(request, audios=(part,), question=window_question(request.question, windows, i, total),
-                        stream=False)
+        asked = replace(
+            request, audios=(part,), question=window_question(request.question, windows, i, total), stream=False
+        )
         try:
             result = await send(asked, None)
         except NoServerError:
@@ -309,8 +312,11 @@ async def answer_in_windows(
         finish_reason=reduced.finish_reason,
         windows=[
             {
-                "start": round(w.start_s, 3), "end": round(w.end_s, 3), "answer": r.answer,
-                "usage": r.usage.as_dict(), "finish_reason": r.finish_reason,
+                "start": round(w.start_s, 3),
+                "end": round(w.end_s, 3),
+                "answer": r.answer,
+                "usage": r.usage.as_dict(),
+                "finish_reason": r.finish_reason,
             }
             for w, r in zip(windows, results)
         ],
@@ -318,6 +324,16 @@ async def answer_in_windows(
 
 
 __all__ = [
-    "MapProgress", "Window", "Windowing", "answer_in_windows", "cut_windows", "longest_window", "parse_duration",
-    "plan", "quietest", "reasoning_reserve", "reduce_question", "window_question",
+    "MapProgress",
+    "Window",
+    "Windowing",
+    "answer_in_windows",
+    "cut_windows",
+    "longest_window",
+    "parse_duration",
+    "plan",
+    "quietest",
+    "reasoning_reserve",
+    "reduce_question",
+    "window_question",
 ]

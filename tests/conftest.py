@@ -39,7 +39,9 @@ def noise(seconds: float, sr: int = SR, seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).normal(0, 0.2, int(seconds * sr))).astype(np.float32)
 
 
-def write_wav(path: Path, data: np.ndarray, sr: int = SR, subtype: str | None = None, format: str | None = None) -> Path:
+def write_wav(
+    path: Path, data: np.ndarray, sr: int = SR, subtype: str | None = None, format: str | None = None
+) -> Path:
     sf.write(str(path), data, sr, subtype=subtype, format=format)
     return path
 
@@ -182,8 +184,15 @@ def vllm_server(scripted_ckpt, tmp_path_factory):
     """vLLM's own OpenAI server on CPU with this project's plugin, template and parser."""
     port = free_port()
     cmd = [
-        sys.executable, "-m", "stepaudio_cli", "serve", str(scripted_ckpt), "--port", str(port),
-        "--max-model-len", "4096",
+        sys.executable,
+        "-m",
+        "stepaudio_cli",
+        "serve",
+        str(scripted_ckpt),
+        "--port",
+        str(port),
+        "--max-model-len",
+        "4096",
     ]
     # The key from the environment, as users are told to pass it: it never shows in argv.
     server = ServerProcess(

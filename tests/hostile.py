@@ -42,8 +42,13 @@ GOOD_STREAM = sse(
     chunk({"reasoning": "I hear a tone."}),
     chunk({"content": "A beep."}),
     chunk(finish_reason="stop"),
-    {"id": "x", "object": "chat.completion.chunk", "model": MODEL, "choices": [],
-     "usage": {"prompt_tokens": 40, "completion_tokens": 2}},
+    {
+        "id": "x",
+        "object": "chat.completion.chunk",
+        "model": MODEL,
+        "choices": [],
+        "usage": {"prompt_tokens": 40, "completion_tokens": 2},
+    },
 )
 
 
@@ -118,7 +123,10 @@ class HostileServer:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def behave(
-        self, *, models: bytes = MODELS_OK, tokenize: bytes = TOKENS_OK,
+        self,
+        *,
+        models: bytes = MODELS_OK,
+        tokenize: bytes = TOKENS_OK,
         chat: Callable[[int], bytes | str | tuple[int, bytes]] = lambda tenths: GOOD_STREAM,
     ) -> None:
         self.models, self.tokenize, self.chat = models, tokenize, chat

@@ -51,7 +51,9 @@ def audio_embeddings(w: dict, cfg: dict, samples: np.ndarray) -> torch.Tensor:
         h = F.layer_norm(x, (d,), w[p + "attn_ln.weight"], w[p + "attn_ln.bias"])
         x = x + _attention(h, w, p + "attn.", enc["n_audio_head"])
         h = F.layer_norm(x, (d,), w[p + "mlp_ln.weight"], w[p + "mlp_ln.bias"])
-        h = F.linear(F.gelu(F.linear(h, w[p + "mlp.0.weight"], w[p + "mlp.0.bias"])), w[p + "mlp.2.weight"], w[p + "mlp.2.bias"])
+        h = F.linear(
+            F.gelu(F.linear(h, w[p + "mlp.0.weight"], w[p + "mlp.0.bias"])), w[p + "mlp.2.weight"], w[p + "mlp.2.bias"]
+        )
         x = x + h
     x = F.avg_pool1d(x.T[None], 2, 2)[0].T
     x = F.layer_norm(x, (d,), w["encoder.after_norm.weight"], w["encoder.after_norm.bias"])
@@ -69,7 +71,9 @@ def next_token_logprobs(ckpt: Path, prompt_ids: list[int], chunks: list[np.ndarr
     w = load_file(str(ckpt / "model.safetensors"))
     text_cfg = {k: v for k, v in cfg["text_config"].items() if k not in ("model_type", "architectures")}
     llm = Qwen2ForCausalLM(Qwen2Config(**text_cfg, attn_implementation="eager")).eval()
-    missing, unexpected = llm.load_state_dict({k: v for k, v in w.items() if k.startswith(("model.", "lm_head."))}, strict=False)
+    missing, unexpected = llm.load_state_dict(
+        {k: v for k, v in w.items() if k.startswith(("model.", "lm_head."))}, strict=False
+    )
     assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
     with torch.no_grad():
         ids = torch.tensor([prompt_ids])

@@ -75,7 +75,20 @@ def test_ffmpeg_formats(tmp_path, suffix):
 def test_video_with_audio_track(tmp_path):
     src = write_wav(tmp_path / "src.wav", tone(2.0, sr=48000), sr=48000)
     video = tmp_path / "talk.mp4"
-    ffmpeg("-f", "lavfi", "-i", "color=c=black:s=64x64:d=2", "-i", str(src), "-shortest", "-c:v", "libx264", "-c:a", "aac", str(video))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=black:s=64x64:d=2",
+        "-i",
+        str(src),
+        "-shortest",
+        "-c:v",
+        "libx264",
+        "-c:a",
+        "aac",
+        str(video),
+    )
     audio = load_audio(str(video))
     assert audio.duration == pytest.approx(2.0, abs=0.15)
     assert peak_hz(audio.samples) == pytest.approx(440, abs=3)

@@ -59,7 +59,18 @@ def test_discover_is_stable_and_counts_each_real_file_once(tmp_path):
 def test_batch_remote_records_every_file_and_resumes(vllm_server, tmp_path):
     root = make_tree(tmp_path / "tree")
     out = tmp_path / "results.jsonl"
-    args = [str(root), "-r", "--prompt", "What is it?", "--server", vllm_server.url, "--api-key", "sekret", "-o", str(out)]
+    args = [
+        str(root),
+        "-r",
+        "--prompt",
+        "What is it?",
+        "--server",
+        vllm_server.url,
+        "--api-key",
+        "sekret",
+        "-o",
+        str(out),
+    ]
     first = batch(*args)
     assert first.exit_code == 1, first.stderr  # one file is bad
     recs = {Path(r["file"]).name: r for r in records(out)}
@@ -94,7 +105,20 @@ def test_batch_csv_and_hidden_reasoning(vllm_server, tmp_path):
     for i in range(3):
         write_wav(d / f"{i}.wav", tone(1.0 + i))
     out = tmp_path / "r.csv"
-    args = [str(d), "-p", "Q", "-s", vllm_server.url, "--api-key", "sekret", "-o", str(out), "--format", "csv", "--hide-reasoning"]
+    args = [
+        str(d),
+        "-p",
+        "Q",
+        "-s",
+        vllm_server.url,
+        "--api-key",
+        "sekret",
+        "-o",
+        str(out),
+        "--format",
+        "csv",
+        "--hide-reasoning",
+    ]
     result = batch(*args)
     assert result.exit_code == 0, result.stderr
     rows = list(csv.DictReader(out.open()))
@@ -111,7 +135,17 @@ def test_prompt_file_system_prompt_and_overwrite(vllm_server, tmp_path):
         write_wav(d / f"{i}.wav", tone(1.0 + i))
     (tmp_path / "q.txt").write_text("What is in this clip?\n")
     out = tmp_path / "r.jsonl"
-    base = [str(d), "--prompt-file", str(tmp_path / "q.txt"), "-s", vllm_server.url, "--api-key", "sekret", "-o", str(out)]
+    base = [
+        str(d),
+        "--prompt-file",
+        str(tmp_path / "q.txt"),
+        "-s",
+        vllm_server.url,
+        "--api-key",
+        "sekret",
+        "-o",
+        str(out),
+    ]
     first = batch(*base)
     assert first.exit_code == 0, first.stderr
     assert [r["prompt"] for r in records(out)] == ["What is in this clip?"] * 2
@@ -144,7 +178,10 @@ def test_audio_too_long_for_the_context_is_that_file_s_failure(vllm_server, tmp_
     assert result.exit_code == 1, result.stderr
     recs = {Path(r["file"]).name: r for r in records(out)}
     assert recs["short.wav"]["answer"] == ANSWER
-    assert recs["long.wav"]["error"].startswith("6m40s of audio needs ") and "raise --max-model-len" in recs["long.wav"]["error"]
+    assert (
+        recs["long.wav"]["error"].startswith("6m40s of audio needs ")
+        and "raise --max-model-len" in recs["long.wav"]["error"]
+    )
     assert recs["long.wav"]["audio_seconds"] == pytest.approx(400.0)
 
 
@@ -159,7 +196,9 @@ def test_batch_to_stdout(vllm_server, tmp_path):
 def _spawn_batch(args: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "stepaudio_cli", "batch", *args],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, however we were started
     )
 

@@ -14,10 +14,24 @@ pytestmark = pytest.mark.engine
 
 
 def test_bench_tiny_reports_every_measure_as_json():
-    result = CliRunner().invoke(app, [
-        "bench", "--tiny", "--json", "--seconds", "2", "--new-tokens", "8", "--concurrency", "3", "--max-model-len", "2048",
-        "--runs", "2",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--tiny",
+            "--json",
+            "--seconds",
+            "2",
+            "--new-tokens",
+            "8",
+            "--concurrency",
+            "3",
+            "--max-model-len",
+            "2048",
+            "--runs",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     (record,) = [json.loads(line) for line in result.stdout.splitlines()]
     assert record["quantization"] == "bf16" and record["device"] == "cpu"
@@ -44,7 +58,8 @@ def test_bench_tiny_reports_every_measure_as_json():
 def test_bench_refuses_bad_options_in_one_line():
     result = CliRunner().invoke(app, ["bench", "--quantization", "int3"])
     assert result.exit_code == 2 and result.stderr.strip() == (
-        "error: --quantization must be one of bf16, fp8, w4a16, nvfp4a16, fp8-dynamic, not 'int3'")
+        "error: --quantization must be one of bf16, fp8, w4a16, nvfp4a16, fp8-dynamic, not 'int3'"
+    )
     built = CliRunner().invoke(app, ["bench", "--model", "x", "--quantization", "nvfp4a16"])
     assert built.exit_code == 2 and "leave out --model" in built.stderr
 
@@ -53,8 +68,10 @@ def test_prequantized_forms_are_the_families_published():
     from stepaudio_cli.bench import PREQUANTIZED
     from stepaudio_cli.checkpoint import checkpoint_quantization, make_config
 
-    labels = {name: checkpoint_quantization({**make_config(), "quantization_config": q}).label
-              for name, q in PREQUANTIZED.items()}
+    labels = {
+        name: checkpoint_quantization({**make_config(), "quantization_config": q}).label
+        for name, q in PREQUANTIZED.items()
+    }
     assert labels == {"w4a16": "W4A16", "nvfp4a16": "NVFP4A16", "fp8-dynamic": "FP8"}
 
 

@@ -34,8 +34,9 @@ REASONING, ANSWER = SCRIPT
 
 @pytest.fixture(scope="module")
 def plain_think(tmp_path_factory):
-    return build_checkpoint(tmp_path_factory.mktemp("plain_think"), seed=3, script=SCRIPT,
-                            special_tokens=MOVED_SPECIAL_TOKENS)
+    return build_checkpoint(
+        tmp_path_factory.mktemp("plain_think"), seed=3, script=SCRIPT, special_tokens=MOVED_SPECIAL_TOKENS
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,19 @@ def test_in_process_ask_and_think_budget_with_a_multi_token_tag(plain_think, tmp
     assert plain.stdout == ANSWER + "\n" and REASONING in plain.stderr and "</think>" not in plain.stderr
 
     capped = runner.invoke(
-        app, ["ask", "--json", "--model", str(plain_think), "--max-model-len", "4096", "--think-budget", "2", str(clip), "Q?"]
+        app,
+        [
+            "ask",
+            "--json",
+            "--model",
+            str(plain_think),
+            "--max-model-len",
+            "4096",
+            "--think-budget",
+            "2",
+            str(clip),
+            "Q?",
+        ],
     )
     assert capped.exit_code == 0, capped.stderr
     record = json.loads(capped.stdout)
@@ -75,10 +88,15 @@ def test_in_process_ask_and_think_budget_with_a_multi_token_tag(plain_think, tmp
 
 def test_raw_server_sends_everything_in_content_and_ask_splits_it(raw_server, tmp_path):
     clip = write_wav(tmp_path / "c.wav", tone(3.0))
-    reply = httpx.post(raw_server.url + "/v1/chat/completions", json={
-        "model": _model(raw_server), "max_tokens": 64,
-        "messages": [{"role": "user", "content": [{"type": "text", "text": "Q?"}, _input_audio(tone(3.0))]}],
-    }, timeout=120).json()
+    reply = httpx.post(
+        raw_server.url + "/v1/chat/completions",
+        json={
+            "model": _model(raw_server),
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Q?"}, _input_audio(tone(3.0))]}],
+        },
+        timeout=120,
+    ).json()
     message = reply["choices"][0]["message"]
     assert message["content"] == f"{REASONING}</think>{ANSWER}" and not message.get("reasoning")
 
@@ -103,9 +121,16 @@ def test_stepfuns_request_shape_is_answered(raw_server):
     max_tokens 32000, special tokens kept, stop on the text <|EOT|>; their client reads
     only `content` and splits on </think> itself."""
     payload = {
-        "model": _model(raw_server), "max_tokens": 32000, "temperature": 0.7, "repetition_penalty": 1.07,
-        "stop_token_ids": [], "stop": ["<|EOT|>"], "skip_special_tokens": False,
-        "continue_final_message": True, "add_generation_prompt": False, "stream": True,
+        "model": _model(raw_server),
+        "max_tokens": 32000,
+        "temperature": 0.7,
+        "repetition_penalty": 1.07,
+        "stop_token_ids": [],
+        "stop": ["<|EOT|>"],
+        "skip_special_tokens": False,
+        "continue_final_message": True,
+        "add_generation_prompt": False,
+        "stream": True,
         "messages": [
             {"role": "system", "content": "You are an expert in audio analysis."},
             {"role": "human", "content": [_input_audio(tone(3.0))]},
@@ -128,7 +153,8 @@ def test_one_ten_minute_item_from_the_openai_client(raw_server):
     client = openai.OpenAI(base_url=raw_server.url + "/v1", api_key="none")
     ten_minutes = _input_audio(tone(600.0, amp=0.1))
     reply = client.chat.completions.create(
-        model=_model(raw_server), max_tokens=64,
+        model=_model(raw_server),
+        max_tokens=64,
         messages=[{"role": "user", "content": [{"type": "text", "text": "Summarise."}, ten_minutes]}],
     )
     assert reply.choices[0].message.content.endswith(ANSWER)
@@ -142,8 +168,7 @@ def test_other_published_layouts_work_end_to_end(tmp_path, variant):
     pre-quantized compressed-tensors W4A16 checkpoint as the community builds are made
     (LLM linears packed int4, encoder/adapter/head ignored; run with an FP8 KV cache), both
     with moved ids."""
-    layout = (dict(flat_config=True, names=R1_1_ORIGIN_NAMES) if variant == "r1.1_flat"
-              else dict(quantize="w4a16"))
+    layout = dict(flat_config=True, names=R1_1_ORIGIN_NAMES) if variant == "r1.1_flat" else dict(quantize="w4a16")
     ckpt = build_checkpoint(tmp_path / variant, seed=3, script=SCRIPT, special_tokens=MOVED_SPECIAL_TOKENS, **layout)
     config = json.loads((ckpt / "config.json").read_text())
     if variant == "r1.1_flat":
@@ -161,7 +186,11 @@ def test_other_published_layouts_work_end_to_end(tmp_path, variant):
 def test_missing_rope_theta_is_refused_at_start_naming_it(tmp_path, command):
     ckpt = build_checkpoint(tmp_path / "no_rope", seed=0, drop_text_keys=("rope_theta",))
     clip = write_wav(tmp_path / "c.wav", tone(1.0))
-    args = ["ask", "--model", str(ckpt), str(clip), "Q?"] if command == "ask" else ["serve", str(ckpt), "--port", str(free_port())]
+    args = (
+        ["ask", "--model", str(ckpt), str(clip), "Q?"]
+        if command == "ask"
+        else ["serve", str(ckpt), "--port", str(free_port())]
+    )
     result = runner.invoke(app, args)
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines()[-1] == (

@@ -87,7 +87,9 @@ def test_remote_ask_json(vllm_server, scripted_ckpt, clip, tmp_path):
 
 
 def test_remote_ask_from_stdin_with_hidden_reasoning(vllm_server, clip):
-    result = ask("--server", vllm_server.url, "--api-key", "sekret", "--hide-reasoning", "-", "Q?", input=clip.read_bytes())
+    result = ask(
+        "--server", vllm_server.url, "--api-key", "sekret", "--hide-reasoning", "-", "Q?", input=clip.read_bytes()
+    )
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ANSWER + "\n"
     assert REASONING not in result.stderr

@@ -21,7 +21,9 @@ def complete(env: dict) -> list[str]:
 
 
 def test_committed_scripts_match_the_cli():
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen-completions.py"), "--check"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen-completions.py"), "--check"], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     for name in ("stepaudio.bash", "_stepaudio", "stepaudio.fish"):
         assert "_STEPAUDIO_COMPLETE" in (ROOT / "completions" / name).read_text()
@@ -44,7 +46,9 @@ def test_bash_completes_every_command():
 @pytest.mark.parametrize("command", ["ask", "batch", "serve", "download", "stop"])
 def test_bash_completes_each_commands_options(command):
     cmd = click_command().commands[command]
-    expected = {o for p in cmd.params if p.param_type_name == "option" and not p.hidden for o in p.opts if o.startswith("--")}
+    expected = {
+        o for p in cmd.params if p.param_type_name == "option" and not p.hidden for o in p.opts if o.startswith("--")
+    }
     got = complete({"_STEPAUDIO_COMPLETE": "complete_bash", "COMP_WORDS": f"stepaudio {command} --", "COMP_CWORD": "2"})
     assert expected <= set(got), expected - set(got)
 
@@ -55,7 +59,11 @@ def test_zsh_completes_options_with_help():
 
 
 def test_fish_completes_commands():
-    got = complete({
-        "_STEPAUDIO_COMPLETE": "complete_fish", "_TYPER_COMPLETE_FISH_ACTION": "get-args", "_TYPER_COMPLETE_ARGS": "stepaudio do",
-    })
+    got = complete(
+        {
+            "_STEPAUDIO_COMPLETE": "complete_fish",
+            "_TYPER_COMPLETE_FISH_ACTION": "get-args",
+            "_TYPER_COMPLETE_ARGS": "stepaudio do",
+        }
+    )
     assert any(line.startswith("download") for line in got) and any(line.startswith("doctor") for line in got)

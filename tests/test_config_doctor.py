@@ -20,12 +20,7 @@ runner = CliRunner()
 def config_file(tmp_path, monkeypatch):
     path = tmp_path / "config.toml"
     path.write_text(
-        'temperature = 0.5\n'
-        'top-p = 0.8\n'
-        'max_tokens = 123\n'
-        'api_key_env = "TEAM_KEY"\n'
-        '[batch]\n'
-        'concurrency = 7\n'
+        'temperature = 0.5\ntop-p = 0.8\nmax_tokens = 123\napi_key_env = "TEAM_KEY"\n[batch]\nconcurrency = 7\n'
     )
     monkeypatch.setenv("STEPAUDIO_CONFIG", str(path))
     monkeypatch.setenv("TEAM_KEY", "from-team-var")
@@ -115,7 +110,13 @@ def test_doctor_counts_fp8_and_the_vllm_window(monkeypatch):
     from stepaudio_cli.vllm_plugin.compat import version_in_window
 
     assert [version_in_window(v) for v in ("0.25.1", "0.26.0", "0.32.0", "0.32.0+cpu", "0.33.0", "x")] == [
-        False, True, True, True, False, None]
+        False,
+        True,
+        True,
+        True,
+        False,
+        None,
+    ]
     fp8 = runner.invoke(app, ["doctor", "--model", "someone/not-downloaded", "--quantization", "fp8"])
     assert "memory need: 35.1 GB fp8 weights" in fp8.stdout
     monkeypatch.setattr(doctor, "dist_version", lambda *names: ("vllm", "0.34.0"))
@@ -129,7 +130,9 @@ def test_gpu_extra_pins_the_tested_window():
 
     from stepaudio_cli.vllm_plugin.compat import TESTED_BELOW, TESTED_MIN
 
-    extra = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    extra = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]["gpu"]
     assert f"vllm>={TESTED_MIN[0]}.{TESTED_MIN[1]},<{TESTED_BELOW[0]}.{TESTED_BELOW[1]}" in extra
 
 
@@ -153,10 +156,14 @@ def test_doctor_reports_this_machine(scripted_ckpt):
 def _quantized_config(weights: dict, ignore: list[str], acts: dict | None = None) -> dict:
     from stepaudio_cli.checkpoint import make_config
 
-    return {**make_config(), "quantization_config": {
-        "quant_method": "compressed-tensors", "ignore": ignore,
-        "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": acts}},
-    }}
+    return {
+        **make_config(),
+        "quantization_config": {
+            "quant_method": "compressed-tensors",
+            "ignore": ignore,
+            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": acts}},
+        },
+    }
 
 
 COMMUNITY_IGNORE = ["lm_head", "re:encoder.*", "re:adapter.*"]  # the community R1/R1.1 builds' recipe
@@ -179,8 +186,9 @@ def test_pre_quantized_checkpoints_are_counted_in_their_own_width(tmp_path):
     assert fit(w4, per_token, 16384, 32 * 2**30, 1) == 1  # a 32 GB card holds a 4-bit build
     assert fit(w4, per_token, 4096, 24 * 2**30, 1) is None  # a 24 GB card does not, even at 4k
     # doctor reads it from the checkpoint's config.json (no weights downloaded yet).
-    (tmp_path / "config.json").write_text(json.dumps(_quantized_config(
-        {"num_bits": 4, "type": "int", "group_size": 128}, COMMUNITY_IGNORE)))
+    (tmp_path / "config.json").write_text(
+        json.dumps(_quantized_config({"num_bits": 4, "type": "int", "group_size": 128}, COMMUNITY_IGNORE))
+    )
     out = runner.invoke(app, ["doctor", "--model", str(tmp_path)]).stdout
     assert "memory need: 20.0 GB W4A16 weights" in out
     assert "models: stepfun-ai/Step-Audio-R1, stepfun-ai/Step-Audio-R1.1" in out

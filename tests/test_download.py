@@ -64,7 +64,12 @@ class Hub(BaseHTTPRequestHandler):
 
     def _error(self, code: int, code_name: str, message: str, head: bool = False) -> None:
         body = json.dumps({"error": message}).encode()
-        self._send(code, body, {"X-Error-Code": code_name, "X-Error-Message": message, "Content-Type": "application/json"}, head)
+        self._send(
+            code,
+            body,
+            {"X-Error-Code": code_name, "X-Error-Message": message, "Content-Type": "application/json"},
+            head,
+        )
 
     def do_HEAD(self):
         self._serve(head=True)
@@ -78,7 +83,9 @@ class Hub(BaseHTTPRequestHandler):
             return self._error(401, "GatedRepo", f"Access to model {REPO} is restricted.", head)
         if self.mode.startswith("gated"):
             code = int(self.mode[-3:])
-            return self._error(code, "GatedRepo", f"Access to model {REPO} is restricted. You must be authenticated.", head)
+            return self._error(
+                code, "GatedRepo", f"Access to model {REPO} is restricted. You must be authenticated.", head
+            )
         m = re.match(r"^/api/models/([^/]+/[^/?]+)(?:/revision/([^?]+))?", self.path)
         if m:
             if m.group(1) != REPO:
@@ -87,10 +94,16 @@ class Hub(BaseHTTPRequestHandler):
                 return self._error(404, "RevisionNotFound", f"Invalid rev id: {m.group(2)}", head)
             siblings = [
                 {"rfilename": n, "size": len(d), "blobId": _blob_id(d)}
-                | ({"lfs": {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d), "pointerSize": 134}} if n in LFS else {})
+                | (
+                    {"lfs": {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d), "pointerSize": 134}}
+                    if n in LFS
+                    else {}
+                )
                 for n, d in self.files.items()
             ]
-            body = json.dumps({"id": REPO, "modelId": REPO, "sha": COMMIT, "siblings": siblings, "gated": "manual"}).encode()
+            body = json.dumps(
+                {"id": REPO, "modelId": REPO, "sha": COMMIT, "siblings": siblings, "gated": "manual"}
+            ).encode()
             return self._send(200, body, {"Content-Type": "application/json"}, head)
         m = re.match(rf"^/{re.escape(REPO)}/resolve/([^/]+)/(.+)$", self.path)
         if not m or m.group(2) not in self.files:

@@ -164,7 +164,9 @@ def test_ask_in_process_json(scripted_ckpt, clip):
 
 def test_too_long_audio_is_refused_before_the_engine_starts(ckpt, tmp_path):
     long = write_wav(tmp_path / "long.wav", tone(400.0))
-    result = CliRunner().invoke(app, ["ask", "-m", str(ckpt), "--max-model-len", "4096", str(long), "Q?", "--no-window"])
+    result = CliRunner().invoke(
+        app, ["ask", "-m", str(ckpt), "--max-model-len", "4096", str(long), "Q?", "--no-window"]
+    )
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {long}: 6m40s of audio needs")
     # Windows on (the default), but a context with no room for one next to the reasoning reserve.
@@ -177,7 +179,9 @@ def test_too_long_audio_is_refused_before_the_engine_starts(ckpt, tmp_path):
 
 def test_not_a_step_audio_checkpoint(tmp_path, clip):
     (tmp_path / "llama").mkdir()
-    (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    (tmp_path / "llama" / "config.json").write_text(
+        json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+    )
     result = CliRunner().invoke(app, ["ask", "-m", str(tmp_path / "llama"), str(clip), "Q?"])
     assert result.exit_code == 2
     assert "not a Step-Audio checkpoint" in result.stderr and "Traceback" not in result.stderr
@@ -197,7 +201,8 @@ def test_missing_vllm_is_one_line(ckpt, clip):
 
 
 @pytest.mark.parametrize(
-    "when, sig", [("generation", "SIGINT"), ("start-up", "SIGINT"), ("start-up", "SIGKILL")],
+    "when, sig",
+    [("generation", "SIGINT"), ("start-up", "SIGINT"), ("start-up", "SIGKILL")],
 )
 def test_interrupted_or_killed_ask_leaves_no_process(ckpt, clip, tmp_path, when, sig):
     """Ctrl-C while the engine starts or generates: exit 130. kill -9 (nothing of ours runs
@@ -207,7 +212,8 @@ def test_interrupted_or_killed_ask_leaves_no_process(ckpt, clip, tmp_path, when,
     log = tmp_path / "ask.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "stepaudio_cli", "ask", "-m", str(ckpt), "--max-tokens", "6000", str(clip), "Q?"],
-        stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
         # A shell's background job starts with SIGINT ignored, and Python keeps it so: give
         # the child the default a terminal's process has, whoever started the tests.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
@@ -236,7 +242,9 @@ def test_interrupted_or_killed_ask_leaves_no_process(ckpt, clip, tmp_path, when,
         if sig == "SIGINT":
             assert code == 130 and "error: interrupted" in text and "Traceback" not in text, text
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family):
+        while time.monotonic() < deadline and any(
+            p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family
+        ):
             time.sleep(0.2)
         left = [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert left == [], f"left behind: {left}"

@@ -45,8 +45,11 @@ def audio_dir(root: Path, n: int) -> Path:
 
 def spawn(args: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "stepaudio_cli", *args], stdout=log.open("wb"), stderr=subprocess.STDOUT,
-        start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        [sys.executable, "-m", "stepaudio_cli", *args],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -81,7 +84,17 @@ class Servers:
 
     def start(self, port: int | None = None) -> ServerProcess:
         port = port or free_port()
-        cmd = [sys.executable, "-m", "stepaudio_cli", "serve", str(self.ckpt), "--port", str(port), "--max-model-len", "4096"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "stepaudio_cli",
+            "serve",
+            str(self.ckpt),
+            "--port",
+            str(port),
+            "--max-model-len",
+            "4096",
+        ]
         server = ServerProcess(cmd, port, self.tmp / f"serve-{port}-{len(self.procs)}.log")
         self.procs[port] = server
         return server
@@ -122,13 +135,28 @@ def test_serve_parent_killed_takes_vllm_with_it_and_batch_keeps_going_on_the_oth
     a.wait_healthy(), b.wait_healthy()
     files = audio_dir(tmp_path / "in", 30)
     out = tmp_path / "r.jsonl"
-    args = ["batch", str(files), "-p", "Q", "-s", f"{a.url},{b.url}", "--concurrency", "2", "--seed", "1", "-o", str(out)]
+    args = [
+        "batch",
+        str(files),
+        "-p",
+        "Q",
+        "-s",
+        f"{a.url},{b.url}",
+        "--concurrency",
+        "2",
+        "--seed",
+        "1",
+        "-o",
+        str(out),
+    ]
     proc = spawn(args, tmp_path / "batch.log")
     wait_for(lambda: lines(out) >= 4, 120, "the first results")
     family = servers.kill_parent(b)
 
     # The watchdog takes vLLM down with its parent: the port and the processes are freed.
-    wait_for(lambda: port_free(b.port) and not alive(family), 60, f"port {b.port} and {[p.pid for p in family]} to be freed")
+    wait_for(
+        lambda: port_free(b.port) and not alive(family), 60, f"port {b.port} and {[p.pid for p in family]} to be freed"
+    )
     assert proc.wait(180) == 0, (tmp_path / "batch.log").read_text()
     recs = records(out)
     assert len(recs) == 30 and all((r["answer"], r["error"]) == (ANSWER, None) for r in recs)
@@ -163,7 +191,8 @@ def test_the_only_server_dying_pauses_the_batch_until_it_is_back_or_stops_it(ser
     # --min-think holds </think> and <|EOT|> back: a long reasoning stream to cut.
     asking = subprocess.Popen(
         [sys.executable, "-m", "stepaudio_cli", "ask", "-s", a.url, "--min-think", "3000", str(clip), "Q?"],
-        stdout=ask_out.open("wb"), stderr=ask_err.open("wb"),
+        stdout=ask_out.open("wb"),
+        stderr=ask_err.open("wb"),
     )
     out2 = tmp_path / "r2.jsonl"
     common = [str(files), "-p", "Q", "--concurrency", "2", "-o", str(out2)]
@@ -205,7 +234,10 @@ def test_a_server_that_never_answers_is_one_line_for_ask(clip):
         url = f"http://127.0.0.1:{listener.getsockname()[1]}"
         result = runner.invoke(app, ["ask", "-s", url, "--timeout", "2", str(clip), "Q?"])
     assert result.exit_code == 1
-    assert result.stderr.strip().splitlines()[-1] == f"error: {url}: no answer from the server for 2s (hung? --timeout sets the limit)"
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == f"error: {url}: no answer from the server for 2s (hung? --timeout sets the limit)"
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -220,16 +252,33 @@ def test_requests_to_a_hung_server_are_retried_on_another(vllm_server, tmp_path)
         files = audio_dir(tmp_path / "in", 6)
         out = tmp_path / "r.jsonl"
         hung_url = f"http://127.0.0.1:{hung.server_address[1]}"
-        result = runner.invoke(app, [
-            "batch", str(files), "-p", "Q", "-s", f"{hung_url},{vllm_server.url}", "--api-key", "sekret",
-            "--timeout", "2", "--concurrency", "4", "-o", str(out),
-        ])
+        result = runner.invoke(
+            app,
+            [
+                "batch",
+                str(files),
+                "-p",
+                "Q",
+                "-s",
+                f"{hung_url},{vllm_server.url}",
+                "--api-key",
+                "sekret",
+                "--timeout",
+                "2",
+                "--concurrency",
+                "4",
+                "-o",
+                str(out),
+            ],
+        )
     finally:
         hung.shutdown()
     assert result.exit_code == 0, result.stderr
     assert f"{hung_url} left the pool (" in result.stderr
     recs = records(out)
-    assert len(recs) == 6 and all((r["answer"], r["error"], r["model"]) == (ANSWER, None, recs[0]["model"]) for r in recs)
+    assert len(recs) == 6 and all(
+        (r["answer"], r["error"], r["model"]) == (ANSWER, None, recs[0]["model"]) for r in recs
+    )
 
 
 # --- results that cannot be written ----------------------------------------------------------
@@ -239,11 +288,15 @@ def test_a_full_disk_stops_the_batch_with_one_line(vllm_server, tmp_path):
     files = audio_dir(tmp_path / "in", 3)
     full = tmp_path / "results.jsonl"
     full.symlink_to("/dev/full")  # every write: ENOSPC, through a real file descriptor
-    result = runner.invoke(app, ["batch", str(files), "-p", "Q", "-s", vllm_server.url, "--api-key", "sekret", "-o", str(full)])
+    result = runner.invoke(
+        app, ["batch", str(files), "-p", "Q", "-s", vllm_server.url, "--api-key", "sekret", "-o", str(full)]
+    )
     assert result.exit_code == 1
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
-    assert errors == [f"error: {full}: cannot write the results (No space left on device); the run stopped: "
-                      "fix it and rerun the same command to continue"], result.stderr
+    assert errors == [
+        f"error: {full}: cannot write the results (No space left on device); the run stopped: "
+        "fix it and rerun the same command to continue"
+    ], result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -268,8 +321,23 @@ def test_a_removed_results_folder_stops_the_batch(vllm_server, tmp_path):
     files = audio_dir(tmp_path / "in", 30)
     out = tmp_path / "out" / "r.jsonl"
     log = tmp_path / "batch.log"
-    proc = spawn(["batch", str(files), "-p", "Q", "-s", vllm_server.url, "--api-key", "sekret", "--concurrency", "2",
-                  "-o", str(out)], log)
+    proc = spawn(
+        [
+            "batch",
+            str(files),
+            "-p",
+            "Q",
+            "-s",
+            vllm_server.url,
+            "--api-key",
+            "sekret",
+            "--concurrency",
+            "2",
+            "-o",
+            str(out),
+        ],
+        log,
+    )
     wait_for(lambda: lines(out) >= 3, 120, "the first results")
     shutil.rmtree(out.parent)
     assert proc.wait(60) == 1, log.read_text()
@@ -284,8 +352,13 @@ def test_a_removed_results_folder_stops_the_batch(vllm_server, tmp_path):
 
 def test_an_in_process_start_without_room_for_the_kv_cache_says_what_to_change(ckpt, clip):
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "0"}  # the CPU backend's "no memory left for the cache"
-    out = subprocess.run([sys.executable, "-m", "stepaudio_cli", "ask", "-m", str(ckpt), str(clip), "Q?"],
-                         capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "stepaudio_cli", "ask", "-m", str(ckpt), str(clip), "Q?"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert out.returncode == 1
     (line,) = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
     assert "no memory is left for the KV cache once the weights are loaded: use --quantization fp8" in line
@@ -298,8 +371,10 @@ def test_serve_whose_vllm_fails_for_want_of_kv_cache_says_what_to_change(tmp_pat
     check raises (its real function) and exits, as vLLM's server does."""
     from stepaudio_cli.serve import VllmServerProcess as Server
 
-    child = ("from vllm.v1.core.kv_cache_utils import _check_enough_kv_cache_memory as check\n"
-             "check(2**30, lambda: 2**31, 65536, lambda mem: 33616)\n")
+    child = (
+        "from vllm.v1.core.kv_cache_utils import _check_enough_kv_cache_memory as check\n"
+        "check(2**30, lambda: 2**31, 65536, lambda mem: 33616)\n"
+    )
     server = Server([sys.executable, "-c", child], tmp_path / "serve.log", passthrough=False)
     try:
         with pytest.raises(UserError) as e:

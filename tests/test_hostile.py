@@ -196,9 +196,18 @@ def _with(path: tuple, value):
 
 
 FIELDS = [
-    (), ("choices",), ("choices", 0), ("choices", 0, "delta"), ("choices", 0, "delta", "content"),
-    ("choices", 0, "delta", "reasoning"), ("choices", 0, "finish_reason"), ("usage",),
-    ("usage", "prompt_tokens"), ("usage", "completion_tokens"), ("model",), ("error",),
+    (),
+    ("choices",),
+    ("choices", 0),
+    ("choices", 0, "delta"),
+    ("choices", 0, "delta", "content"),
+    ("choices", 0, "delta", "reasoning"),
+    ("choices", 0, "finish_reason"),
+    ("usage",),
+    ("usage", "prompt_tokens"),
+    ("usage", "completion_tokens"),
+    ("model",),
+    ("error",),
 ]
 
 
@@ -213,9 +222,13 @@ def test_ask_survives_any_json_in_any_field(server, clip, field, value):
 @given(value=JSON, where=st.sampled_from(["body", "data", "entry", "id", "max_model_len"]))
 def test_ask_survives_any_json_in_the_model_list(server, clip, value, where):
     entry = {"id": MODEL, "max_model_len": 16384}
-    body = {"body": lambda: value, "data": lambda: {"data": value}, "entry": lambda: {"data": [value]},
-            "id": lambda: {"data": [entry | {"id": value}]},
-            "max_model_len": lambda: {"data": [entry | {"max_model_len": value}]}}[where]()
+    body = {
+        "body": lambda: value,
+        "data": lambda: {"data": value},
+        "entry": lambda: {"data": [value]},
+        "id": lambda: {"data": [entry | {"id": value}]},
+        "max_model_len": lambda: {"data": [entry | {"max_model_len": value}]},
+    }[where]()
     server.behave(models=json.dumps(body).encode())
     assert_handled(ask(server, clip), server.url, codes=(0, 1, 2))
 
@@ -224,16 +237,18 @@ def test_ask_survives_any_json_in_the_model_list(server, clip, value, where):
 
 
 def test_batch_records_one_failure_per_hostile_reply_and_carries_on(server, tmp_path):
-    shapes = [GOOD_STREAM, *(sse(chunk({"reasoning": "Hm."}), bad) for bad in BAD_CHUNKS.values()),
-              *RAW_STREAMS.values()]
+    shapes = [
+        GOOD_STREAM,
+        *(sse(chunk({"reasoning": "Hm."}), bad) for bad in BAD_CHUNKS.values()),
+        *RAW_STREAMS.values(),
+    ]
     folder = tmp_path / "in"
     folder.mkdir()
     for i in range(len(shapes)):  # file i lasts 1 + i/10 s: the server tells them apart by length
         write_wav(folder / f"f{i:02d}.wav", tone(1.0 + i / 10, freq=300 + 7 * i))
     server.behave(chat=lambda tenths: shapes[tenths - 10])
     out = tmp_path / "r.jsonl"
-    result = run("batch", str(folder), "-p", "Q", "-s", server.url, "-o", str(out), "--retries", "0",
-                 "--timeout", "1")
+    result = run("batch", str(folder), "-p", "Q", "-s", server.url, "-o", str(out), "--retries", "0", "--timeout", "1")
     assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr
     assert result.exit_code == 1, result.stderr
     recs = {Path(r["file"]).name: r for r in map(json.loads, out.read_text().splitlines())}
@@ -249,8 +264,20 @@ def test_batch_against_a_server_that_lists_its_model_but_never_answers_is_bounde
     write_wav(tmp_path / "a.wav", tone(1.0))
     server.behave(chat=lambda t: reply)
     out = tmp_path / "r.jsonl"
-    result = run("batch", str(tmp_path / "a.wav"), "-p", "Q", "-s", server.url, "-o", str(out),
-                 "--retries", "1", "--timeout", "1")
+    result = run(
+        "batch",
+        str(tmp_path / "a.wav"),
+        "-p",
+        "Q",
+        "-s",
+        server.url,
+        "-o",
+        str(out),
+        "--retries",
+        "1",
+        "--timeout",
+        "1",
+    )
     assert result.exit_code == 1, result.stderr
     (rec,) = map(json.loads, out.read_text().splitlines())
     assert "no " in rec["error"] and "tries)" in rec["error"], rec["error"]
@@ -361,7 +388,15 @@ def test_the_saved_command_line_keeps_no_secret():
 
     argv = ["stepaudio", "ask", "--api-key", "k1", "--token=t1", "--api-key-file", "/p", "--insecure-no-key", "x"]
     assert _redacted_argv(argv) == [
-        "stepaudio", "ask", "--api-key", "***", "--token=***", "--api-key-file", "/p", "--insecure-no-key", "x"
+        "stepaudio",
+        "ask",
+        "--api-key",
+        "***",
+        "--token=***",
+        "--api-key-file",
+        "/p",
+        "--insecure-no-key",
+        "x",
     ]
 
 

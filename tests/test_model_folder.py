@@ -40,8 +40,11 @@ def weightless(ckpt, tmp_path) -> Path:
 
 def _safetensors(path: Path, data_bytes: int, header: object = None) -> None:
     """A safetensors file whose header promises ``data_bytes``; sparse, so a 67 GB one is cheap."""
-    header = header if header is not None else {"w": {"dtype": "BF16", "shape": [data_bytes // 2],
-                                                     "data_offsets": [0, data_bytes]}}
+    header = (
+        header
+        if header is not None
+        else {"w": {"dtype": "BF16", "shape": [data_bytes // 2], "data_offsets": [0, data_bytes]}}
+    )
     raw = json.dumps(header).encode()
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)) + raw)

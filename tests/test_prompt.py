@@ -25,9 +25,7 @@ def audio(seconds: float, name: str = "a.wav") -> Audio:
 
 def test_prompt_matches_the_model_format():
     assert build_prompt("What is this?", [audio(3)], system="Be brief.") == (
-        "<|BOT|>system\nBe brief.<|EOT|>"
-        "<|BOT|>human\nWhat is this?\n<audio_patch><|EOT|>"
-        "<|BOT|>assistant\n<think>\n"
+        "<|BOT|>system\nBe brief.<|EOT|><|BOT|>human\nWhat is this?\n<audio_patch><|EOT|><|BOT|>assistant\n<think>\n"
     )
 
 

@@ -54,7 +54,9 @@ def server():
 def run(url: str, thinking: Thinking, max_tokens: int | None = None):
     async def go():
         async with open_engine(EngineSettings(servers=(url,))) as engine:
-            return await collect(engine, Request(AUDIO, "Q", sampling=Sampling(max_tokens=max_tokens), thinking=thinking))
+            return await collect(
+                engine, Request(AUDIO, "Q", sampling=Sampling(max_tokens=max_tokens), thinking=thinking)
+            )
 
     return asyncio.run(go())
 

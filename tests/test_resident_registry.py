@@ -111,9 +111,16 @@ def test_registry_folder_is_private(tmp_path, monkeypatch):
 def test_identity_follows_the_engine_shaping_settings_only():
     base = resident.identity(SETTINGS)
     assert resident.identity(EngineSettings(model="fake/model", max_model_len=4096, timeout=5, wait_server=9)) == base
-    for change in ({"max_model_len": 8192}, {"dtype": "float16"}, {"quantization": "fp8"},
-                   {"tensor_parallel_size": 2}, {"gpu_memory_utilization": 0.5}, {"load_format": "dummy"},
-                   {"model": "other/model"}, {"max_num_seqs": 4}):
+    for change in (
+        {"max_model_len": 8192},
+        {"dtype": "float16"},
+        {"quantization": "fp8"},
+        {"tensor_parallel_size": 2},
+        {"gpu_memory_utilization": 0.5},
+        {"load_format": "dummy"},
+        {"model": "other/model"},
+        {"max_num_seqs": 4},
+    ):
         fields = {"model": "fake/model", "max_model_len": 4096, **change}
         assert resident.identity(EngineSettings(**fields)) != base, change
 
@@ -206,9 +213,8 @@ def test_ctrl_c_while_it_starts_stops_it_when_nobody_else_waits(fake, monkeypatc
         return info
 
     monkeypatch.setattr(resident, "_spawn", spawn)
-    with pytest.raises(KeyboardInterrupt):
-        with resident.use(SETTINGS, None, lambda text: None):
-            pass
+    with pytest.raises(KeyboardInterrupt), resident.use(SETTINGS, None, lambda text: None):
+        pass
     assert gone(spawned[0], timeout=5)
     assert not (resident.registry_dir() / f"{fake[0]}.starting").exists()
 

@@ -115,18 +115,34 @@ NOT_OURS = {
     "wav": ("take1.wav", None, "jsonl", "is a WAV audio file, not a stepaudio results file"),
     "notes": ("notes.txt", b"shopping\nmilk\neggs", "jsonl", ":1: not a JSON line"),
     "notes-one-line": ("notes.txt", b"remember the milk", "jsonl", ":1: not a stepaudio record"),
-    "jsonl-as-csv": ("r.jsonl", _jsonl(*[a_record(file=f"{i}.wav") for i in range(12)]), "csv",
-                     "is a stepaudio JSONL results file, not CSV: give --format jsonl"),
+    "jsonl-as-csv": (
+        "r.jsonl",
+        _jsonl(*[a_record(file=f"{i}.wav") for i in range(12)]),
+        "csv",
+        "is a stepaudio JSONL results file, not CSV: give --format jsonl",
+    ),
     "csv-as-jsonl": ("r.csv", _csv_file(a_record()), "jsonl", "is a stepaudio CSV results file, not JSONL"),
-    "a-list": ("r.jsonl", _jsonl(a_record(), [1, 2]), "jsonl",
-               ":2: not a stepaudio record (a JSON list, not an object)"),
-    "missing-keys": ("r.jsonl", _jsonl(a_record(), {"file": "a.wav"}) + b'{"file": "b.w', "jsonl",
-                     ":2: not a stepaudio record (no 'sha256'"),
+    "a-list": (
+        "r.jsonl",
+        _jsonl(a_record(), [1, 2]),
+        "jsonl",
+        ":2: not a stepaudio record (a JSON list, not an object)",
+    ),
+    "missing-keys": (
+        "r.jsonl",
+        _jsonl(a_record(), {"file": "a.wav"}) + b'{"file": "b.w',
+        "jsonl",
+        ":2: not a stepaudio record (no 'sha256'",
+    ),
     "wrong-type": ("r.jsonl", _jsonl(a_record(usage="many")), "jsonl", ":1: not a stepaudio record ('usage' is not"),
     "file-a-number": ("r.jsonl", _jsonl(a_record(file=3)), "jsonl", "'file' is not a string"),
     "not-utf8": ("r.jsonl", _jsonl(a_record()) + b'{"file": "\xff\xfe"}\n', "jsonl", ":2: not UTF-8 text"),
-    "csv-bad-number": ("r.csv", _csv_file(a_record()) + _csv_line(file="y.wav", audio_seconds="many"), "csv",
-                       ":3: not a stepaudio record"),
+    "csv-bad-number": (
+        "r.csv",
+        _csv_file(a_record()) + _csv_line(file="y.wav", audio_seconds="many"),
+        "csv",
+        ":3: not a stepaudio record",
+    ),
     "csv-short-row": ("r.csv", _csv_file(a_record()) + b"y.wav,,\n", "csv", ":3: 3 cells, not 16"),
     "csv-other-header": ("r.csv", b"file,answer\na.wav,yes\n", "csv", ":1: not the header of a stepaudio CSV"),
 }
@@ -204,7 +220,9 @@ def test_only_a_torn_last_record_is_cut(tmp_path):
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "stepaudio_cli", "batch", *args], stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "stepaudio_cli", "batch", *args],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
 
@@ -314,7 +332,7 @@ def test_temp_files_of_a_killed_compaction_are_removed_and_others_kept(tmp_path)
 
 
 def test_csv_formula_cells_are_neutralised_and_read_back_exactly():
-    texts = ["=HYPERLINK(\"http://x\",\"y\")", "+1", "-2", "@SUM(A1)", "\tx", "\rx", "'quoted", "plain", "a=b"]
+    texts = ['=HYPERLINK("http://x","y")', "+1", "-2", "@SUM(A1)", "\tx", "\rx", "'quoted", "plain", "a=b"]
     for text in texts:
         record = a_record(answer=text, reasoning=text, file=text + ".wav", error=text, model=text)
         row = to_csv_row(record)
@@ -333,7 +351,7 @@ def test_csv_results_from_a_hostile_server_resume(scripted, tmp_path):
     args = [str(inputs), "-p", "Q", "-s", url, "-o", str(out), "-f", "csv"]
     assert batch(*args).exit_code == 0
     rows = list(csv.DictReader(out.open(newline="")))
-    assert [r["answer"] for r in rows] == ["'=HYPERLINK(\"http://evil\",\"click\")"] * 3
+    assert [r["answer"] for r in rows] == ['\'=HYPERLINK("http://evil","click")'] * 3
     assert {r["reasoning"] for r in rows} == {"'-1+1"}
     assert "'" + str(inputs / "=cmd.wav") not in [r["file"] for r in rows]  # the path starts with /: as it is
     before = out.read_bytes()

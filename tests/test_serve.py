@@ -37,10 +37,13 @@ def test_official_openai_client_with_input_audio(vllm_server, clip):
     model = client.models.list().data[0].id
     audio = base64.b64encode(clip.read_bytes()).decode()  # 44.1 kHz stereo: the server resamples
     messages = [
-        {"role": "user", "content": [
-            {"type": "text", "text": "What is happening?"},
-            {"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}},
-        ]}
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is happening?"},
+                {"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}},
+            ],
+        }
     ]
     reply = client.chat.completions.create(model=model, messages=messages, max_tokens=64)
     message = reply.choices[0].message
@@ -87,8 +90,12 @@ def test_missing_model_and_wrong_model_are_one_line(tmp_path):
 )
 def test_command_carries_the_model_settings(gpus, tp, pp, expect_tp, tmp_path):
     engine = EngineSettings(
-        model="stepfun-ai/Step-Audio-R1", max_model_len=None, tensor_parallel_size=tp, pipeline_parallel_size=pp,
-        distributed_executor_backend="ray" if pp > 1 else None, quantization="fp8" if gpus == 8 else None,
+        model="stepfun-ai/Step-Audio-R1",
+        max_model_len=None,
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+        distributed_executor_backend="ray" if pp > 1 else None,
+        quantization="fp8" if gpus == 8 else None,
         kv_cache_dtype="fp8" if gpus == 4 else "auto",
     )
     opts = core.ServeOptions(engine=engine, api_key="k", extra=["--enable-prefix-caching"], raw_reasoning=tp == 2)
@@ -112,7 +119,17 @@ def test_command_carries_the_model_settings(gpus, tp, pp, expect_tp, tmp_path):
 
 def test_sigterm_stops_every_process(scripted_ckpt, tmp_path):
     port = free_port()
-    cmd = [sys.executable, "-m", "stepaudio_cli", "serve", str(scripted_ckpt), "--port", str(port), "--max-model-len", "2048"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stepaudio_cli",
+        "serve",
+        str(scripted_ckpt),
+        "--port",
+        str(port),
+        "--max-model-len",
+        "2048",
+    ]
     server = ServerProcess(cmd, port, tmp_path / "serve.log")
     try:
         server.wait_healthy()
@@ -127,7 +144,9 @@ def test_sigterm_stops_every_process(scripted_ckpt, tmp_path):
         server.proc.send_signal(signal.SIGTERM)  # to stepaudio only: it must take vLLM down
         assert server.proc.wait(60) == 0
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family):
+        while time.monotonic() < deadline and any(
+            p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family
+        ):
             time.sleep(0.5)
         left = [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert left == [], f"left behind: {left}"
@@ -150,17 +169,28 @@ def test_chat_template_renders_what_build_prompt_writes(vllm_server, scripted_ck
 
     audio = Audio("a.wav", (0.1 * np.sin(np.arange(16000 * 30) / 16000 * 2 * np.pi * 440)).astype(np.float32))
     served = httpx.post(
-        vllm_server.url + "/tokenize", headers={"Authorization": "Bearer sekret"}, timeout=120,
-        json={"model": httpx.get(vllm_server.url + "/v1/models", headers={"Authorization": "Bearer sekret"}).json()["data"][0]["id"],
-              "messages": build_messages("What is this?", [audio], system="Be brief."),
-              "add_generation_prompt": False, "continue_final_message": True},
+        vllm_server.url + "/tokenize",
+        headers={"Authorization": "Bearer sekret"},
+        timeout=120,
+        json={
+            "model": httpx.get(vllm_server.url + "/v1/models", headers={"Authorization": "Bearer sekret"}).json()[
+                "data"
+            ][0]["id"],
+            "messages": build_messages("What is this?", [audio], system="Be brief."),
+            "add_generation_prompt": False,
+            "continue_final_message": True,
+        },
     )
     assert served.status_code == 200, served.text
-    ours = Tokenizer.from_file(str(scripted_ckpt / "tokenizer.json")).encode(
-        build_prompt("What is this?", [audio], system="Be brief."), add_special_tokens=False
-    ).ids
+    ours = (
+        Tokenizer.from_file(str(scripted_ckpt / "tokenizer.json"))
+        .encode(build_prompt("What is this?", [audio], system="Be brief."), add_special_tokens=False)
+        .ids
+    )
     start, patch, end = (SPECIAL_TOKENS[t] for t in ("<audio_start>", "<audio_patch>", "<audio_end>"))
     chunks = iter(audio.chunks())
-    expanded = [t for i in ours for t in ([start, *[patch] * chunk_tokens(len(next(chunks))), end] if i == patch else [i])]
+    expanded = [
+        t for i in ours for t in ([start, *[patch] * chunk_tokens(len(next(chunks))), end] if i == patch else [i])
+    ]
     assert served.json()["tokens"] == expanded
     assert ours.count(patch) == 2  # 30 s: two chunks

@@ -31,7 +31,11 @@ NON_DEFAULT = {
 }
 # Fields a command sets itself instead of taking an option: the reasoning-length processor is
 # loaded when the reasoning options ask for it; `ask` keeps a small batch for one question.
-DERIVED = {"ask": {"thinking_processor", "max_num_seqs"}, "batch": {"thinking_processor"}, "serve": {"thinking_processor"}}
+DERIVED = {
+    "ask": {"thinking_processor", "max_num_seqs"},
+    "batch": {"thinking_processor"},
+    "serve": {"thinking_processor"},
+}
 
 
 def test_every_engine_field_has_a_value_here():
@@ -79,8 +83,9 @@ def test_every_engine_field_is_an_option_that_reaches_the_settings(command):
 
 def test_server_and_model_are_the_remote_pair():
     cmd = _click_command("ask")
-    remote = options.engine_settings(cmd.make_context("ask", ["-s", "http://a:1,http://b:2", "-m", "r1"],
-                                                      resilient_parsing=True))
+    remote = options.engine_settings(
+        cmd.make_context("ask", ["-s", "http://a:1,http://b:2", "-m", "r1"], resilient_parsing=True)
+    )
     assert remote.servers == ("http://a:1", "http://b:2") and remote.served_model == "r1" and remote.remote
     local = options.engine_settings(cmd.make_context("ask", ["-m", "/data/r1"], resilient_parsing=True))
     assert local.model == "/data/r1" and local.served_model is None and not local.remote

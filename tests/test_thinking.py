@@ -29,7 +29,9 @@ def request(thinking: Thinking, max_tokens: int = 60) -> Request:
 @pytest.fixture(scope="module")
 def local(scripted_ckpt):
     loop = LoopThread()
-    engine = make_engine(EngineSettings(model=str(scripted_ckpt), max_model_len=4096, max_num_seqs=4, thinking_processor=True))
+    engine = make_engine(
+        EngineSettings(model=str(scripted_ckpt), max_model_len=4096, max_num_seqs=4, thinking_processor=True)
+    )
     loop.run(engine.start())
     yield lambda req: loop.run(collect(engine, req))
     loop.run(engine.close())
@@ -93,7 +95,9 @@ def test_no_think_answers_with_an_empty_reasoning_block(run):
 
 
 def test_no_think_prompt_format():
-    assert build_prompt("Q", AUDIO, assistant_prefix=NO_THINK_PREFIX).endswith("<|BOT|>assistant\n<think>\n\n</think>\n")
+    assert build_prompt("Q", AUDIO, assistant_prefix=NO_THINK_PREFIX).endswith(
+        "<|BOT|>assistant\n<think>\n\n</think>\n"
+    )
 
 
 def test_effort_presets_and_conflicts():

@@ -75,6 +75,7 @@ def assert_well_cut(x: np.ndarray, windows, length: int) -> None:
 
 # --- the planner: pure functions ---------------------------------------------------------------
 
+
 def test_cuts_land_in_the_quiet_near_each_boundary_and_windows_overlap():
     x = recording(120.0)
     windows = cut_windows(x, 50 * SR)
@@ -144,7 +145,12 @@ def test_plan_keeps_one_request_when_it_fits_and_today_s_refusal_with_no_window(
 
 def test_window_options():
     assert [parse_duration(t, "--window") for t in ("20m", "1h30m", "90", "90s", "1:30", "1:30:00")] == [
-        1200, 5400, 90, 90, 90, 5400,
+        1200,
+        5400,
+        90,
+        90,
+        90,
+        5400,
     ]
     for bad in ("", "abc", "5x", "1:2:3:4"):
         with pytest.raises(UserError, match="not a duration"):
@@ -228,8 +234,11 @@ def scripted():
 
 
 def reduce_requests(handler) -> list[str]:
-    return [b["messages"][0]["content"][0]["text"] for b in handler.asked
-            if not any(p["type"] == "input_audio" for p in b["messages"][0]["content"])]
+    return [
+        b["messages"][0]["content"][0]["text"]
+        for b in handler.asked
+        if not any(p["type"] == "input_audio" for p in b["messages"][0]["content"])
+    ]
 
 
 def test_ask_maps_windows_at_once_then_reduces_with_every_answer_and_range(scripted, tmp_path):
@@ -298,8 +307,10 @@ def test_batch_killed_mid_map_reruns_to_one_record_per_file(scripted, tmp_path):
     args = [str(d), "-p", "Q", "-s", url, "-o", str(out)]
     handler.hold.clear()  # windows wait; the short file's one request does too
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stepaudio_cli", "batch", *args], stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
+        [sys.executable, "-m", "stepaudio_cli", "batch", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 60
@@ -324,13 +335,26 @@ def test_batch_killed_mid_map_reruns_to_one_record_per_file(scripted, tmp_path):
 
 # --- the real engine: in-process ask, and batch against vLLM's server ---------------------------
 
+
 @pytest.mark.engine
 def test_ask_in_process_answers_a_long_recording_in_windows(scripted_ckpt, tmp_path):
     x = recording(120.0)
     path = write_wav(tmp_path / "long.wav", x)
-    result = runner.invoke(app, [
-        "ask", "-m", str(scripted_ckpt), "--max-model-len", "1024", "--max-tokens", "64", str(path), "Q", "--json",
-    ])
+    result = runner.invoke(
+        app,
+        [
+            "ask",
+            "-m",
+            str(scripted_ckpt),
+            "--max-model-len",
+            "1024",
+            "--max-tokens",
+            "64",
+            str(path),
+            "Q",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     record = json.loads(result.stdout)
     windows = record["windows"]
@@ -347,18 +371,46 @@ def test_ask_in_process_answers_a_long_recording_in_windows(scripted_ckpt, tmp_p
 def test_batch_against_a_server_answers_long_files_in_windows(vllm_server, tmp_path):
     write_wav(tmp_path / "long.wav", recording(120.0))
     out = tmp_path / "r.jsonl"
-    result = runner.invoke(app, [
-        "batch", str(tmp_path / "long.wav"), "-p", "Q", "-s", vllm_server.url, "--api-key", "sekret", "-o", str(out),
-        "--max-tokens", "64",
-    ])
+    result = runner.invoke(
+        app,
+        [
+            "batch",
+            str(tmp_path / "long.wav"),
+            "-p",
+            "Q",
+            "-s",
+            vllm_server.url,
+            "--api-key",
+            "sekret",
+            "-o",
+            str(out),
+            "--max-tokens",
+            "64",
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
     # 4096 tokens less a 64-token reserve hold 12 chunks: --max-tokens sets how long windows are.
     assert rec["windows"] is None
-    result = runner.invoke(app, [
-        "batch", str(tmp_path / "long.wav"), "-p", "Q", "-s", vllm_server.url, "--api-key", "sekret", "-o", str(out),
-        "--max-tokens", "64", "--window", "50s",
-    ])
+    result = runner.invoke(
+        app,
+        [
+            "batch",
+            str(tmp_path / "long.wav"),
+            "-p",
+            "Q",
+            "-s",
+            vllm_server.url,
+            "--api-key",
+            "sekret",
+            "-o",
+            str(out),
+            "--max-tokens",
+            "64",
+            "--window",
+            "50s",
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(recs) == 1  # one record per file: the windowed run replaced the first
@@ -378,10 +430,17 @@ def test_the_combining_request_renders_the_same_with_no_audio_in_process_and_ser
     auth = {"Authorization": "Bearer sekret"}
     model = httpx.get(vllm_server.url + "/v1/models", headers=auth).json()["data"][0]["id"]
     text = reduce_question("Q?", cut_windows(recording(120.0), 50 * SR), ["a", "b", "c"], 120.0)
-    served = httpx.post(vllm_server.url + "/tokenize", headers=auth, timeout=120, json={
-        "model": model, "messages": build_messages(text, [], system="S"), "add_generation_prompt": False,
-        "continue_final_message": True,
-    })
+    served = httpx.post(
+        vllm_server.url + "/tokenize",
+        headers=auth,
+        timeout=120,
+        json={
+            "model": model,
+            "messages": build_messages(text, [], system="S"),
+            "add_generation_prompt": False,
+            "continue_final_message": True,
+        },
+    )
     assert served.status_code == 200, served.text
     prompt = build_prompt(text, [], system="S")
     assert prompt.endswith(f"<|BOT|>human\n{text}<|EOT|><|BOT|>assistant\n<think>\n") and "<audio_patch>" not in prompt

@@ -66,7 +66,7 @@ def ask(
     term = options.terminal(ctx)
     term.quiet = term.quiet or json_output  # stderr stays empty unless something fails
     if len(inputs) < 2:
-        raise UserError("give at least one audio file and a question, e.g. stepaudio ask clip.wav \"What is this?\"")
+        raise UserError('give at least one audio file and a question, e.g. stepaudio ask clip.wav "What is this?"')
     *sources, question = inputs
     think = options.thinking(ctx)
     keep = parse_keep_alive(keep_alive)
@@ -79,8 +79,14 @@ def ask(
     view = AskView(term, json_output=json_output, hide_reasoning=hide_reasoning)
     core.check_fits(settings, request, windowing)  # before a resident engine loads
     with session(settings, keep, view.status) as settings:
-        result = asyncio.run(core.ask(
-            settings, request, on_status=view.status, on_delta=view.on_delta, windowing=windowing,
-            on_windows=view.on_windows,
-        ))
+        result = asyncio.run(
+            core.ask(
+                settings,
+                request,
+                on_status=view.status,
+                on_delta=view.on_delta,
+                windowing=windowing,
+                on_windows=view.on_windows,
+            )
+        )
     view.finish(request, result)

@@ -29,23 +29,51 @@ IO = "Input and output"
 def batch(
     ctx: typer.Context,
     inputs: Annotated[list[str], typer.Argument(help="Directories and/or audio files.", metavar="DIR_OR_FILES...")],
-    prompt: Annotated[str | None, typer.Option("--prompt", "-p", envvar="STEPAUDIO_PROMPT", help="The question for every file.")] = None,
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", "-p", envvar="STEPAUDIO_PROMPT", help="The question for every file.")
+    ] = None,
     prompt_file: Annotated[Path | None, typer.Option(help="Read the question from a file.")] = None,
     glob: Annotated[
-        list[str] | None, typer.Option("--glob", "-g", help="Only files whose name matches (repeatable), e.g. '*.wav'.", rich_help_panel=IO)
+        list[str] | None,
+        typer.Option(
+            "--glob", "-g", help="Only files whose name matches (repeatable), e.g. '*.wav'.", rich_help_panel=IO
+        ),
     ] = None,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subdirectories.", rich_help_panel=IO)] = False,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Descend into subdirectories.", rich_help_panel=IO)
+    ] = False,
     output: Annotated[
-        str | None, typer.Option("--output", "-o", envvar="STEPAUDIO_OUTPUT", help="Results file, or - for stdout (default when piped).", rich_help_panel=IO)
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            envvar="STEPAUDIO_OUTPUT",
+            help="Results file, or - for stdout (default when piped).",
+            rich_help_panel=IO,
+        ),
     ] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="jsonl or csv.", rich_help_panel=IO)] = "jsonl",
     concurrency: Annotated[
-        int | None, typer.Option("--concurrency", "-c", envvar="STEPAUDIO_CONCURRENCY", min=1, help=f"Requests in flight (default: 2 x --max-num-seqs in-process, {SERVER_CONCURRENCY} per server).")
+        int | None,
+        typer.Option(
+            "--concurrency",
+            "-c",
+            envvar="STEPAUDIO_CONCURRENCY",
+            min=1,
+            help=f"Requests in flight (default: 2 x --max-num-seqs in-process, {SERVER_CONCURRENCY} per server).",
+        ),
     ] = None,
-    retry_failed: Annotated[bool, typer.Option(help="On resume, try files that failed before again.", rich_help_panel=IO)] = False,
-    overwrite: Annotated[bool, typer.Option(help="Start over: discard earlier results in the output file.", rich_help_panel=IO)] = False,
+    retry_failed: Annotated[
+        bool, typer.Option(help="On resume, try files that failed before again.", rich_help_panel=IO)
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Start over: discard earlier results in the output file.", rich_help_panel=IO)
+    ] = False,
     retries: Annotated[int, typer.Option(min=0, help="Retries per file for server errors (with backoff).")] = 3,
-    hide_reasoning: Annotated[bool, typer.Option("--hide-reasoning", envvar="STEPAUDIO_HIDE_REASONING", help="Leave reasoning out of the results.")] = False,
+    hide_reasoning: Annotated[
+        bool,
+        typer.Option("--hide-reasoning", envvar="STEPAUDIO_HIDE_REASONING", help="Leave reasoning out of the results."),
+    ] = False,
     system: options.SystemOpt = None,
     temperature: options.TemperatureOpt = DEFAULT_TEMPERATURE,
     top_p: options.TopPOpt = DEFAULT_TOP_P,
@@ -61,8 +89,13 @@ def batch(
     timeout: options.TimeoutOpt = DEFAULT_TIMEOUT,
     wait_server: Annotated[
         float,
-        typer.Option(envvar="STEPAUDIO_WAIT_SERVER", min=0.0, rich_help_panel=options.ENGINE,
-                     help="Seconds to wait for a server while none answers (--server); then the run stops and a rerun continues."),
+        typer.Option(
+            envvar="STEPAUDIO_WAIT_SERVER",
+            min=0.0,
+            rich_help_panel=options.ENGINE,
+            help="Seconds to wait for a server while none answers (--server); then the run stops "
+            "and a rerun continues.",
+        ),
     ] = DEFAULT_WAIT_SERVER,
     max_model_len: options.MaxModelLenOpt = DEFAULT_MAX_MODEL_LEN,
     max_num_seqs: options.MaxNumSeqsOpt = DEFAULT_MAX_NUM_SEQS,
@@ -100,18 +133,32 @@ def batch(
     if not files:
         raise UserError(f"no audio files found in {', '.join(inputs)}" + ("" if recursive else " (try --recursive)"))
     job = core.BatchJob(
-        prompt=question, system=system, sampling=options.sampling(ctx),
-        thinking=thinking, concurrency=concurrency or settings.default_concurrency(), retries=retries,
-        retry_failed=retry_failed, overwrite=overwrite, hide_reasoning=hide_reasoning,
+        prompt=question,
+        system=system,
+        sampling=options.sampling(ctx),
+        thinking=thinking,
+        concurrency=concurrency or settings.default_concurrency(),
+        retries=retries,
+        retry_failed=retry_failed,
+        overwrite=overwrite,
+        hide_reasoning=hide_reasoning,
         windowing=options.windowing(ctx),
     )
     store.open(files)  # locked, and checked to be ours and whole, before any engine starts
     view = BatchView(term, len(files))
     try:
         with session(settings, keep, view.status) as settings:
-            summary = asyncio.run(core.execute(
-                settings, job, store, files, on_status=view.status, on_start=view.started, on_progress=view.update,
-            ))
+            summary = asyncio.run(
+                core.execute(
+                    settings,
+                    job,
+                    store,
+                    files,
+                    on_status=view.status,
+                    on_start=view.started,
+                    on_progress=view.update,
+                )
+            )
     finally:
         view.close()
         store.close()

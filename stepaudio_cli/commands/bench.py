@@ -16,18 +16,26 @@ def bench(
     ctx: typer.Context,
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", envvar="STEPAUDIO_MODEL",
-                     help="A downloaded checkpoint. Default: R1's real sizes with random weights (no download)."),
+        typer.Option(
+            "--model",
+            "-m",
+            envvar="STEPAUDIO_MODEL",
+            help="A downloaded checkpoint. Default: R1's real sizes with random weights (no download).",
+        ),
     ] = None,
     tiny: Annotated[bool, typer.Option("--tiny", help="The tiny test checkpoint (runs on a CPU).")] = False,
     seconds: Annotated[float, typer.Option(min=1.0, help="Clip length for time to first token and throughput.")] = 10.0,
     max_model_len: options.MaxModelLenOpt = DEFAULT_MAX_MODEL_LEN,
     new_tokens: Annotated[int, typer.Option(min=2, help="Tokens per request in the decode and throughput runs.")] = 256,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Requests in flight for throughput.")] = DEFAULT_MAX_NUM_SEQS,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, help="Requests in flight for throughput.")
+    ] = DEFAULT_MAX_NUM_SEQS,
     quantization: Annotated[
         list[str] | None,
-        typer.Option(help="bf16, fp8 (vLLM's online FP8) or a pre-quantized form built with random weights: "
-                          "w4a16, nvfp4a16, fp8-dynamic (repeat to compare them in one run)."),
+        typer.Option(
+            help="bf16, fp8 (vLLM's online FP8) or a pre-quantized form built with random weights: "
+            "w4a16, nvfp4a16, fp8-dynamic (repeat to compare them in one run)."
+        ),
     ] = None,
     runs: Annotated[int, typer.Option(min=1, help="Timed throughput runs (after a warm-up); the best counts.")] = 3,
     tensor_parallel_size: options.TPOpt = None,
@@ -51,8 +59,13 @@ def bench(
         raise UserError(f"--quantization {built[0]} builds R1's real sizes (or --tiny w4a16): leave out --model")
     settings = core.BenchSettings(
         engine=options.engine_settings(ctx, quantization=None),  # each form sets its own
-        model=model, tiny=tiny, seconds=seconds, new_tokens=new_tokens, concurrency=concurrency,
-        quantizations=tuple(chosen), runs=runs,
+        model=model,
+        tiny=tiny,
+        seconds=seconds,
+        new_tokens=new_tokens,
+        concurrency=concurrency,
+        quantizations=tuple(chosen),
+        runs=runs,
     )
     with term.status("Benchmarking") as update:
         results = asyncio.run(core.run(settings, on_status=update))
@@ -61,20 +74,29 @@ def bench(
             term.print_json(r.as_dict())
         return
     term.table(
-        f"Step-Audio-R1 on {results[0].device} ({'tiny test model' if tiny else model or 'real sizes, random weights'})",
+        f"Step-Audio-R1 on {results[0].device} "
+        f"({'tiny test model' if tiny else model or 'real sizes, random weights'})",
         [
             ("engine start", [f"{r.engine_start_s:.1f} s" for r in results]),
             ("KV cache", [f"{r.kv_cache_tokens:,} tokens" if r.kv_cache_tokens else "?" for r in results]),
             (f"requests of {max_model_len:,} tokens at once", [str(r.requests_at_max_len or "?") for r in results]),
-            (f"first token, {seconds:g} s clip ({results[0].prompt_tokens} prompt tokens)",
-             [f"{r.ttft_s * 1000:.0f} ms" for r in results]),
+            (
+                f"first token, {seconds:g} s clip ({results[0].prompt_tokens} prompt tokens)",
+                [f"{r.ttft_s * 1000:.0f} ms" for r in results],
+            ),
             ("decode, 1 request", [_decode(r) for r in results]),
-            (f"throughput, {concurrency} requests (best of {runs})",
-             [f"{r.throughput_tok_s:,.0f} tok/s" for r in results]),
-            (f"typical answer ({TYPICAL_ANSWER_TOKENS:,} tokens), 1 request",
-             [f"{r.typical_answer_s:.0f} s" for r in results]),
-            (f"batch at {TYPICAL_ANSWER_TOKENS:,} tokens a clip (est.)",
-             [f"{r.clips_per_gpu_hour:,.0f} clips/GPU-hour, {r.batch_slots} in flight" for r in results]),
+            (
+                f"throughput, {concurrency} requests (best of {runs})",
+                [f"{r.throughput_tok_s:,.0f} tok/s" for r in results],
+            ),
+            (
+                f"typical answer ({TYPICAL_ANSWER_TOKENS:,} tokens), 1 request",
+                [f"{r.typical_answer_s:.0f} s" for r in results],
+            ),
+            (
+                f"batch at {TYPICAL_ANSWER_TOKENS:,} tokens a clip (est.)",
+                [f"{r.clips_per_gpu_hour:,.0f} clips/GPU-hour, {r.batch_slots} in flight" for r in results],
+            ),
             ("engine start phases", [_phases(r.start_phases_s) for r in results]),
         ],
         [r.quantization + ("" if r.kv_cache_dtype == "auto" else f", KV {r.kv_cache_dtype}") for r in results],

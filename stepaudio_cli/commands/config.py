@@ -17,7 +17,9 @@ SECRET = {"api_key", "token"}
 @config_app.command("show")
 def show(
     ctx: typer.Context,
-    command: Annotated[str, typer.Option("--command", "-c", help="Whose settings: a command's name (ask, batch, serve, ...).")] = "ask",
+    command: Annotated[
+        str, typer.Option("--command", "-c", help="Whose settings: a command's name (ask, batch, serve, ...).")
+    ] = "ask",
     json_output: options.JsonOpt = False,
 ) -> None:
     """Effective settings of a command: value and source (env, config file or default)."""

@@ -12,7 +12,9 @@ from stepaudio_cli.defaults import DEFAULT_MAX_MODEL_LEN, DEFAULT_MODEL, GPU_MEM
 
 def doctor(
     ctx: typer.Context,
-    model: Annotated[str, typer.Option("--model", "-m", envvar="STEPAUDIO_MODEL", help="Path or repo id.")] = DEFAULT_MODEL,
+    model: Annotated[
+        str, typer.Option("--model", "-m", envvar="STEPAUDIO_MODEL", help="Path or repo id.")
+    ] = DEFAULT_MODEL,
     max_model_len: options.MaxModelLenOpt = DEFAULT_MAX_MODEL_LEN,
     gpu_memory_utilization: options.GpuMemOpt = None,
     quantization: options.QuantOpt = None,

@@ -15,13 +15,18 @@ from stepaudio_cli.terminal import Terminal
 def download(
     ctx: typer.Context,
     repo_id: Annotated[
-        str, typer.Argument(envvar="STEPAUDIO_MODEL", help=f"Hub repository id: {' or '.join(KNOWN_MODELS)}, or another.")
+        str,
+        typer.Argument(envvar="STEPAUDIO_MODEL", help=f"Hub repository id: {' or '.join(KNOWN_MODELS)}, or another."),
     ] = DEFAULT_MODEL,
     revision: Annotated[str | None, typer.Option(help="Branch, tag or commit.")] = None,
-    local_dir: Annotated[Path | None, typer.Option(help="Put the files here instead of the HF cache (HF_HOME).")] = None,
+    local_dir: Annotated[
+        Path | None, typer.Option(help="Put the files here instead of the HF cache (HF_HOME).")
+    ] = None,
     endpoint: Annotated[str | None, typer.Option(envvar="HF_ENDPOINT", help="Hub URL or mirror.")] = None,
     token: Annotated[str | None, typer.Option(envvar="HF_TOKEN", help="Hub token (gated repo).")] = None,
-    check: Annotated[bool, typer.Option("--check", help="Verify a local copy against the hub (sizes, hashes).")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Verify a local copy against the hub (sizes, hashes).")
+    ] = False,
     offline: Annotated[
         bool, typer.Option("--offline", envvar="HF_HUB_OFFLINE", help="With --check: verify without the hub.")
     ] = False,
@@ -51,8 +56,9 @@ def download(
     term.write_out(f"{path}\n")
 
 
-def _fetch(term: Terminal, hub, files, repo_id: str, revision: str | None, local_dir: Path | None,
-           confirm: bool = False) -> Path:
+def _fetch(
+    term: Terminal, hub, files, repo_id: str, revision: str | None, local_dir: Path | None, confirm: bool = False
+) -> Path:
     """Download ``files`` with a progress bar; ``confirm``: ask y/N first (size, destination)."""
     from stepaudio_cli import download as core
     from stepaudio_cli.download_view import DownloadProgress
@@ -99,5 +105,7 @@ def _report(term: Terminal, where: Path, problems: list[str], what: str) -> None
     if problems:
         for p in problems[:50]:
             term.labelled("bad", p)
-        raise UserError(f"{where}: {len(problems)} problem(s) found ({what}); run `stepaudio download` to repair", exit_code=1)
+        raise UserError(
+            f"{where}: {len(problems)} problem(s) found ({what}); run `stepaudio download` to repair", exit_code=1
+        )
     term.success(f"{where}: OK ({what})")

@@ -34,9 +34,12 @@ ServerOpt = Annotated[
 ]
 ApiKeyOpt = Annotated[
     str | None,
-    typer.Option("--api-key", envvar="STEPAUDIO_API_KEY", rich_help_panel=ENGINE,
-                 help="API key for --server; prefer STEPAUDIO_API_KEY: on the command line it is visible "
-                      "to other users."),
+    typer.Option(
+        "--api-key",
+        envvar="STEPAUDIO_API_KEY",
+        rich_help_panel=ENGINE,
+        help="API key for --server; prefer STEPAUDIO_API_KEY: on the command line it is visible to other users.",
+    ),
 ]
 ModelOpt = Annotated[
     str | None,
@@ -44,30 +47,45 @@ ModelOpt = Annotated[
         "--model",
         "-m",
         envvar="STEPAUDIO_MODEL",
-        help=f"Local path or hub repo id (in-process; default {DEFAULT_MODEL}), or the served model name with --server.",
+        help=f"Local path or hub repo id (in-process; default {DEFAULT_MODEL}), "
+        "or the served model name with --server.",
         rich_help_panel=ENGINE,
     ),
 ]
 MaxModelLenOpt = Annotated[
     int,
-    typer.Option(envvar="STEPAUDIO_MAX_MODEL_LEN", min=1024, help="Context length in tokens (in-process).",
-                 rich_help_panel=ENGINE),
+    typer.Option(
+        envvar="STEPAUDIO_MAX_MODEL_LEN",
+        min=1024,
+        help="Context length in tokens (in-process).",
+        rich_help_panel=ENGINE,
+    ),
 ]
 MaxNumSeqsOpt = Annotated[
     int,
-    typer.Option(envvar="STEPAUDIO_MAX_NUM_SEQS", min=1, help="Requests batched at once (in-process).",
-                 rich_help_panel=ENGINE),
+    typer.Option(
+        envvar="STEPAUDIO_MAX_NUM_SEQS", min=1, help="Requests batched at once (in-process).", rich_help_panel=ENGINE
+    ),
 ]
 DIST = "Multi-GPU / multi-node"
 PPOpt = Annotated[
     int,
-    typer.Option("--pipeline-parallel-size", "-pp", envvar="STEPAUDIO_PIPELINE_PARALLEL_SIZE", min=1,
-                 help="Pipeline stages (e.g. one per node).", rich_help_panel=DIST),
+    typer.Option(
+        "--pipeline-parallel-size",
+        "-pp",
+        envvar="STEPAUDIO_PIPELINE_PARALLEL_SIZE",
+        min=1,
+        help="Pipeline stages (e.g. one per node).",
+        rich_help_panel=DIST,
+    ),
 ]
 ExecutorOpt = Annotated[
     str | None,
-    typer.Option(envvar="STEPAUDIO_DISTRIBUTED_EXECUTOR_BACKEND",
-                 help="vLLM executor: mp (one node) or ray (several nodes).", rich_help_panel=DIST),
+    typer.Option(
+        envvar="STEPAUDIO_DISTRIBUTED_EXECUTOR_BACKEND",
+        help="vLLM executor: mp (one node) or ray (several nodes).",
+        rich_help_panel=DIST,
+    ),
 ]
 TPOpt = Annotated[
     int | None,
@@ -83,20 +101,25 @@ TPOpt = Annotated[
 GpuMemOpt = Annotated[
     float | None,
     typer.Option(
-        envvar="STEPAUDIO_GPU_MEMORY_UTILIZATION", min=0.05, max=1.0, help=f"Fraction of GPU memory for vLLM (default {GPU_MEMORY_FRACTION}; on CPU, of RAM: {CPU_MEMORY_FRACTION}).",
+        envvar="STEPAUDIO_GPU_MEMORY_UTILIZATION",
+        min=0.05,
+        max=1.0,
+        help=f"Fraction of GPU memory for vLLM (default {GPU_MEMORY_FRACTION}; on CPU, of RAM: {CPU_MEMORY_FRACTION}).",
         rich_help_panel=ENGINE,
     ),
 ]
 DtypeOpt = Annotated[
     str,
-    typer.Option(envvar="STEPAUDIO_DTYPE", help="Weights dtype: auto, bfloat16, float16, float32.", rich_help_panel=ENGINE),
+    typer.Option(
+        envvar="STEPAUDIO_DTYPE", help="Weights dtype: auto, bfloat16, float16, float32.", rich_help_panel=ENGINE
+    ),
 ]
 QuantOpt = Annotated[
     str | None,
     typer.Option(
         envvar="STEPAUDIO_QUANTIZATION",
         help=f"Quantize the weights as they load: {', '.join(QUANTIZATIONS)} (about {FP8_GB} GB instead of "
-             f"{BF16_GB}; Hopper/Ada GPUs).",
+        f"{BF16_GB}; Hopper/Ada GPUs).",
         rich_help_panel=ENGINE,
     ),
 ]
@@ -105,14 +128,17 @@ KvCacheDtypeOpt = Annotated[
     typer.Option(
         envvar="STEPAUDIO_KV_CACHE_DTYPE",
         help=f"KV cache dtype: {', '.join(KV_CACHE_DTYPES)} (fp8 holds twice the tokens; Hopper/Ada GPUs; "
-             "can cost accuracy).",
+        "can cost accuracy).",
         rich_help_panel=ENGINE,
     ),
 ]
 LoadFormatOpt = Annotated[
     str,
-    typer.Option(envvar="STEPAUDIO_LOAD_FORMAT", hidden=True,
-                 help="vLLM load format; 'dummy' builds random weights from config.json (GPU checks without the 67 GB)."),
+    typer.Option(
+        envvar="STEPAUDIO_LOAD_FORMAT",
+        hidden=True,
+        help="vLLM load format; 'dummy' builds random weights from config.json (GPU checks without the 67 GB).",
+    ),
 ]
 TemperatureOpt = Annotated[
     float, typer.Option(envvar="STEPAUDIO_TEMPERATURE", min=0.0, help="Sampling temperature.", rich_help_panel=SAMPLING)
@@ -123,38 +149,48 @@ TopPOpt = Annotated[
 MaxTokensOpt = Annotated[
     int | None,
     typer.Option(
-        envvar="STEPAUDIO_MAX_TOKENS", min=1,
+        envvar="STEPAUDIO_MAX_TOKENS",
+        min=1,
         help="Most tokens to generate (reasoning + answer); default: all the context leaves after the prompt.",
         rich_help_panel=SAMPLING,
     ),
 ]
-SeedOpt = Annotated[
-    int | None, typer.Option(envvar="STEPAUDIO_SEED", help="Sampling seed.", rich_help_panel=SAMPLING)
-]
+SeedOpt = Annotated[int | None, typer.Option(envvar="STEPAUDIO_SEED", help="Sampling seed.", rich_help_panel=SAMPLING)]
 THINK = "Reasoning length"
 ThinkBudgetOpt = Annotated[
     int | None,
     typer.Option(
-        envvar="STEPAUDIO_THINK_BUDGET", min=0, help="Most reasoning tokens; then </think> is forced and the model answers.",
+        envvar="STEPAUDIO_THINK_BUDGET",
+        min=0,
+        help="Most reasoning tokens; then </think> is forced and the model answers.",
         rich_help_panel=THINK,
     ),
 ]
 MinThinkOpt = Annotated[
     int | None,
-    typer.Option(envvar="STEPAUDIO_MIN_THINK", min=1, help="Hold </think> back until this many reasoning tokens exist.",
-                 rich_help_panel=THINK),
+    typer.Option(
+        envvar="STEPAUDIO_MIN_THINK",
+        min=1,
+        help="Hold </think> back until this many reasoning tokens exist.",
+        rich_help_panel=THINK,
+    ),
 ]
 EffortOpt = Annotated[
     str | None,
     typer.Option(
-        envvar="STEPAUDIO_EFFORT", help="Preset: low (budget 256), medium (budget 1024), high (at least 2048).",
+        envvar="STEPAUDIO_EFFORT",
+        help="Preset: low (budget 256), medium (budget 1024), high (at least 2048).",
         rich_help_panel=THINK,
     ),
 ]
 NoThinkOpt = Annotated[
     bool,
-    typer.Option("--no-think", envvar="STEPAUDIO_NO_THINK", help="Answer directly, with an empty reasoning block.",
-                 rich_help_panel=THINK),
+    typer.Option(
+        "--no-think",
+        envvar="STEPAUDIO_NO_THINK",
+        help="Answer directly, with an empty reasoning block.",
+        rich_help_panel=THINK,
+    ),
 ]
 SystemOpt = Annotated[
     str | None, typer.Option("--system", envvar="STEPAUDIO_SYSTEM", help="System prompt.", rich_help_panel=SAMPLING)
@@ -165,15 +201,21 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tex
 
 TimeoutOpt = Annotated[
     float,
-    typer.Option(envvar="STEPAUDIO_TIMEOUT", min=1.0,
-                 help="Seconds a server may stay silent mid-request before it counts as hung (--server).",
-                 rich_help_panel=ENGINE),
+    typer.Option(
+        envvar="STEPAUDIO_TIMEOUT",
+        min=1.0,
+        help="Seconds a server may stay silent mid-request before it counts as hung (--server).",
+        rich_help_panel=ENGINE,
+    ),
 ]
 KeepAliveOpt = Annotated[
     str,
-    typer.Option(envvar="STEPAUDIO_KEEP_ALIVE", rich_help_panel=ENGINE,
-                 help="Without --server: keep the model loaded this long after use (e.g. 5m, 1h, forever); "
-                      "0 runs it in-process and leaves nothing running. `stepaudio ps` lists, `stepaudio stop` frees."),
+    typer.Option(
+        envvar="STEPAUDIO_KEEP_ALIVE",
+        rich_help_panel=ENGINE,
+        help="Without --server: keep the model loaded this long after use (e.g. 5m, 1h, forever); "
+        "0 runs it in-process and leaves nothing running. `stepaudio ps` lists, `stepaudio stop` frees.",
+    ),
 ]
 
 
@@ -197,7 +239,9 @@ def engine_settings(ctx: typer.Context, **fixed):
     names = {f.name for f in dataclasses.fields(EngineSettings)} - {"servers", "model", "served_model"}
     given = {k: v for k, v in params.items() if k in names}
     return EngineSettings(
-        servers=servers, model=(None if servers else model) or DEFAULT_MODEL, served_model=model if servers else None,
+        servers=servers,
+        model=(None if servers else model) or DEFAULT_MODEL,
+        served_model=model if servers else None,
         **given,
     )
 
@@ -223,16 +267,21 @@ LONG = "Long recordings"
 WindowOpt = Annotated[
     str | None,
     typer.Option(
-        "--window", envvar="STEPAUDIO_WINDOW", metavar="DURATION",
+        "--window",
+        envvar="STEPAUDIO_WINDOW",
+        metavar="DURATION",
         help="Window length for audio longer than one request holds, e.g. 20m (default: what fits the context).",
         rich_help_panel=LONG,
     ),
 ]
 NoWindowOpt = Annotated[
     bool,
-    typer.Option("--no-window", envvar="STEPAUDIO_NO_WINDOW",
-                 help="Refuse audio longer than one request holds instead of answering it in windows.",
-                 rich_help_panel=LONG),
+    typer.Option(
+        "--no-window",
+        envvar="STEPAUDIO_NO_WINDOW",
+        help="Refuse audio longer than one request holds instead of answering it in windows.",
+        rich_help_panel=LONG,
+    ),
 ]
 
 

@@ -17,31 +17,45 @@ def serve(
     model: Annotated[
         str, typer.Argument(envvar="STEPAUDIO_MODEL", help="Local path or hub repo id (downloaded already).")
     ] = DEFAULT_MODEL,
-    host: Annotated[str, typer.Option(envvar="STEPAUDIO_HOST", help="Address to bind; 0.0.0.0 exposes it.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(envvar="STEPAUDIO_HOST", help="Address to bind; 0.0.0.0 exposes it.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="STEPAUDIO_PORT", min=1, max=65535)] = 9999,
     api_key: Annotated[
         str | None,
-        typer.Option(envvar="STEPAUDIO_API_KEY",
-                     help="Require this bearer token on /v1 requests. On the command line it is visible to other "
-                          "users of the machine (ps): prefer STEPAUDIO_API_KEY or --api-key-file."),
+        typer.Option(
+            envvar="STEPAUDIO_API_KEY",
+            help="Require this bearer token on /v1 requests. On the command line it is visible to other "
+            "users of the machine (ps): prefer STEPAUDIO_API_KEY or --api-key-file.",
+        ),
     ] = None,
     api_key_file: Annotated[
         Path | None, typer.Option(help="Read the bearer token from this file (its first line).")
     ] = None,
     insecure_no_key: Annotated[
-        bool, typer.Option("--insecure-no-key", help="Serve beyond loopback (--host) without a key: anyone who can "
-                                                       "reach the port can use it.")
+        bool,
+        typer.Option(
+            "--insecure-no-key",
+            help="Serve beyond loopback (--host) without a key: anyone who can reach the port can use it.",
+        ),
     ] = False,
     max_model_len: Annotated[
         int | None,
-        typer.Option(envvar="STEPAUDIO_MAX_MODEL_LEN", min=1024, rich_help_panel=options.ENGINE,
-                     help="Context length (default: the most the KV cache holds, up to the model's maximum)."),
+        typer.Option(
+            envvar="STEPAUDIO_MAX_MODEL_LEN",
+            min=1024,
+            rich_help_panel=options.ENGINE,
+            help="Context length (default: the most the KV cache holds, up to the model's maximum).",
+        ),
     ] = None,
     raw_reasoning: Annotated[
         bool,
-        typer.Option("--raw-reasoning", envvar="STEPAUDIO_RAW_REASONING",
-                     help="Send reasoning, </think> and answer all in `content`, as StepFun's server does "
-                          "(for clients that split the text themselves, like StepFun's own examples)."),
+        typer.Option(
+            "--raw-reasoning",
+            envvar="STEPAUDIO_RAW_REASONING",
+            help="Send reasoning, </think> and answer all in `content`, as StepFun's server does "
+            "(for clients that split the text themselves, like StepFun's own examples).",
+        ),
     ] = False,
     tensor_parallel_size: options.TPOpt = None,
     pipeline_parallel_size: options.PPOpt = 1,
@@ -71,9 +85,15 @@ def serve(
             raise UserError("give --api-key (or STEPAUDIO_API_KEY) or --api-key-file, not both")
         api_key = read_key_file(api_key_file)
     opts = core.ServeOptions(
-        engine=options.engine_settings(ctx), host=host, port=port, api_key=api_key, raw_reasoning=raw_reasoning,
-        extra=list(ctx.args), insecure_no_key=insecure_no_key,
-        keep_alive=None if keep_alive is None else parse_keep_alive(keep_alive), resident=resident,
+        engine=options.engine_settings(ctx),
+        host=host,
+        port=port,
+        api_key=api_key,
+        raw_reasoning=raw_reasoning,
+        extra=list(ctx.args),
+        insecure_no_key=insecure_no_key,
+        keep_alive=None if keep_alive is None else parse_keep_alive(keep_alive),
+        resident=resident,
     )
     log = log_file or engine_log_path(f"serve-{port}.log")
 
@@ -86,7 +106,12 @@ def serve(
             term.info(f"Server log: {log}. Ctrl-C stops it.")
 
     code = core.run(
-        opts, log_path=log, passthrough=verbose, ready_timeout=ready_timeout, on_status=term.status_line(), on_ready=ready,
+        opts,
+        log_path=log,
+        passthrough=verbose,
+        ready_timeout=ready_timeout,
+        on_status=term.status_line(),
+        on_ready=ready,
     )
     raise typer.Exit(code)
 

@@ -1,7 +1,7 @@
 """Engines: one small interface, two implementations (in-process vLLM, remote servers).
 
-    async with open_engine(settings, on_status=...) as engine:
-        result = await collect(engine, request)
+async with open_engine(settings, on_status=...) as engine:
+    result = await collect(engine, request)
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-from stepaudio_cli.engines.base import Final, Engine, Result, Timings, Usage, collect
+from stepaudio_cli.engines.base import Engine, Final, Result, Timings, Usage, collect
 from stepaudio_cli.engines.settings import EngineSettings
 
-__all__ = ["Final", "Engine", "EngineSettings", "Result", "Timings", "Usage", "collect", "make_engine", "open_engine"]
+__all__ = ["Engine", "EngineSettings", "Final", "Result", "Timings", "Usage", "collect", "make_engine", "open_engine"]
 
 #: Told what the engine is waiting for (a spinner's text), or None when it no longer waits.
 StatusCallback = Callable[[str | None], None]

@@ -96,9 +96,7 @@ class Engine(abc.ABC):
         """Release everything (processes, sockets). Safe to call twice."""
 
 
-async def collect(
-    engine: Engine, request: Request, on_delta: Callable[[Delta], None] | None = None
-) -> Result:
+async def collect(engine: Engine, request: Request, on_delta: Callable[[Delta], None] | None = None) -> Result:
     """Run one request to the end, calling ``on_delta`` for each piece of text."""
     reasoning: list[str] = []
     answer: list[str] = []
@@ -121,4 +119,4 @@ async def collect(
     )
 
 
-__all__ = ["Clock", "Final", "Engine", "Result", "Timings", "Usage", "collect"]
+__all__ = ["Clock", "Engine", "Final", "Result", "Timings", "Usage", "collect"]

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from stepaudio_cli import gpus
 from stepaudio_cli.audio import SAMPLE_RATE
 from stepaudio_cli.checkpoint import TokenIds, find_sequence
-from stepaudio_cli.engines.base import Clock, Final, Engine, Usage
+from stepaudio_cli.engines.base import Clock, Engine, Final, Usage
 from stepaudio_cli.engines.settings import EngineSettings, vllm_args
 from stepaudio_cli.errors import EngineError, UserError
 from stepaudio_cli.prompt import build_prompt
@@ -118,7 +118,9 @@ class LocalEngine(Engine):
         extra = None
         if t.constrained:
             if not self.settings.thinking_processor:
-                raise UserError("this engine was started without the reasoning-length processor (thinking_processor=True)")
+                raise UserError(
+                    "this engine was started without the reasoning-length processor (thinking_processor=True)"
+                )
             from stepaudio_cli.vllm_plugin.logits_processor import EXTRA_ARGS_KEY
 
             tok = self._tokens
@@ -176,7 +178,8 @@ class LocalEngine(Engine):
         yield Final(
             model=self.model,
             usage=Usage(
-                prompt_tokens=prompt_tokens, completion_tokens=completion,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion,
                 reasoning_tokens=len(reasoning_ids) if reasoning_tokens is None else reasoning_tokens,
             ),
             timings=clock.timings(completion, streamed=request.stream),

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from stepaudio_cli.audio import format_duration
-from stepaudio_cli.engines.base import Final, Engine
+from stepaudio_cli.engines.base import Engine, Final
 from stepaudio_cli.engines.remote import RemoteEngine
 from stepaudio_cli.errors import EngineError, NoServerError
 from stepaudio_cli.request import Request

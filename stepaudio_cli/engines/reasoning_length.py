@@ -167,6 +167,8 @@ class Run:
     def final(self, model: str) -> Final:
         self.usage.reasoning_tokens = self.reasoning_tokens
         return Final(
-            model=model, usage=self.usage, timings=self.clock.timings(self.usage.completion_tokens),
+            model=model,
+            usage=self.usage,
+            timings=self.clock.timings(self.usage.completion_tokens),
             finish_reason=self.finish_reason,
         )

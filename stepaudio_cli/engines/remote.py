@@ -12,7 +12,7 @@ import httpx
 
 from stepaudio_cli.checkpoint import EOT
 from stepaudio_cli.defaults import DEFAULT_TIMEOUT, UDS_SCHEME
-from stepaudio_cli.engines.base import Final, Engine
+from stepaudio_cli.engines.base import Engine, Final
 from stepaudio_cli.engines.reasoning_length import PhaseEnd, Run, Text, phased
 from stepaudio_cli.errors import EngineError, UserError
 from stepaudio_cli.prompt import build_messages
@@ -346,9 +346,7 @@ class RemoteEngine(Engine):
         code = response.status_code
         msg = _server_message(response, text)
         if code == 401:
-            return EngineError(
-                f"{self.url}: unauthorized (401): {msg}; pass --api-key or set STEPAUDIO_API_KEY"
-            )
+            return EngineError(f"{self.url}: unauthorized (401): {msg}; pass --api-key or set STEPAUDIO_API_KEY")
         if code == 404 and response.request.url.path.endswith("/models"):
             return EngineError(f"{self.url}: not an OpenAI-compatible server (404 on /v1/models)")
         return EngineError(f"{self.url}: server returned {code}: {msg}", retryable=code >= 500 or code == 429)

@@ -61,7 +61,9 @@ class EngineSettings:
         if self.quantization not in (None, *QUANTIZATIONS):
             raise UserError(f"--quantization must be {' or '.join(QUANTIZATIONS)}, not {self.quantization!r}")
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
-            raise UserError(f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, not {self.kv_cache_dtype!r}")
+            raise UserError(
+                f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, not {self.kv_cache_dtype!r}"
+            )
 
     @staticmethod
     def split_servers(server: list[str] | None) -> tuple[str, ...]:

@@ -126,9 +126,11 @@ class StepAudio2MultiModalProcessor(compat.audio_processor_hooks(), BaseMultiMod
     def _get_mm_fields_config(self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]):
         counts = hf_inputs.get("audio_chunk_counts", torch.empty(0, dtype=torch.long))
         chunk_lens = hf_inputs.get("audio_chunk_lens", torch.empty(0, dtype=torch.long))
-        frames_per_item = torch.stack(
-            [c.sum() for c in torch.split(chunk_lens, counts.tolist())]
-        ) if len(counts) else torch.empty(0, dtype=torch.long)
+        frames_per_item = (
+            torch.stack([c.sum() for c in torch.split(chunk_lens, counts.tolist())])
+            if len(counts)
+            else torch.empty(0, dtype=torch.long)
+        )
         return dict(
             input_features=MultiModalFieldConfig.flat_from_sizes("audio", frames_per_item),
             audio_chunk_lens=MultiModalFieldConfig.flat_from_sizes("audio", counts, keep_on_cpu=True),
@@ -187,7 +189,9 @@ class StepAudio2ForCausalLM(nn.Module, SupportsMultiModal, SupportsPP):
         self.config = config
         self.multimodal_config = vllm_config.model_config.multimodal_config
         with self._mark_tower_model(vllm_config, "audio"):
-            self.encoder = AudioEncoder(enc.n_mels, enc.n_audio_ctx, enc.n_audio_state, enc.n_audio_head, enc.n_audio_layer)
+            self.encoder = AudioEncoder(
+                enc.n_mels, enc.n_audio_ctx, enc.n_audio_state, enc.n_audio_head, enc.n_audio_layer
+            )
             self.adapter = Adapter(enc.n_audio_state, enc.llm_dim, enc.kernel_size, enc.adapter_stride)
         with self._mark_language_model(vllm_config):
             self.language_model = init_vllm_registered_model(

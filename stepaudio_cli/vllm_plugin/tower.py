@@ -68,7 +68,9 @@ class AudioEncoder(nn.Module):
         x = F.gelu(self.conv2(x)).transpose(1, 2)  # (B, T2, C)
         t2 = x.shape[1]
         if t2 > self.positional_embedding.num_embeddings:
-            raise ValueError(f"audio chunk too long for the encoder ({t2} > {self.positional_embedding.num_embeddings})")
+            raise ValueError(
+                f"audio chunk too long for the encoder ({t2} > {self.positional_embedding.num_embeddings})"
+            )
         x = x + self.positional_embedding.weight[:t2].to(x.dtype)
         lens2 = (mel_lens + 1) // 2
         bias = torch.zeros(x.shape[0], 1, 1, t2, dtype=x.dtype, device=x.device)
