@@ -124,7 +124,7 @@ async def bench_stepaudio(ckpt: Path, paths: list[Path], args, out_dir: Path) ->
             start = time.perf_counter()
             summary = await runner.run()
             best = min(best, time.perf_counter() - start)
-            assert summary.done == len(paths) and not summary.failed, summary
+            assert summary.answered == len(paths) and not summary.failed, summary
         tokens = sum(r["usage"]["completion_tokens"] for r in Store(out_dir / f"results{args.repeat - 1}.jsonl").load())
         results["batch"] = (best, tokens)
 

@@ -89,7 +89,7 @@ async def run(args) -> dict:
                 windows,
                 lambda r, d: collect(engine, r, d),
                 max_model_len=engine.max_model_len,
-                on_progress=lambda p: done_at.append(time.perf_counter() - t1) if p.done else None,
+                on_progress=lambda p: done_at.append(time.perf_counter() - t1) if p.answered else None,
             )
             windowed_s = time.perf_counter() - t1
             map_s = done_at[-1]
