@@ -145,6 +145,7 @@ def _round_down(tokens: int) -> int:
 
 # Wording differs across vLLM versions ("took 33.27 seconds" before 0.3x, "took 200.69 s (compilation: 1.48 s)"
 # after); each phase takes the first pattern that matches.
+_REST = "profile, KV cache, warm-up"
 _INIT = r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s"
 _START_PHASES = {
     "load weights": (
@@ -153,7 +154,7 @@ _START_PHASES = {
     ),
     "compile": (r"warmup model\) took [\d.]+ s \(compilation: ([\d.]+) s", r"torch.compile takes ([\d.]+) s in total"),
     "capture CUDA graphs": (r"Graph capturing finished in ([\d.]+) secs",),
-    "profile, KV cache, warm-up": (_INIT,),
+    _REST: (_INIT,),
 }
 
 
@@ -186,13 +187,16 @@ def vllm_info_logs(path: Path | None):
 
 
 def start_phases(log_text: str) -> dict[str, float]:
-    """Seconds an engine start spent in each phase vLLM's log reports (those it reports;
-    compilation and graph capture are inside "profile, KV cache, warm-up")."""
+    """Seconds an engine start spent in each phase vLLM's log reports (those it reports), each
+    counted once: vLLM's "init engine" time contains compilation and graph capture, so its phase
+    here is what is left of it (profiling, the KV cache, the rest of the warm-up)."""
     out = {}
     for name, patterns in _START_PHASES.items():
         for pattern in patterns:
             m = re.search(pattern, log_text)
             if m:
-                out[name] = round(float(m.group(1)), 1)
+                out[name] = float(m.group(1))
                 break
-    return out
+    if _REST in out:
+        out[_REST] = max(0.0, out[_REST] - out.get("compile", 0.0) - out.get("capture CUDA graphs", 0.0))
+    return {name: round(s, 1) for name, s in out.items()}

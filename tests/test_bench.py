@@ -80,3 +80,31 @@ def test_decode_floor_arithmetic():
     bf16, fp8 = weight_bytes(R1_TEXT_SIZES, per_token=True), weight_bytes(R1_TEXT_SIZES, "fp8", per_token=True)
     assert 63e9 < bf16 < 65e9 and 32e9 < fp8 < 34e9
     assert round(1000 * bf16 / 2.95e12, 1) == 21.7  # ms/token at an H100's measured copy bandwidth
+
+
+def test_start_phases_count_each_second_once():
+    from stepaudio_cli.vllm_log import start_phases
+
+    # vLLM 0.26's lines on an H200 (FP8): its "init engine" time contains compilation and capture.
+    log = "\n".join(
+        [
+            "(EngineCore_DP0 pid=1) INFO [default_loader.py:314] Loading weights took 2.10 seconds",
+            "(EngineCore_DP0 pid=1) INFO [gpu_model_runner.py:3311] Model loading took 34.6 GiB and 41.73 seconds",
+            "(EngineCore_DP0 pid=1) INFO [monitor.py:34] torch.compile takes 35.21 s in total",
+            "(EngineCore_DP0 pid=1) INFO [gpu_model_runner.py:4133] Graph capturing finished in 13 secs, took 0.9 GiB",
+            "(EngineCore_DP0 pid=1) INFO [core.py:210] init engine (profile, create kv cache, warmup model) "
+            "took 71.40 seconds",
+        ]
+    )
+    phases = start_phases(log)
+    assert phases == {
+        "load weights": 41.7,
+        "compile": 35.2,
+        "capture CUDA graphs": 13.0,
+        "profile, KV cache, warm-up": 23.2,  # 71.4 less what is listed apart
+    }
+    assert sum(phases.values()) == pytest.approx(41.73 + 71.40, abs=0.2)
+    # Newer vLLM says the compilation inside the init line; a log without phases gives none.
+    newer = "init engine (profile, create kv cache, warmup model) took 60.00 s (compilation: 20.00 s)"
+    assert start_phases(newer) == {"compile": 20.0, "profile, KV cache, warm-up": 40.0}
+    assert start_phases("nothing here") == {}
