@@ -3,8 +3,9 @@
 One Terminal is made at the root and handed down (``ctx.obj``, read with
 ``commands.options.terminal()``); every command runs inside one error boundary that turns a
 UserError (EngineError, AudioError, ...) into ``error: <message>`` and its exit code,
-Ctrl-C into exit 130, and anything unexpected (a bug) into one line, exit 70, with the full
-traceback in a file under the XDG state folder (``STEPAUDIO_DEBUG=1`` prints it instead).
+Ctrl-C into exit 130, a stdout pipe its reader closed (``| head``) into a quiet exit 141, and
+anything unexpected (a bug) into one line, exit 70, with the full traceback in a file under
+the XDG state folder (``STEPAUDIO_DEBUG=1`` prints it instead).
 Commands never catch these themselves.
 """
 
@@ -35,6 +36,7 @@ from stepaudio_cli.commands.serve import serve
 from stepaudio_cli.errors import UserError
 
 INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug of ours, not the user's input
+READER_GONE = 141  # 128 + SIGPIPE: what a shell reports for a process its pipe's reader left (`| head`)
 
 app = typer.Typer(
     name="stepaudio",
@@ -59,6 +61,8 @@ def error_boundary(ctx: typer.Context) -> Iterator[None]:
     except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
         raise  # click's and typer's own ways out: usage errors, --help, an exit code
     except Exception as e:  # noqa: BLE001 - a bug: one line, the trace kept for the report
+        if isinstance(e, BrokenPipeError) and _stdout_reader_gone():
+            raise typer.Exit(READER_GONE) from None  # quietly, as SIGPIPE would end it
         if os.environ.get("STEPAUDIO_DEBUG"):
             traceback.print_exc()
             where = "traceback above"
@@ -67,6 +71,23 @@ def error_boundary(ctx: typer.Context) -> Iterator[None]:
         text = " ".join(str(e).split())[:200]
         terminal(ctx).error(f"internal error: {type(e).__name__}{': ' + text if text else ''} ({where})")
         raise typer.Exit(INTERNAL_ERROR) from None
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (`stepaudio ... | head`). If so,
+    stdout is pointed at /dev/null so that what is still buffered cannot fail again at exit."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        gone = any(events & select.POLLERR for _, events in poller.poll(0))
+        if gone:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    except (OSError, ValueError, AttributeError):  # no real stdout (captured, closed)
+        return False
+    return gone
 
 
 def _save_traceback(e: BaseException) -> str:

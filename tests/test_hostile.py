@@ -372,6 +372,34 @@ def test_ctrl_c_is_still_130(monkeypatch, clip):
     assert result.exit_code == 130 and result.stderr.strip() == "error: interrupted"
 
 
+@pytest.mark.parametrize("command", ["ask", "batch"])
+def test_a_stdout_reader_that_goes_away_ends_the_run_quietly(server, clip, tmp_path, command):
+    """`stepaudio ... | head`: the reader closes the pipe; the run ends as SIGPIPE would end it
+    (exit 141), with nothing on stderr: no internal error, no traceback at exit."""
+    import os
+    import subprocess
+    import sys
+
+    server.behave(chat=lambda tenths: GOOD_STREAM)
+    if command == "ask":
+        args = ["ask", "--json", "-s", server.url, str(clip), "Q?"]
+    else:
+        folder = tmp_path / "in"
+        folder.mkdir()
+        for i in range(20):
+            write_wav(folder / f"{i:02d}.wav", tone(1.0))
+        args = ["batch", str(folder), "-p", "Q", "-s", server.url, "-o", "-"]
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first byte
+    with os.fdopen(write, "wb") as stdout:
+        done = subprocess.run(
+            [sys.executable, "-m", "stepaudio_cli", *args], stdout=stdout, stderr=subprocess.PIPE, timeout=60
+        )
+    stderr = done.stderr.decode()
+    assert done.returncode == 141, stderr
+    assert "error" not in stderr and "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+
+
 GOOD_MODELS = json.dumps({"data": [{"id": "m", "max_model_len": 8192}]}).encode()
 
 
