@@ -85,6 +85,8 @@ RAW_STREAMS = {
     "no choices at all": sse(chunk() | {"choices": []}),
     "not a stream": json.dumps({"choices": [{"message": {"content": "hi"}}]}).encode(),
     "empty body": b"",
+    "a line without end": b"data: " + b"x" * (3 << 20),
+    "CR line ends": GOOD_STREAM.replace(b"\n", b"\r"),
     "500 with a list body": (500, b"[1, 2]"),
     "400 with an error list": (400, b'{"error": [1]}'),
     "500 not UTF-8": (500, b"\xff\xfe"),
@@ -126,6 +128,13 @@ def test_ask_chunk_of_the_wrong_shape_is_one_line(server, clip, name):
 def test_ask_raw_replies_are_handled(server, clip, name):
     server.behave(chat=lambda t: RAW_STREAMS[name])
     assert_handled(ask(server, clip), server.url)
+
+
+def test_a_stream_line_without_end_is_cut_off(server, clip):
+    server.behave(chat=lambda t: RAW_STREAMS["a line without end"])
+    result = ask(server, clip)
+    assert_handled(result, server.url, codes=(1,))
+    assert "a stream line longer than 1 MiB" in result.stderr
 
 
 @pytest.mark.parametrize("name", BAD_MODELS)
@@ -254,9 +263,11 @@ def test_batch_records_one_failure_per_hostile_reply_and_carries_on(server, tmp_
     recs = {Path(r["file"]).name: r for r in map(json.loads, out.read_text().splitlines())}
     assert len(recs) == len(shapes)
     assert recs["f00.wav"]["answer"] == "A beep." and not recs["f00.wav"]["error"]
+    cr = 1 + len(BAD_CHUNKS) + list(RAW_STREAMS).index("CR line ends")  # a good stream, other line ends
+    assert recs[f"f{cr:02d}.wav"]["answer"] == "A beep." and not recs[f"f{cr:02d}.wav"]["error"]
     failed = {name for name, r in recs.items() if r["error"]}
     # Every file whose reply is not a usable stream failed (the two odd but valid ones may pass).
-    assert len(failed) >= len(shapes) - 3, failed
+    assert len(failed) >= len(shapes) - 4, failed
 
 
 @pytest.mark.parametrize("reply", [HANG, KEEPALIVE])

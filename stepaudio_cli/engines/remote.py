@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -24,6 +25,10 @@ PROBE_TIMEOUT = 15.0  # a health probe (model list, tokenizer) answers at once o
 # Tokens a reply may take when neither --max-tokens nor the server's context says: twice
 # R1.1's 65,536 positions, so a server that streams without end is stopped all the same.
 UNKNOWN_CONTEXT = 131_072
+# The longest line of a stream kept in memory: a chunk holds a token or a few (vLLM's are ~300
+# bytes), the usage chunk a little more; a server sending a line without end is stopped here.
+MAX_LINE_BYTES = 1 << 20
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 def api_base(url: str) -> str:
@@ -281,7 +286,7 @@ class RemoteEngine(Engine):
             async with self._client.stream("POST", "/chat/completions", json=payload) as response:
                 if response.status_code >= 400:
                     raise self._http_error(response, await _head_of(response))
-                async for line in response.aiter_lines():
+                async for line in _lines(response, self.url):
                     if time.monotonic() - quiet_since > self.read_timeout:
                         raise EngineError(
                             f"{self.url}: no text from the server for {self.read_timeout:.0f}s "
@@ -380,3 +385,19 @@ def _reason(e: BaseException) -> str:
         seen = seen.__cause__ or seen.__context__
     text = str(e) or type(e).__name__
     return " ".join(text.split())[:200]
+
+
+async def _lines(response: httpx.Response, url: str) -> AsyncIterator[str]:
+    """The lines of a streamed body (SSE ends them with CRLF, LF or CR), none longer than
+    :data:`MAX_LINE_BYTES`: a longer one is an EngineError before it is all in memory."""
+    pending = b""
+    async for piece in response.aiter_bytes():
+        parts = _LINE_END.split(pending + piece)
+        pending = parts.pop()
+        for line in (*parts, pending):  # the line still open counts too
+            if len(line) > MAX_LINE_BYTES:
+                raise EngineError(f"{url}: the server sent a stream line longer than {MAX_LINE_BYTES >> 20} MiB")
+        for line in parts:
+            yield line.decode("utf-8", errors="replace")
+    if pending:
+        yield pending.decode("utf-8", errors="replace")
