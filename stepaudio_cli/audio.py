@@ -131,10 +131,16 @@ class AudioLength:
 
     name: str
     n_samples: int  # at 16 kHz
+    source_samples: int = 0  # frames x channels as stored: read as float32 before resampling
 
     @property
     def duration(self) -> float:
         return self.n_samples / SAMPLE_RATE
+
+    @property
+    def decode_bytes(self) -> int:
+        """Memory decoding it takes at its peak: the source as float32, and the result."""
+        return 4 * (self.source_samples + self.n_samples)
 
     @property
     def prompt_tokens(self) -> int:
@@ -151,7 +157,7 @@ def header_length(path: str | os.PathLike, name: str) -> AudioLength | None:
         return None
     if info.samplerate <= 0 or info.frames < 0:
         return None
-    return AudioLength(name, round(info.frames * SAMPLE_RATE / info.samplerate))
+    return AudioLength(name, round(info.frames * SAMPLE_RATE / info.samplerate), info.frames * info.channels)
 
 
 def wav_bytes(samples: np.ndarray) -> bytes:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stepaudio_cli.audio import AUDIO_EXTENSIONS, header_length, load_file, sha256_file
+from stepaudio_cli.defaults import DECODED_AUDIO_BYTES
 from stepaudio_cli.engines import Engine, EngineSettings, Result, collect, open_engine
 from stepaudio_cli.errors import EngineError, NoServerError, StoreError, UserError
 from stepaudio_cli.records import params, to_record
@@ -45,6 +46,62 @@ class BatchJob:
     hide_reasoning: bool = False
     decode_ahead: int = 8
     windowing: Windowing = field(default_factory=Windowing)  # audio longer than one request holds
+    audio_bytes: int = DECODED_AUDIO_BYTES  # decoded audio held at once (long recordings wait for room)
+
+
+# Decoded float32 at 16 kHz per byte of a compressed file whose header states no length
+# (AAC/Opus at 64 kbit/s: 8x), so a folder of them is not all decoded at once.
+UNKNOWN_DECODE_RATIO = 8
+
+
+class AudioRoom:
+    """Bytes of decoded audio a batch holds at once, so that long recordings answered in windows
+    (up to ~0.9 GiB each) are not all decoded together. A file waits for room before it is
+    decoded; one larger than the whole room still goes, alone."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.used = capacity, 0
+        self._waiting: list[asyncio.Future] = []
+
+    async def take(self, n: int) -> None:
+        while self.used and self.used + n > self.capacity:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting.append(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiting.remove(waiter)
+        self.used += n
+
+    def give(self, n: int) -> None:
+        self.used -= n
+        for waiter in self._waiting:  # each checks again whether it fits now
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+@dataclass
+class Held:
+    """One file's share of the :class:`AudioRoom`."""
+
+    room: AudioRoom
+    n: int = 0
+
+    async def take(self, n: int) -> None:
+        await self.room.take(n)
+        self.n += n
+
+    def keep(self, n: int) -> None:
+        """Hold ``n`` bytes from now on (what the decoded audio takes, once decoding is over)."""
+        if n > self.n:
+            self.room.used += n - self.n  # already decoded: it is in memory, room or not
+        else:
+            self.room.give(self.n - n)
+        self.n = n
+
+    def release(self) -> None:
+        self.room.give(self.n)
+        self.n = 0
 
 
 @dataclass
@@ -159,6 +216,7 @@ class BatchRunner:
     # --- the run --------------------------------------------------------------------------
     async def run(self) -> Summary:
         self._load()
+        self._room = AudioRoom(self.job.audio_bytes)
         queue: asyncio.Queue[Path] = asyncio.Queue()
         for p in self.files:
             queue.put_nowait(p)
@@ -226,6 +284,15 @@ class BatchRunner:
             self._inflight.pop(key, None)
 
     async def _compute(self, name: str, path: Path, stamp: tuple, sha: str, key: str, infer: asyncio.Semaphore) -> dict:
+        held = Held(self._room)
+        try:
+            return await self._decode_and_answer(name, path, stamp, sha, key, infer, held)
+        finally:
+            held.release()
+
+    async def _decode_and_answer(
+        self, name: str, path: Path, stamp: tuple, sha: str, key: str, infer: asyncio.Semaphore, held: Held
+    ) -> dict:
         length = None
         # One request holds at most the context; a recording answered in windows may be longer.
         context = None if self.job.windowing.enabled else self.engine.max_model_len
@@ -233,7 +300,11 @@ class BatchRunner:
             length = await asyncio.to_thread(header_length, path, name)
             if length is not None and context:  # audio one request cannot hold is refused before it is read
                 generation_room([length], self.job.sampling, context)
+            # Room for decoding it (a length the header does not state: a guess from the file's size).
+            size = stamp[2]  # _stamp: device, inode, size, mtime
+            await held.take(length.decode_bytes if length is not None else UNKNOWN_DECODE_RATIO * size)
             audio = await asyncio.to_thread(load_file, path, name, context)
+            held.keep(audio.samples.nbytes)
             if await asyncio.to_thread(_stamp, path) != stamp:
                 raise UserError(f"{name}: changed while it was being read; rerun to try it again")
         except UserError as e:

@@ -27,6 +27,7 @@ MAX_AUDIO_ITEMS = 64  # audio items (25 s chunks from our clients) per request: 
 SERVER_CONCURRENCY = 32  # batch: requests in flight per server
 DEFAULT_TIMEOUT = 120.0  # seconds a server may stay silent mid-request before it counts as hung
 DEFAULT_WAIT_SERVER = 600.0  # batch: seconds to wait for a server to come back before stopping
+DECODED_AUDIO_BYTES = 4 << 30  # batch: decoded audio held at once (4 GiB: ~18 h of 16 kHz float32)
 UDS_SCHEME = "unix:"  # a server URL naming a Unix socket (a resident engine's): unix:/path/to.sock
 
 # Resident engines (ask, batch): how long one stays loaded after its last use, as ollama's keep_alive.

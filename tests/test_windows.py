@@ -190,6 +190,7 @@ class Scripted(ScriptedBase):
     most = 0
     hold: threading.Event
     fail_part = 0
+    short_delay = 0.0  # seconds a file that fits one request waits for its answer
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -206,6 +207,7 @@ class Scripted(ScriptedBase):
         try:
             if audio and not PART.match(text):  # a file that fits one request
                 cls.hold.wait(60)
+                time.sleep(cls.short_delay)
                 pieces, usage = [{"content": "a short answer"}], 0
             elif audio:
                 part = int(PART.match(text).group(1))
@@ -295,6 +297,43 @@ def test_a_failed_window_fails_the_file_with_its_reason_and_a_rerun_retries_it(s
     assert runner.invoke(app, [*args, "--retry-failed"]).exit_code == 0
     (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert rec["error"] is None and rec["answer"] == "the whole story" and len(rec["windows"]) == 3
+
+
+def test_a_batch_holds_no_more_decoded_audio_than_its_room(scripted, tmp_path):
+    """Long recordings (up to ~0.9 GiB decoded each) are not all decoded at once: a file waits
+    for room before it is decoded; one larger than the whole room still goes, alone."""
+    import asyncio
+
+    from stepaudio_cli.audio import header_length
+    from stepaudio_cli.batch import BatchJob, execute
+    from stepaudio_cli.defaults import DECODED_AUDIO_BYTES
+    from stepaudio_cli.engines import EngineSettings
+    from stepaudio_cli.store import Store
+
+    handler, url = scripted
+    handler.short_delay = 0.3  # each answer takes a while: files overlap when room lets them
+    folder = tmp_path / "in"
+    folder.mkdir()
+    files = [write_wav(folder / f"{i}.wav", recording(1.0, seed=i)) for i in range(4)]
+    decoding = header_length(files[0], "0.wav").decode_bytes  # the source as float32 + the result
+    held = 4 * 16000  # once decoded: one second of float32 at 16 kHz
+
+    def most_at_once(room: int) -> int:
+        handler.most = 0
+        store = Store(tmp_path / f"{room}.jsonl")
+        store.open(files)
+        try:
+            job = BatchJob(prompt="Q", concurrency=4, audio_bytes=room)
+            summary = asyncio.run(execute(EngineSettings(servers=(url,)), job, store, files))
+        finally:
+            store.close()
+        assert summary.answered == 4 and not summary.failed
+        return handler.most
+
+    assert most_at_once(decoding) == 1  # room for decoding one file: one at a time
+    assert most_at_once(decoding + held) == 2  # one decoding while another's audio is held
+    assert most_at_once(decoding // 2) == 1  # a file larger than the room: alone
+    assert most_at_once(DECODED_AUDIO_BYTES) == 4  # 4 GiB: every file of the batch at once
 
 
 def test_batch_killed_mid_map_reruns_to_one_record_per_file(scripted, tmp_path):
