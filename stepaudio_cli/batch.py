@@ -30,7 +30,7 @@ from stepaudio_cli.errors import EngineError, NoServerError, StoreError, UserErr
 from stepaudio_cli.records import params, to_record
 from stepaudio_cli.request import Request, Sampling, Thinking, generation_room
 from stepaudio_cli.store import Store
-from stepaudio_cli.windows import Windowing, answer_in_windows, plan
+from stepaudio_cli.windows import MapProgress, Windowing, answer_in_windows, plan
 
 
 @dataclass
@@ -113,6 +113,9 @@ class Summary:
     failed: int = 0
     cut_off: int = 0  # answered, but stopped at the length limit (finish_reason "length")
     audio_seconds: float = 0.0
+    # Recordings answered in windows: windows answered, of those planned (a file takes minutes).
+    windows_answered: int = 0
+    windows_planned: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     interrupted: bool = False
     #: Why the run stopped before the end (no server for too long, results not writable);
@@ -326,8 +329,13 @@ class BatchRunner:
                 async with infer:
                     result = await self._send(request)
             else:  # each window takes a place among the requests in flight
+                self.summary.windows_planned += len(windows)
                 result = await answer_in_windows(
-                    request, windows, lambda r, _: self._send(r, infer), max_model_len=self.engine.max_model_len
+                    request,
+                    windows,
+                    lambda r, _: self._send(r, infer),
+                    max_model_len=self.engine.max_model_len,
+                    on_progress=self._window_answered,
                 )
         except NoServerError:
             raise  # stops the run: not this file's fault
@@ -350,6 +358,11 @@ class BatchRunner:
         self.summary.cut_off += result.finish_reason == "length"
         self.summary.audio_seconds += audio.duration
         return record
+
+    def _window_answered(self, progress: MapProgress) -> None:
+        if progress.answered:  # the first call says how many there are: counted when planned
+            self.summary.windows_answered += 1
+            self.on_progress(self.summary)
 
     async def _send(self, request: Request, infer: asyncio.Semaphore | None = None) -> Result:
         """One request to the end, retrying what a server may do better next time (holding a

@@ -83,6 +83,8 @@ class BatchView:
         elapsed = max(time.monotonic() - self.start, 1e-6)
         rate = (s.answered + s.reused) / elapsed
         parts = [f"{format_duration(s.audio_seconds)} audio", f"{rate:.2f} files/s"]
+        if s.windows_planned:
+            parts.append(f"{s.windows_answered}/{s.windows_planned} windows")
         if s.failed:
             parts.append(f"{s.failed} failed")
         if s.skipped:

@@ -294,9 +294,12 @@ def test_a_failed_window_fails_the_file_with_its_reason_and_a_rerun_retries_it(s
     assert re.match(r"part 2 of 3 \(0:\d\d-1:\d\d\): .*server returned 400: bad part", rec["error"]), rec["error"]
     assert rec["windows"] is None and not reduce_requests(handler)
     handler.fail_part = 0
-    assert runner.invoke(app, [*args, "--retry-failed"]).exit_code == 0
+    retried = runner.invoke(app, [*args, "--retry-failed"])
+    assert retried.exit_code == 0
     (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert rec["error"] is None and rec["answer"] == "the whole story" and len(rec["windows"]) == 3
+    # The progress counts windows too: one recording is minutes of work.
+    assert "1/1 files" in retried.stderr and "3/3 windows" in retried.stderr, retried.stderr
 
 
 def test_a_batch_holds_no_more_decoded_audio_than_its_room(scripted, tmp_path):
