@@ -102,6 +102,20 @@ def bench_raw(ckpt: Path, paths: list[Path], args) -> tuple[float, int, float]:
     return elapsed, tokens, statistics.median(latencies[1:])
 
 
+class SendTimes:
+    """The engine, noting when each request is sent to it."""
+
+    def __init__(self, engine) -> None:
+        self.engine, self.sent = engine, []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def stream(self, request):
+        self.sent.append(time.perf_counter())
+        return self.engine.stream(request)
+
+
 async def bench_stepaudio(ckpt: Path, paths: list[Path], args, out_dir: Path) -> dict[str, tuple[float, int]]:
     from stepaudio_cli.audio import load_audio
     from stepaudio_cli.batch import BatchJob, BatchRunner
@@ -116,17 +130,25 @@ async def bench_stepaudio(ckpt: Path, paths: list[Path], args, out_dir: Path) ->
     results = {}
     async with open_engine(settings) as engine:
         job = BatchJob(prompt=args.prompt, sampling=sampling, concurrency=2 * args.max_num_seqs)
-        warm = BatchRunner(job, engine, Store(out_dir / "warmup.jsonl"), paths[: args.warmup])
-        await warm.run()
-        best = float("inf")
+        store = Store(out_dir / "warmup.jsonl")
+        await BatchRunner(job, engine, store, paths[: args.warmup]).run()
+        store.close()
+        best, filled = float("inf"), 0.0
+        timed = SendTimes(engine)
         for i in range(args.repeat):
-            runner = BatchRunner(job, engine, Store(out_dir / f"results{i}.jsonl"), paths)
+            store = Store(out_dir / f"results{i}.jsonl")
+            runner = BatchRunner(job, timed, store, paths)
+            timed.sent.clear()
             start = time.perf_counter()
             summary = await runner.run()
-            best = min(best, time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            store.close()
+            if elapsed < best:  # when the engine had every request of the best run (files read, decoded)
+                best, filled = elapsed, sorted(timed.sent)[min(len(paths), job.concurrency) - 1] - start
             assert summary.answered == len(paths) and not summary.failed, summary
         tokens = sum(r["usage"]["completion_tokens"] for r in Store(out_dir / f"results{args.repeat - 1}.jsonl").load())
         results["batch"] = (best, tokens)
+        results["filled"] = (filled, 0)
 
         start = time.perf_counter()
         tokens = 0
@@ -199,6 +221,11 @@ def main() -> None:
     print()
     ratio = tok_rate["stepaudio batch"] / tok_rate["raw vLLM LLM.generate"]
     print(f"batch / raw vLLM        {ratio:.3f}x tokens/s   (target >= 0.99 on a GPU)")
+    filled = ours["filled"][0]
+    print(
+        f"batch's requests all in the engine after {filled:.2f} s of its {rows['stepaudio batch'][0]:.2f} s "
+        "(files read and decoded; raw vLLM's audio is decoded before its clock starts)"
+    )
     print(f"batch / one at a time   {rate['stepaudio batch'] / rate['one at a time']:.2f}x   (target >= 8)")
     single, decode = ours["one request"]
     print(
