@@ -184,3 +184,5 @@ def test_a_shared_option_is_one_declaration():
     assert seen["params"]["new_knob"] == 7
     assert runner.invoke(one, ["cmd", "--new-knob", "0"]).exit_code == 2  # min=1
     assert runner.invoke(one, ["cmd", "--json"]).exit_code == 2  # the command's own --json-out won
+    with pytest.raises(ValueError, match="no shared option jsn"):
+        options.takes(options.JSON, only=("jsn",))  # a typo takes nothing silently

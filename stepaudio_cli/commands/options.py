@@ -264,13 +264,14 @@ def takes(*groups: Iterable[Shared], leave_out: Iterable[str] = (), only: Iterab
     """A command that takes the options of ``groups`` (those named in ``only``, when given; not those
     in ``leave_out``) besides its own. A parameter the command declares itself wins over a shared
     one of the same name. The command is called with its own parameters only; it reads the shared
-    ones through ``ctx.params``. In ``--help`` its own panels come first, then the groups' panels."""
+    ones through ``ctx.params``. In ``--help`` its own panels come first, then the groups' panels.
+    The wrapper's ``shared_options`` lists the records it added."""
     chosen = [o for group in groups for o in group]
-    names = {o.name for o in chosen}
-    unknown = {*leave_out, *(only or ())} - names
-    if unknown:
+    left_out, picked = set(leave_out), None if only is None else set(only)
+    unknown = (left_out | (picked or set())) - {o.name for o in chosen}
+    if unknown:  # a typo would silently take or drop an option
         raise ValueError(f"no shared option {', '.join(sorted(unknown))} in these groups")
-    chosen = [o for o in chosen if o.name not in set(leave_out) and (only is None or o.name in set(only))]
+    chosen = [o for o in chosen if o.name not in left_out and (picked is None or o.name in picked)]
 
     def decorate(fn: Callable) -> Callable:
         own = inspect.signature(fn, eval_str=True)
