@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stepaudio_cli.errors import AudioError
+from stepaudio_cli.errors import AudioError, UserError
 
 SAMPLE_RATE = 16_000
 HOP_LENGTH = 160
@@ -356,3 +356,23 @@ def format_duration(seconds: float) -> str:
         return f"{minutes}m{sec:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
+
+
+_NUMBER = r"(\d+(?:\.\d+)?)"
+#: Units in the order they are written (1d2h30m, 1h30m, 90s, 90, 500ms): a bare number is seconds.
+_UNITS = (("d", 86400.0), ("h", 3600.0), ("m(?!s)", 60.0), ("s?", 1.0), ("ms", 0.001))
+_DURATION = re.compile("".join(rf"(?:{_NUMBER}(?![\d.])\s*{unit}\s*)?" for unit, _ in _UNITS))
+
+
+def parse_duration(text: str | float, flag: str, examples: str) -> float:
+    """Seconds in ``90``, ``90s``, ``20m``, ``1h30m``, ``1.5h``, ``2d``, ``500ms``, ``1:30`` or
+    ``1:30:00`` (a leading ``-``: negative); else one error line naming ``flag`` and ``examples``."""
+    t = str(text).strip().lower()
+    sign, body = (-1.0, t[1:].strip()) if t.startswith("-") else (1.0, t)
+    if ":" in body:
+        parts = body.split(":")
+        if len(parts) <= 3 and all(re.fullmatch(_NUMBER, p) for p in parts):
+            return sign * sum(float(p) * 60**i for i, p in enumerate(reversed(parts)))
+    elif (m := _DURATION.fullmatch(body)) and any(m.groups()):
+        return sign * sum(float(g) * scale for g, (_, scale) in zip(m.groups(), _UNITS) if g)
+    raise UserError(f"{flag} {text!r}: not a duration (e.g. {examples})")

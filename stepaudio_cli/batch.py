@@ -341,17 +341,7 @@ class BatchRunner:
             raise  # stops the run: not this file's fault
         except UserError as e:  # the server failed it (after retries), or the audio does not fit
             return await self._record_failure(name, sha, key, _strip_name(e.message, name), audio.duration)
-        record = to_record(
-            file=name,
-            prompt=self.job.prompt,
-            model=self.engine.model,
-            params=self._params,
-            result=result,
-            sha256=sha,
-            key=key,
-            audio_seconds=audio.duration,
-            hide_reasoning=self.job.hide_reasoning,
-        )
+        record = self._record(name, sha, key, audio.duration, result=result, hide_reasoning=self.job.hide_reasoning)
         await self._write(record)
         self._by_key[key] = record
         self.summary.answered += 1
@@ -389,20 +379,24 @@ class BatchRunner:
         return record
 
     async def _record_failure(self, name, sha, key, message: str, seconds: float | None = None) -> dict:
-        record = to_record(
-            file=name,
-            prompt=self.job.prompt,
-            model=self.engine.model,
-            params=self._params,
-            error=message,
-            sha256=sha,
-            key=key,
-            audio_seconds=seconds,
-        )
+        record = self._record(name, sha, key, seconds, error=message)
         await self._write(record)
         self.summary.failed += 1
         self.summary.failures.append((name, message))
         return record
+
+    def _record(self, name: str, sha, key, seconds: float | None, **outcome) -> dict:
+        """File ``name``'s record in this job; ``outcome``: its ``result`` (and ``hide_reasoning``) or ``error``."""
+        return to_record(
+            file=name,
+            prompt=self.job.prompt,
+            model=self.engine.model,
+            params=self._params,
+            sha256=sha,
+            key=key,
+            audio_seconds=seconds,
+            **outcome,
+        )
 
     async def _write(self, record: dict) -> None:
         """The one way a record is stored: it stands for its file, and is on disk on return."""

@@ -24,7 +24,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import secrets
 import signal
 import socket
@@ -51,15 +50,13 @@ StatusCallback = Callable[[str | None], None]
 
 # --- keep-alive -----------------------------------------------------------------------------
 def parse_keep_alive(text: str | float | int) -> float | None:
-    """``5m``, ``90s``, ``1h``, ``300`` (seconds), ``0`` -> seconds; ``forever`` (or a negative
-    number, as ollama takes) -> None."""
-    value = str(text).strip().lower()
-    if value in ("forever", "inf", "infinite", "-1"):
+    """``5m``, ``90s``, ``1h``, ``300`` (seconds), ``0`` (any form of :func:`audio.parse_duration`)
+    -> seconds; ``forever`` (or a negative duration, as ollama takes) -> None."""
+    from stepaudio_cli.audio import parse_duration
+
+    if str(text).strip().lower() in ("forever", "inf", "infinite"):
         return None
-    match = re.fullmatch(r"(-?\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?", value)
-    if not match:
-        raise UserError(f"--keep-alive: {text!r} is not a duration (e.g. 5m, 90s, 1h, 0, forever)")
-    seconds = float(match[1]) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2] or "s"]
+    seconds = parse_duration(text, "--keep-alive", "5m, 90s, 1h, 0, forever")
     return None if seconds < 0 else seconds
 
 

@@ -14,14 +14,20 @@ The parts know nothing of each other beyond what the reduce step reads in their 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from stepaudio_cli.audio import CHUNK_SAMPLES, SAMPLE_RATE, Audio, format_duration, prompt_tokens_for_chunks
+from stepaudio_cli.audio import (
+    CHUNK_SAMPLES,
+    SAMPLE_RATE,
+    Audio,
+    format_duration,
+    parse_duration,
+    prompt_tokens_for_chunks,
+)
 from stepaudio_cli.defaults import MAX_AUDIO_ITEMS
 from stepaudio_cli.engines.base import Result, Timings, Usage
 from stepaudio_cli.errors import AudioError, NoServerError, UserError
@@ -50,7 +56,7 @@ class Windowing:
     def from_options(cls, window: str | None, no_window: bool) -> Windowing:
         if window is not None and no_window:
             raise UserError("give --window or --no-window, not both")
-        seconds = None if window is None else parse_duration(window, "--window")
+        seconds = None if window is None else parse_duration(window, "--window", "20m, 1h30m, 90s, 25:00")
         if seconds is not None and seconds < MIN_WINDOW_SECONDS:
             raise UserError(f"--window {window}: windows must be at least {MIN_WINDOW_SECONDS:.0f}s long")
         return cls(enabled=not no_window, seconds=seconds)
@@ -60,24 +66,6 @@ class Windowing:
         if self.enabled and self.seconds is None:
             return {}
         return {"window": self.seconds, "no_window": not self.enabled}
-
-
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
-
-
-def parse_duration(text: str, flag: str) -> float:
-    """``90``, ``90s``, ``20m``, ``1h30m``, ``1:30`` or ``1:30:00`` -> seconds."""
-    t = text.strip().lower()
-    if ":" in t:
-        parts = t.split(":")
-        if len(parts) <= 3 and all(re.fullmatch(r"\d+(\.\d+)?", p) for p in parts):
-            return sum(float(p) * 60**i for i, p in enumerate(reversed(parts)))
-    else:
-        m = _DURATION.match(t)
-        if t and m and any(m.groups()):
-            h, mi, s = (float(g) if g else 0.0 for g in m.groups())
-            return h * 3600 + mi * 60 + s
-    raise UserError(f"{flag} {text!r}: not a duration (e.g. 20m, 1h30m, 90s, 25:00)")
 
 
 # --- plan ---------------------------------------------------------------------------------
@@ -330,7 +318,6 @@ __all__ = [
     "answer_in_windows",
     "cut_windows",
     "longest_window",
-    "parse_duration",
     "plan",
     "quietest",
     "reasoning_reserve",

@@ -88,7 +88,9 @@ def test_keep_alive_durations():
     assert resident.parse_keep_alive("0") == 0
     assert resident.parse_keep_alive("forever") is None
     assert resident.parse_keep_alive("-1") is None
-    with pytest.raises(UserError, match="--keep-alive"):
+    assert resident.parse_keep_alive("100ms") == 0.1
+    assert resident.parse_keep_alive("1h30m") == resident.parse_keep_alive("1:30:00") == 5400  # as --window
+    with pytest.raises(UserError, match=r"--keep-alive 'soon': not a duration \(e\.g\. 5m, 90s, 1h, 0, forever\)"):
         resident.parse_keep_alive("soon")
 
 

@@ -4,10 +4,15 @@ build an engine, reaches the typed settings by its name, and changes what vLLM i
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import inspect
 import json
 from pathlib import Path
+from typing import Annotated
 
 import pytest
+import typer
+from typer.testing import CliRunner
 
 from stepaudio_cli.cli import app
 from stepaudio_cli.commands import options
@@ -35,6 +40,18 @@ DERIVED = {
     "ask": {"thinking_processor", "max_num_seqs"},
     "batch": {"thinking_processor"},
     "serve": {"thinking_processor"},
+}
+# Shared options a command declares itself, each with its own meaning; every other shared option a
+# command has comes from the one declaration in commands/options.py.
+OWN = {
+    "ask": set(),
+    "batch": set(),
+    # model: an argument; max_model_len: default None (the most the KV cache holds); keep_alive: stop
+    # when idle (default: run until stopped); api_key: the key the server requires.
+    "serve": {"model", "max_model_len", "keep_alive", "api_key"},
+    # model: default R1's real sizes with random weights; quantization: forms to compare (bf16 too).
+    "bench": {"model", "quantization"},
+    "doctor": {"model"},  # always a local model (default the release), never a served name
 }
 
 
@@ -108,3 +125,64 @@ def test_more_gpus_than_visible_is_one_line():
 
     with pytest.raises(UserError, match="needs 4 GPUs, but 2 are visible"):
         vllm_args(EngineSettings(tensor_parallel_size=4), Path("/m"), n_gpus=2)
+
+
+def _command_function(name):
+    return getattr(importlib.import_module(f"stepaudio_cli.commands.{name}"), name)
+
+
+@pytest.mark.parametrize("command", sorted(OWN))
+def test_commands_declare_no_shared_option_themselves(command):
+    own = inspect.signature(_command_function(command).__wrapped__).parameters  # what `def` declares
+    assert set(own) & set(options.BY_NAME) <= OWN[command], "declared again: take it with options.takes()"
+
+
+def test_every_engine_setting_has_one_shared_option():
+    settable = set(EngineSettings.engine_fields()) - {"thinking_processor"}  # the reasoning options load it
+    assert settable <= {o.name for o in options.ENGINE}
+
+
+@pytest.mark.parametrize("command", sorted(OWN))
+def test_engine_options_come_from_the_shared_declaration(command):
+    params = {p.name: p for p in _click_command(command).params}
+    taken = {o.name for o in _command_function(command).shared_options}
+    checked = 0
+    for name in EngineSettings.engine_fields():
+        if name not in params or name in OWN[command]:
+            assert command not in DERIVED or name in DERIVED[command] | OWN[command], name
+            continue
+        assert name in taken, f"`stepaudio {command}` declares --{name.replace('_', '-')} itself"
+        shared, param = options.BY_NAME[name], params[name]
+        assert set(param.opts) == set(shared.flags or ["--" + name.replace("_", "-")])
+        assert param.envvar == shared.envvar == "STEPAUDIO_" + name.upper()
+        assert (param.help, param.rich_help_panel, param.hidden) == (
+            shared.help,
+            shared.panel,
+            bool(shared.extras.get("hidden")),
+        )
+        checked += 1
+    assert checked >= 3
+
+
+def test_a_shared_option_is_one_declaration():
+    """Adding an option: one shared() record in a group; every command that takes the group has it,
+    with its env var, checks and help, and reads it by name in ctx.params."""
+    knob = options.shared("new_knob", int, 3, "A new knob.", panel=options.ENGINE_PANEL, min=1)
+    seen = {}
+
+    @options.takes((knob,), options.JSON)
+    def cmd(ctx: typer.Context, json_output: Annotated[bool, typer.Option("--json-out")] = False) -> None:
+        seen.update(kwargs={"json_output": json_output}, params=dict(ctx.params))
+
+    one = typer.Typer()
+    one.command()(cmd)
+    one.callback()(lambda: None)  # a group, so the command keeps its name
+    runner = CliRunner()
+    assert runner.invoke(one, ["cmd", "--new-knob", "5", "--json-out"]).exit_code == 0
+    assert seen == {"kwargs": {"json_output": True}, "params": {"new_knob": 5, "json_output": True}}
+    assert runner.invoke(one, ["cmd"], env={"STEPAUDIO_NEW_KNOB": "7"}).exit_code == 0
+    assert seen["params"]["new_knob"] == 7
+    assert runner.invoke(one, ["cmd", "--new-knob", "0"]).exit_code == 2  # min=1
+    assert runner.invoke(one, ["cmd", "--json"]).exit_code == 2  # the command's own --json-out won
+    with pytest.raises(ValueError, match="no shared option jsn"):
+        options.takes(options.JSON, only=("jsn",))  # a typo takes nothing silently

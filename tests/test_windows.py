@@ -24,7 +24,7 @@ from conftest import SCRIPT, SR, reply_json, reply_stream, write_wav
 from test_reasoning_length import Scripted as ScriptedBase
 from typer.testing import CliRunner
 
-from stepaudio_cli.audio import Audio
+from stepaudio_cli.audio import Audio, parse_duration
 from stepaudio_cli.cli import app
 from stepaudio_cli.errors import AudioError, UserError
 from stepaudio_cli.request import Request, Sampling, generation_room
@@ -35,7 +35,6 @@ from stepaudio_cli.windows import (
     clock,
     cut_windows,
     longest_window,
-    parse_duration,
     plan,
     reasoning_reserve,
     reduce_question,
@@ -144,17 +143,12 @@ def test_plan_keeps_one_request_when_it_fits_and_today_s_refusal_with_no_window(
 
 
 def test_window_options():
-    assert [parse_duration(t, "--window") for t in ("20m", "1h30m", "90", "90s", "1:30", "1:30:00")] == [
-        1200,
-        5400,
-        90,
-        90,
-        90,
-        5400,
-    ]
-    for bad in ("", "abc", "5x", "1:2:3:4"):
-        with pytest.raises(UserError, match="not a duration"):
-            parse_duration(bad, "--window")
+    forms = ("20m", "1h30m", "90", "90s", "1:30", "1:30:00", "1.5h", "500ms")
+    assert [Windowing.from_options(t, False).seconds for t in forms[:-1]] == [1200, 5400, 90, 90, 90, 5400, 5400]
+    assert [parse_duration(t, "--window", "20m") for t in forms] == [1200, 5400, 90, 90, 90, 5400, 5400, 0.5]
+    for bad in ("", "abc", "5x", "1:2:3:4", "5mm", "1.2.3"):
+        with pytest.raises(UserError, match=r"--window '.*': not a duration \(e\.g\. 20m, 1h30m"):
+            Windowing.from_options(bad, False)
     with pytest.raises(UserError, match="at least 10s"):
         Windowing.from_options("5s", False)
     with pytest.raises(UserError, match="not both"):

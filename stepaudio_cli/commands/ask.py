@@ -8,54 +8,28 @@ from typing import Annotated
 import typer
 
 from stepaudio_cli.commands import options
-from stepaudio_cli.defaults import (
-    ASK_MAX_NUM_SEQS,
-    DEFAULT_KEEP_ALIVE,
-    DEFAULT_MAX_MODEL_LEN,
-    DEFAULT_MAX_NUM_SEQS,
-    DEFAULT_MAX_TOKENS,
-    DEFAULT_TEMPERATURE,
-    DEFAULT_TIMEOUT,
-    DEFAULT_TOP_P,
-)
+from stepaudio_cli.defaults import ASK_MAX_NUM_SEQS, DEFAULT_MAX_NUM_SEQS
 from stepaudio_cli.errors import UserError
 
 
+@options.takes(
+    options.SAMPLING,
+    options.REASONING,
+    options.REMOTE,
+    options.ENGINE,
+    options.LONG_RECORDINGS,
+    options.JSON,
+    leave_out=("max_num_seqs",),  # derived: a small batch in-process, see below
+)
 def ask(
     ctx: typer.Context,
     inputs: Annotated[
         list[str],
         typer.Argument(help="Audio files (`-` reads one from stdin), then the question.", metavar="AUDIO... QUESTION"),
     ],
-    json_output: options.JsonOpt = False,
     hide_reasoning: Annotated[
         bool, typer.Option("--hide-reasoning", envvar="STEPAUDIO_HIDE_REASONING", help="Do not show the reasoning.")
     ] = False,
-    system: options.SystemOpt = None,
-    temperature: options.TemperatureOpt = DEFAULT_TEMPERATURE,
-    top_p: options.TopPOpt = DEFAULT_TOP_P,
-    max_tokens: options.MaxTokensOpt = DEFAULT_MAX_TOKENS,
-    seed: options.SeedOpt = None,
-    think_budget: options.ThinkBudgetOpt = None,
-    min_think: options.MinThinkOpt = None,
-    effort: options.EffortOpt = None,
-    no_think: options.NoThinkOpt = False,
-    server: options.ServerOpt = None,
-    api_key: options.ApiKeyOpt = None,
-    model: options.ModelOpt = None,
-    timeout: options.TimeoutOpt = DEFAULT_TIMEOUT,
-    max_model_len: options.MaxModelLenOpt = DEFAULT_MAX_MODEL_LEN,
-    tensor_parallel_size: options.TPOpt = None,
-    pipeline_parallel_size: options.PPOpt = 1,
-    distributed_executor_backend: options.ExecutorOpt = None,
-    gpu_memory_utilization: options.GpuMemOpt = None,
-    dtype: options.DtypeOpt = "auto",
-    quantization: options.QuantOpt = None,
-    kv_cache_dtype: options.KvCacheDtypeOpt = "auto",
-    load_format: options.LoadFormatOpt = "auto",
-    window: options.WindowOpt = None,
-    no_window: options.NoWindowOpt = False,
-    keep_alive: options.KeepAliveOpt = DEFAULT_KEEP_ALIVE,
 ) -> None:
     """Ask one question about one or more audio files; streams reasoning and answer."""
     from stepaudio_cli import ask as core
@@ -63,16 +37,17 @@ def ask(
     from stepaudio_cli.commands.download import offer_download
     from stepaudio_cli.resident import parse_keep_alive, session
 
+    json_output = ctx.params["json_output"]
     term = options.terminal(ctx)
     term.quiet = term.quiet or json_output  # stderr stays empty unless something fails
     if len(inputs) < 2:
         raise UserError('give at least one audio file and a question, e.g. stepaudio ask clip.wav "What is this?"')
     *sources, question = inputs
     think = options.thinking(ctx)
-    keep = parse_keep_alive(keep_alive)
+    keep = parse_keep_alive(ctx.params["keep_alive"])
     seqs = ASK_MAX_NUM_SEQS if keep == 0 else DEFAULT_MAX_NUM_SEQS  # a resident engine batch can share
     settings = options.engine_settings(ctx, max_num_seqs=seqs, thinking_processor=think.constrained)
-    request = core.prepare(sources, question, system, options.sampling(ctx), think)
+    request = core.prepare(sources, question, ctx.params["system"], options.sampling(ctx), think)
     windowing = options.windowing(ctx)
     if not settings.remote:
         offer_download(term, settings.model)

@@ -10,22 +10,13 @@ from typing import Annotated
 import typer
 
 from stepaudio_cli.commands import options
-from stepaudio_cli.defaults import (
-    DEFAULT_KEEP_ALIVE,
-    DEFAULT_MAX_MODEL_LEN,
-    DEFAULT_MAX_NUM_SEQS,
-    DEFAULT_MAX_TOKENS,
-    DEFAULT_TEMPERATURE,
-    DEFAULT_TIMEOUT,
-    DEFAULT_TOP_P,
-    DEFAULT_WAIT_SERVER,
-    SERVER_CONCURRENCY,
-)
+from stepaudio_cli.defaults import DEFAULT_WAIT_SERVER, SERVER_CONCURRENCY
 from stepaudio_cli.errors import UserError
 
 IO = "Input and output"
 
 
+@options.takes(options.SAMPLING, options.REASONING, options.REMOTE, options.ENGINE, options.LONG_RECORDINGS)
 def batch(
     ctx: typer.Context,
     inputs: Annotated[list[str], typer.Argument(help="Directories and/or audio files.", metavar="DIR_OR_FILES...")],
@@ -74,42 +65,16 @@ def batch(
         bool,
         typer.Option("--hide-reasoning", envvar="STEPAUDIO_HIDE_REASONING", help="Leave reasoning out of the results."),
     ] = False,
-    system: options.SystemOpt = None,
-    temperature: options.TemperatureOpt = DEFAULT_TEMPERATURE,
-    top_p: options.TopPOpt = DEFAULT_TOP_P,
-    max_tokens: options.MaxTokensOpt = DEFAULT_MAX_TOKENS,
-    seed: options.SeedOpt = None,
-    think_budget: options.ThinkBudgetOpt = None,
-    min_think: options.MinThinkOpt = None,
-    effort: options.EffortOpt = None,
-    no_think: options.NoThinkOpt = False,
-    server: options.ServerOpt = None,
-    api_key: options.ApiKeyOpt = None,
-    model: options.ModelOpt = None,
-    timeout: options.TimeoutOpt = DEFAULT_TIMEOUT,
     wait_server: Annotated[
         float,
         typer.Option(
             envvar="STEPAUDIO_WAIT_SERVER",
             min=0.0,
-            rich_help_panel=options.ENGINE,
+            rich_help_panel=options.ENGINE_PANEL,
             help="Seconds to wait for a server while none answers (--server); then the run stops "
             "and a rerun continues.",
         ),
     ] = DEFAULT_WAIT_SERVER,
-    max_model_len: options.MaxModelLenOpt = DEFAULT_MAX_MODEL_LEN,
-    max_num_seqs: options.MaxNumSeqsOpt = DEFAULT_MAX_NUM_SEQS,
-    tensor_parallel_size: options.TPOpt = None,
-    pipeline_parallel_size: options.PPOpt = 1,
-    distributed_executor_backend: options.ExecutorOpt = None,
-    gpu_memory_utilization: options.GpuMemOpt = None,
-    dtype: options.DtypeOpt = "auto",
-    quantization: options.QuantOpt = None,
-    kv_cache_dtype: options.KvCacheDtypeOpt = "auto",
-    load_format: options.LoadFormatOpt = "auto",
-    window: options.WindowOpt = None,
-    no_window: options.NoWindowOpt = False,
-    keep_alive: options.KeepAliveOpt = DEFAULT_KEEP_ALIVE,
 ) -> None:
     """Ask the same question about every audio file in directories; resumable JSONL/CSV results."""
     from stepaudio_cli import batch as core
@@ -119,7 +84,7 @@ def batch(
 
     term = options.terminal(ctx)
     question = _question(prompt, prompt_file)
-    keep = parse_keep_alive(keep_alive)
+    keep = parse_keep_alive(ctx.params["keep_alive"])
     thinking = options.thinking(ctx)
     settings = options.engine_settings(ctx, thinking_processor=thinking.constrained)
     if output is None:
@@ -134,7 +99,7 @@ def batch(
         raise UserError(f"no audio files found in {', '.join(inputs)}" + ("" if recursive else " (try --recursive)"))
     job = core.BatchJob(
         prompt=question,
-        system=system,
+        system=ctx.params["system"],
         sampling=options.sampling(ctx),
         thinking=thinking,
         concurrency=concurrency or settings.default_concurrency(),

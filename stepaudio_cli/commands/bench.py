@@ -8,10 +8,15 @@ from typing import Annotated
 import typer
 
 from stepaudio_cli.commands import options
-from stepaudio_cli.defaults import DEFAULT_MAX_MODEL_LEN, DEFAULT_MAX_NUM_SEQS, TYPICAL_ANSWER_TOKENS
+from stepaudio_cli.defaults import DEFAULT_MAX_NUM_SEQS, TYPICAL_ANSWER_TOKENS
 from stepaudio_cli.errors import UserError
 
 
+@options.takes(
+    options.ENGINE,
+    options.JSON,
+    only=("max_model_len", "tensor_parallel_size", "gpu_memory_utilization", "kv_cache_dtype", "json_output"),
+)
 def bench(
     ctx: typer.Context,
     model: Annotated[
@@ -25,7 +30,6 @@ def bench(
     ] = None,
     tiny: Annotated[bool, typer.Option("--tiny", help="The tiny test checkpoint (runs on a CPU).")] = False,
     seconds: Annotated[float, typer.Option(min=1.0, help="Clip length for time to first token and throughput.")] = 10.0,
-    max_model_len: options.MaxModelLenOpt = DEFAULT_MAX_MODEL_LEN,
     new_tokens: Annotated[int, typer.Option(min=2, help="Tokens per request in the decode and throughput runs.")] = 256,
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-c", min=1, help="Requests in flight for throughput.")
@@ -38,14 +42,11 @@ def bench(
         ),
     ] = None,
     runs: Annotated[int, typer.Option(min=1, help="Timed throughput runs (after a warm-up); the best counts.")] = 3,
-    tensor_parallel_size: options.TPOpt = None,
-    gpu_memory_utilization: options.GpuMemOpt = None,
-    kv_cache_dtype: options.KvCacheDtypeOpt = "auto",
-    json_output: options.JsonOpt = False,
 ) -> None:
     """Measure R1 on these GPUs: start time, KV-cache room, first token, decode speed, throughput."""
     from stepaudio_cli import bench as core
 
+    json_output, max_model_len = ctx.params["json_output"], ctx.params["max_model_len"]
     term = options.terminal(ctx)
     term.quiet = term.quiet or json_output
     chosen = quantization or ["bf16"]

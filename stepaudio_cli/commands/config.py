@@ -15,12 +15,12 @@ SECRET = {"api_key", "token"}
 
 
 @config_app.command("show")
+@options.takes(options.JSON)
 def show(
     ctx: typer.Context,
     command: Annotated[
         str, typer.Option("--command", "-c", help="Whose settings: a command's name (ask, batch, serve, ...).")
     ] = "ask",
-    json_output: options.JsonOpt = False,
 ) -> None:
     """Effective settings of a command: value and source (env, config file or default)."""
     from stepaudio_cli import config_file
@@ -47,7 +47,7 @@ def show(
         }.get(source, "default")
         shown = "***" if param.name in SECRET and value else value
         rows[f"--{param.name.replace('_', '-')}"] = {"value": shown, "source": where}
-    if json_output:
+    if ctx.params["json_output"]:
         term.print_json(rows)
     else:
         table = [(name, ["" if r["value"] is None else str(r["value"]), r["source"]]) for name, r in rows.items()]

@@ -7,17 +7,15 @@ from typing import Annotated
 import typer
 
 from stepaudio_cli.commands import options
-from stepaudio_cli.defaults import DEFAULT_MAX_MODEL_LEN, DEFAULT_MODEL, GPU_MEMORY_FRACTION
+from stepaudio_cli.defaults import DEFAULT_MODEL, GPU_MEMORY_FRACTION
 
 
+@options.takes(options.ENGINE, only=("max_model_len", "gpu_memory_utilization", "quantization"))
 def doctor(
     ctx: typer.Context,
     model: Annotated[
         str, typer.Option("--model", "-m", envvar="STEPAUDIO_MODEL", help="Path or repo id.")
     ] = DEFAULT_MODEL,
-    max_model_len: options.MaxModelLenOpt = DEFAULT_MAX_MODEL_LEN,
-    gpu_memory_utilization: options.GpuMemOpt = None,
-    quantization: options.QuantOpt = None,
 ) -> None:
     """What is installed, whether the model fits the GPUs, and what to do next."""
     from stepaudio_cli import doctor as core

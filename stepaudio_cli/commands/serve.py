@@ -8,10 +8,11 @@ from typing import Annotated
 import typer
 
 from stepaudio_cli.commands import options
-from stepaudio_cli.defaults import DEFAULT_MAX_NUM_SEQS, DEFAULT_MODEL
+from stepaudio_cli.defaults import DEFAULT_MODEL
 from stepaudio_cli.errors import UserError
 
 
+@options.takes(options.ENGINE)  # model (an argument), max_model_len and keep_alive are its own
 def serve(
     ctx: typer.Context,
     model: Annotated[
@@ -44,7 +45,7 @@ def serve(
         typer.Option(
             envvar="STEPAUDIO_MAX_MODEL_LEN",
             min=1024,
-            rich_help_panel=options.ENGINE,
+            rich_help_panel=options.ENGINE_PANEL,
             help="Context length (default: the most the KV cache holds, up to the model's maximum).",
         ),
     ] = None,
@@ -57,15 +58,6 @@ def serve(
             "(for clients that split the text themselves, like StepFun's own examples).",
         ),
     ] = False,
-    tensor_parallel_size: options.TPOpt = None,
-    pipeline_parallel_size: options.PPOpt = 1,
-    distributed_executor_backend: options.ExecutorOpt = None,
-    max_num_seqs: options.MaxNumSeqsOpt = DEFAULT_MAX_NUM_SEQS,
-    gpu_memory_utilization: options.GpuMemOpt = None,
-    dtype: options.DtypeOpt = "auto",
-    quantization: options.QuantOpt = None,
-    kv_cache_dtype: options.KvCacheDtypeOpt = "auto",
-    load_format: options.LoadFormatOpt = "auto",
     log_file: Annotated[Path | None, typer.Option(help="Where vLLM's log goes (default: the cache folder).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show vLLM's log on the terminal.")] = False,
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for /health.")] = 1800.0,
