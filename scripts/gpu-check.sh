@@ -7,7 +7,8 @@
 #                                       e.g. `bench fp8 --kv-cache-dtype fp8` (each well under 8 minutes on an H200)
 #   bash scripts/gpu-check.sh single    ask (streamed, --json), batch on 32 files
 #   bash scripts/gpu-check.sh serve     serve + the openai package (streaming, input_audio) + ask --server
-#   bash scripts/gpu-check.sh compare   benchmarks/batch_throughput.py --real-sizes (project path vs raw vLLM)
+#   bash scripts/gpu-check.sh compare   benchmarks/batch_throughput.py --real-sizes (project path vs raw vLLM, best of 3;
+#                                       then `bench bf16 --max-model-len 8192` in the same session: within 5%?)
 #   bash scripts/gpu-check.sh multi-tp  2 GPUs: ask -tp 2, serve -tp 2
 #   bash scripts/gpu-check.sh multi-pp  2 GPUs: serve -pp 2, and serve with Ray -tp 2 (kit with RAY=1)
 #   bash scripts/gpu-check.sh faults    a context the KV cache cannot hold; kill -9 of ask and of serve
@@ -82,7 +83,7 @@ case ${1:-} in
     ;;
   compare)
     step compare python3 benchmarks/batch_throughput.py --real-sizes --files 32 --seconds 10 --max-tokens 512 \
-      --temperature 0.7 --top-p 0.9 --max-model-len 8192 --sequential-files 2 --repeat 1 --warmup 4
+      --temperature 0.7 --top-p 0.9 --max-model-len 8192 --sequential-files 2 --repeat 3 --warmup 4
     ;;
   multi-tp)
     nvidia-smi -L
