@@ -44,6 +44,17 @@ TEXT_KEYS = {
     "rope_theta": "StepFun's code assumes 1000000.0",
     "max_position_embeddings": "StepFun's code assumes 8192",
 }
+#: The text model's linear layers in each decoder layer, as checkpoints name them
+#: (``model.layers.N.`` + name).
+TEXT_LINEARS = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
 #: Optional text keys that are copied through when present.
 TEXT_OPTIONAL = (
     "rms_norm_eps",
@@ -217,7 +228,30 @@ def check_checkpoint(path: Path, *, weights: bool = True) -> dict:
                 f"{path}: incomplete model folder: {problems[0]}{more}; "
                 "`stepaudio download --check` says what to fetch, and a rerun of `stepaudio download` completes it"
             )
+        missing = missing_text_layers(config, tensor_names(path))
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise UserError(
+                f"{path}: the weights have no tensor for {missing[0]}{more}: vLLM would load the model "
+                "with random values there and answer nonsense (a broken conversion?)"
+            )
     return config
+
+
+def missing_text_layers(config: dict, names: set[str]) -> list[str]:
+    """The text model's linear layers (and ``lm_head`` unless tied) with no tensor among
+    ``names``. vLLM's own check of an unquantized model's weights skips its linear layers.
+    Any tensor under a layer's name counts: pre-quantized forms store ``weight_packed``,
+    ``weight_scale`` and the like instead of ``weight``."""
+    text = text_config(config)
+    n = text["num_hidden_layers"]
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        return []  # vLLM refuses such a config with its own message
+    layers = [f"model.layers.{i}.{name}" for i in range(n) for name in TEXT_LINEARS]
+    if not text.get("tie_word_embeddings"):
+        layers.append("lm_head")
+    present = {name.rsplit(".", 1)[0] for name in names}
+    return [layer for layer in layers if layer not in present]
 
 
 WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -227,19 +261,9 @@ def weight_problems(path: Path) -> list[str]:
     """What is missing or incomplete among a folder's weights: every shard that
     ``model.safetensors.index.json`` names (else every ``*.safetensors``) must exist, with a
     header that parses and data as long as the header says."""
-    index = path / WEIGHTS_INDEX
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_bytes()).get("weight_map")
-            shards = sorted(set(weight_map.values()))
-            if not shards or not all(isinstance(s, str) for s in shards):
-                raise ValueError("no shard names")
-        except (OSError, ValueError, AttributeError) as e:
-            return [f"{WEIGHTS_INDEX}: unreadable ({e})"]
-    else:
-        shards = sorted(p.name for p in path.glob("*.safetensors"))
-        if not shards:
-            return ["no weights (*.safetensors)"]
+    shards = _shards(path)
+    if isinstance(shards, str):
+        return [shards]
     problems = []
     for shard in shards:
         issue = safetensors_problem(path / shard)
@@ -248,28 +272,56 @@ def weight_problems(path: Path) -> list[str]:
     return problems
 
 
+def tensor_names(path: Path) -> set[str]:
+    """The names of the tensors in a folder's shards (whole ones: see :func:`weight_problems`)."""
+    shards = _shards(path)
+    return set() if isinstance(shards, str) else {name for s in shards for name in _safetensors_header(path / s)[0]}
+
+
+def _shards(path: Path) -> list[str] | str:
+    """The shard files of a folder's weights, or what is wrong with their list."""
+    index = path / WEIGHTS_INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_bytes()).get("weight_map")
+            shards = sorted(set(weight_map.values()))
+            if not shards or not all(isinstance(s, str) for s in shards):
+                raise ValueError("no shard names")
+        except (OSError, ValueError, AttributeError) as e:
+            return f"{WEIGHTS_INDEX}: unreadable ({e})"
+        return shards
+    return sorted(p.name for p in path.glob("*.safetensors")) or "no weights (*.safetensors)"
+
+
 def safetensors_problem(path: Path) -> str | None:
     """Why a safetensors file is incomplete or broken, or None. Reads its 8-byte header length
     and JSON header only."""
+    return _safetensors_header(path)[1]
+
+
+def _safetensors_header(path: Path) -> tuple[dict, str | None]:
+    """A safetensors file's tensors (name -> dtype, shape, offsets) from its header, and why the
+    file is incomplete or broken (None: whole)."""
     import struct
 
     if not path.is_file():
-        return "missing"
+        return {}, "missing"
     size = path.stat().st_size
     try:
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
             if n > size - 8:
-                return "truncated header"
+                return {}, "truncated header"
             header = json.loads(f.read(n))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+        end = max((v["data_offsets"][1] for v in tensors.values()), default=0)
         if not isinstance(end, int):
             raise TypeError(end)
     except (OSError, ValueError, struct.error, AttributeError, KeyError, IndexError, TypeError):
-        return "not a safetensors file"
+        return {}, "not a safetensors file"
     if size != 8 + n + end:
-        return f"size {size} bytes, expected {8 + n + end} (incomplete download?)"
-    return None
+        return tensors, f"size {size} bytes, expected {8 + n + end} (incomplete download?)"
+    return tensors, None
 
 
 class TokenIds:

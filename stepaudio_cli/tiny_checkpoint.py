@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stepaudio_cli.checkpoint import TEXT_LINEARS
+
 VOCAB_SIZE = 158_720
 SPECIAL_TOKENS = {
     "<|endoftext|>": 151643,
@@ -218,15 +220,6 @@ W4A16_CONFIG = {
         }
     },
 }
-_LLM_LINEARS = (
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-)
 
 
 def w4a16_pack(weight: np.ndarray, group: int = W4A16_GROUP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -252,7 +245,7 @@ def w4a16_checkpoint_tensors(tensors: dict[str, np.ndarray]) -> dict[str, np.nda
     out = {}
     for name, value in tensors.items():
         base = name.removesuffix(".weight")
-        if name.endswith(".weight") and base.startswith("model.layers.") and base.endswith(_LLM_LINEARS):
+        if name.endswith(".weight") and base.startswith("model.layers.") and base.endswith(TEXT_LINEARS):
             packed, scale, _ = w4a16_pack(value)
             out[base + ".weight_packed"] = packed
             out[base + ".weight_scale"] = scale

@@ -102,6 +102,37 @@ def test_every_shard_the_index_names_is_checked(weightless):
         check_checkpoint(weightless)
 
 
+@pytest.mark.parametrize("dropped", ["model.layers.1.mlp.down_proj.weight", "lm_head.weight"])
+def test_a_linear_layer_without_weights_is_refused_before_vllm_loads_it(ckpt, tmp_path, dropped):
+    """vLLM's own check skips linear layers: it would load random values there and answer
+    nonsense. Every shard is whole here; one layer's tensor is just not in them."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = tmp_path / "converted"
+    shutil.copytree(ckpt, folder)
+    tensors = load_file(folder / "model.safetensors")
+    del tensors[dropped]
+    save_file(tensors, str(folder / "model.safetensors"))
+    assert weight_problems(folder) == []
+    clip = write_wav(tmp_path / "a.wav", tone(1.0))
+    result = runner.invoke(app, ["ask", "--keep-alive", "0", "--model", str(folder), str(clip), "Q?"])
+    assert result.exit_code == 2, result.stderr
+    layer = dropped.rsplit(".", 1)[0]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {folder}: the weights have no tensor for {layer}: vLLM would load the model with random "
+        "values there and answer nonsense (a broken conversion?)"
+    )
+    # Tied embeddings: lm_head is the embedding, no tensor of its own.
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"]["tie_word_embeddings"] = True
+    (folder / "config.json").write_text(json.dumps(config))
+    if dropped == "lm_head.weight":
+        assert check_checkpoint(folder)
+    else:
+        with pytest.raises(UserError, match=layer):
+            check_checkpoint(folder)
+
+
 @pytest.mark.parametrize("header", [[1, 2], {"w": 5}, {"w": {"data_offsets": "x"}}, {"w": {"data_offsets": [0, "9"]}}])
 def test_a_hostile_safetensors_header_is_a_problem_not_a_crash(tmp_path, header):
     _safetensors(tmp_path / "x.safetensors", 0, header=header)
