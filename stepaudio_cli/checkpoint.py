@@ -233,7 +233,7 @@ def check_checkpoint(path: Path, *, weights: bool = True) -> dict:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise UserError(
                 f"{path}: the weights have no tensor for {missing[0]}{more}: vLLM would load the model "
-                "with random values there and answer nonsense (a broken conversion?)"
+                "with uninitialised values there and answer nonsense (a broken conversion?)"
             )
     return config
 

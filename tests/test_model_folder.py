@@ -104,7 +104,7 @@ def test_every_shard_the_index_names_is_checked(weightless):
 
 @pytest.mark.parametrize("dropped", ["model.layers.1.mlp.down_proj.weight", "lm_head.weight"])
 def test_a_linear_layer_without_weights_is_refused_before_vllm_loads_it(ckpt, tmp_path, dropped):
-    """vLLM's own check skips linear layers: it would load random values there and answer
+    """vLLM's own check skips linear layers: it would leave them uninitialised and answer
     nonsense. Every shard is whole here; one layer's tensor is just not in them."""
     from safetensors.numpy import load_file, save_file
 
@@ -119,7 +119,7 @@ def test_a_linear_layer_without_weights_is_refused_before_vllm_loads_it(ckpt, tm
     assert result.exit_code == 2, result.stderr
     layer = dropped.rsplit(".", 1)[0]
     assert result.stderr.strip().splitlines()[-1] == (
-        f"error: {folder}: the weights have no tensor for {layer}: vLLM would load the model with random "
+        f"error: {folder}: the weights have no tensor for {layer}: vLLM would load the model with uninitialised "
         "values there and answer nonsense (a broken conversion?)"
     )
     # Tied embeddings: lm_head is the embedding, no tensor of its own.
