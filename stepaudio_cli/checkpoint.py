@@ -221,14 +221,14 @@ def check_checkpoint(path: Path, *, weights: bool = True) -> dict:
     except ConfigError as e:
         raise UserError(str(e)) from None
     if weights:
-        problems = weight_problems(path)
+        problems, names = _read_weights(path)
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise UserError(
                 f"{path}: incomplete model folder: {problems[0]}{more}; "
                 "`stepaudio download --check` says what to fetch, and a rerun of `stepaudio download` completes it"
             )
-        missing = missing_text_layers(config, tensor_names(path))
+        missing = missing_text_layers(config, names)
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise UserError(
@@ -261,21 +261,22 @@ def weight_problems(path: Path) -> list[str]:
     """What is missing or incomplete among a folder's weights: every shard that
     ``model.safetensors.index.json`` names (else every ``*.safetensors``) must exist, with a
     header that parses and data as long as the header says."""
+    return _read_weights(path)[0]
+
+
+def _read_weights(path: Path) -> tuple[list[str], set[str]]:
+    """:func:`weight_problems`, and the names of the tensors the shards' headers list (each
+    header read once)."""
     shards = _shards(path)
     if isinstance(shards, str):
-        return [shards]
-    problems = []
+        return [shards], set()
+    problems, names = [], set()
     for shard in shards:
-        issue = safetensors_problem(path / shard)
+        tensors, issue = _safetensors_header(path / shard)
+        names.update(tensors)
         if issue:
             problems.append(f"{shard}: {issue}")
-    return problems
-
-
-def tensor_names(path: Path) -> set[str]:
-    """The names of the tensors in a folder's shards (whole ones: see :func:`weight_problems`)."""
-    shards = _shards(path)
-    return set() if isinstance(shards, str) else {name for s in shards for name in _safetensors_header(path / s)[0]}
+    return problems, names
 
 
 def _shards(path: Path) -> list[str] | str:
