@@ -73,6 +73,10 @@ class AudioRoom:
                 self._waiting.remove(waiter)
         self.used += n
 
+    def add(self, n: int) -> None:
+        """Count ``n`` bytes already in memory, room or not (the next takers wait for them)."""
+        self.used += n
+
     def give(self, n: int) -> None:
         self.used -= n
         for waiter in self._waiting:  # each checks again whether it fits now
@@ -94,7 +98,7 @@ class Held:
     def keep(self, n: int) -> None:
         """Hold ``n`` bytes from now on (what the decoded audio takes, once decoding is over)."""
         if n > self.n:
-            self.room.used += n - self.n  # already decoded: it is in memory, room or not
+            self.room.add(n - self.n)
         else:
             self.room.give(self.n - n)
         self.n = n

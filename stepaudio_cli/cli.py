@@ -84,7 +84,9 @@ def _stdout_reader_gone() -> bool:
         poller.register(fd, select.POLLOUT)
         gone = any(events & select.POLLERR for _, events in poller.poll(0))
         if gone:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
     except (OSError, ValueError, AttributeError):  # no real stdout (captured, closed)
         return False
     return gone
