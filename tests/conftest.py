@@ -56,6 +56,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def serve_command(ckpt: Path, port: int, max_model_len: int = 4096) -> list[str]:
+    """`stepaudio serve` of ``ckpt`` on loopback ``port``, as a user would type it."""
+    return [
+        sys.executable, "-m", "stepaudio_cli", "serve", str(ckpt), "--port", str(port),
+        "--max-model-len", str(max_model_len),
+    ]  # fmt: skip
+
+
 class ServerProcess:
     """A real server process on 127.0.0.1, stopped (with its children) at the end."""
 
@@ -183,17 +191,7 @@ def clip(tmp_path_factory) -> Path:
 def vllm_server(scripted_ckpt, tmp_path_factory):
     """vLLM's own OpenAI server on CPU with this project's plugin, template and parser."""
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "stepaudio_cli",
-        "serve",
-        str(scripted_ckpt),
-        "--port",
-        str(port),
-        "--max-model-len",
-        "4096",
-    ]
+    cmd = serve_command(scripted_ckpt, port)
     # The key from the environment, as users are told to pass it: it never shows in argv.
     server = ServerProcess(
         cmd, port, tmp_path_factory.mktemp("server") / "server.log", env={"STEPAUDIO_API_KEY": "sekret"}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import SCRIPT, ServerProcess, free_port, tone, write_wav
+from conftest import SCRIPT, ServerProcess, free_port, serve_command, tone, write_wav
 from typer.testing import CliRunner
 
 from stepaudio_cli.cli import app
@@ -84,18 +84,7 @@ class Servers:
 
     def start(self, port: int | None = None) -> ServerProcess:
         port = port or free_port()
-        cmd = [
-            sys.executable,
-            "-m",
-            "stepaudio_cli",
-            "serve",
-            str(self.ckpt),
-            "--port",
-            str(port),
-            "--max-model-len",
-            "4096",
-        ]
-        server = ServerProcess(cmd, port, self.tmp / f"serve-{port}-{len(self.procs)}.log")
+        server = ServerProcess(serve_command(self.ckpt, port), port, self.tmp / f"serve-{port}-{len(self.procs)}.log")
         self.procs[port] = server
         return server
 

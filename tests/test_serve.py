@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import SCRIPT, ServerProcess, free_port
+from conftest import SCRIPT, ServerProcess, free_port, serve_command
 from typer.testing import CliRunner
 
 from stepaudio_cli import serve as core
@@ -119,18 +119,7 @@ def test_command_carries_the_model_settings(gpus, tp, pp, expect_tp, tmp_path):
 
 def test_sigterm_stops_every_process(scripted_ckpt, tmp_path):
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "stepaudio_cli",
-        "serve",
-        str(scripted_ckpt),
-        "--port",
-        str(port),
-        "--max-model-len",
-        "2048",
-    ]
-    server = ServerProcess(cmd, port, tmp_path / "serve.log")
+    server = ServerProcess(serve_command(scripted_ckpt, port, max_model_len=2048), port, tmp_path / "serve.log")
     try:
         server.wait_healthy()
         deadline = time.monotonic() + 30  # stepaudio polls /health too, and then says so

@@ -407,46 +407,14 @@ def test_ask_in_process_answers_a_long_recording_in_windows(scripted_ckpt, tmp_p
 def test_batch_against_a_server_answers_long_files_in_windows(vllm_server, tmp_path):
     write_wav(tmp_path / "long.wav", recording(120.0))
     out = tmp_path / "r.jsonl"
-    result = runner.invoke(
-        app,
-        [
-            "batch",
-            str(tmp_path / "long.wav"),
-            "-p",
-            "Q",
-            "-s",
-            vllm_server.url,
-            "--api-key",
-            "sekret",
-            "-o",
-            str(out),
-            "--max-tokens",
-            "64",
-        ],
-    )
+    args = ["batch", str(tmp_path / "long.wav"), "-p", "Q", "-s", vllm_server.url, "--api-key", "sekret"]
+    args += ["-o", str(out), "--max-tokens", "64"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.stderr
     (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
     # 4096 tokens less a 64-token reserve hold 12 chunks: --max-tokens sets how long windows are.
     assert rec["windows"] is None
-    result = runner.invoke(
-        app,
-        [
-            "batch",
-            str(tmp_path / "long.wav"),
-            "-p",
-            "Q",
-            "-s",
-            vllm_server.url,
-            "--api-key",
-            "sekret",
-            "-o",
-            str(out),
-            "--max-tokens",
-            "64",
-            "--window",
-            "50s",
-        ],
-    )
+    result = runner.invoke(app, [*args, "--window", "50s"])
     assert result.exit_code == 0, result.stderr
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(recs) == 1  # one record per file: the windowed run replaced the first
