@@ -180,18 +180,19 @@ def run(model: str, max_model_len: int, util: float, quantization: str | None = 
 
 def _resident_engines(r: Report) -> None:
     """The engines kept loaded (`stepaudio ps`): they hold GPU memory a new engine may need."""
-    from stepaudio_cli import resident
+    from stepaudio_cli import ps_view
     from stepaudio_cli.errors import UserError
+    from stepaudio_cli.resident import registry, status
 
     try:
-        rows = resident.status_rows(resident.read_entries())
+        statuses = status.statuses(registry.read_entries())
     except UserError as e:
         r.add("resident engines", e.message, False)
         return
-    for row in rows:
-        r.add(
-            "loaded",
-            f"{row['model']} ({row['settings']}) at {row['address']}, GPU {row['gpu']}, stops in {row['stops']}",
-        )
-    if rows:
-        r.next_steps.append("stepaudio stop --all   (frees the GPU memory the loaded models hold)")
+    for s in statuses:
+        r.add("loaded", ps_view.one_line(s))
+    if any(s.entry.kind == "resident" for s in statuses):
+        r.next_steps.append("stepaudio stop --all   (frees the GPU memory the resident engines hold)")
+    for s in statuses:
+        if s.entry.kind == "serve":
+            r.next_steps.append(f"stepaudio stop {s.entry.id}   (your own `stepaudio serve`, pid {s.entry.pid})")

@@ -121,11 +121,9 @@ class LocalEngine(Engine):
                 raise UserError(
                     "this engine was started without the reasoning-length processor (thinking_processor=True)"
                 )
-            from stepaudio_cli.vllm_plugin.logits_processor import EXTRA_ARGS_KEY
+            from stepaudio_cli.vllm_plugin import thinking_args
 
-            tok = self._tokens
-            spec = {"end_ids": tok.think_end, "stop_ids": tok.stop, "budget": t.budget, "min": t.min_tokens}
-            extra = {EXTRA_ARGS_KEY: spec}
+            extra = thinking_args(t.budget, t.min_tokens)
         params = SamplingParams(
             temperature=s.temperature,
             top_p=s.top_p,
