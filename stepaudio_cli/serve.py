@@ -194,7 +194,6 @@ class VllmServerProcess:
         env = dict(os.environ)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env["PYTHONSAFEPATH"] = "1"  # vLLM's own Python children keep the caller's folder off their path too
-        env.pop("VLLM_API_KEY", None)
         if api_key:
             env["VLLM_API_KEY"] = api_key
         self._log = None if passthrough else open(log_path, "ab")

@@ -127,7 +127,11 @@ def _spawn(settings: EngineSettings, entry_id: str, keep_alive: float | None) ->
     engine = replace(settings, model=absolute_model(settings.model))
     spec = Spec(id=entry_id, token=token, engine=engine, keep_alive=keep_alive, log=str(log))
     # Nothing of the user's settings travels but the spec: no STEPAUDIO_* variable, no key.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STEPAUDIO_") or k == "STEPAUDIO_DEBUG"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if (not k.startswith("STEPAUDIO_") or k == "STEPAUDIO_DEBUG") and k != "VLLM_API_KEY"
+    }
     env[registry.MARKER_ENV] = token
     if env.get("PYTHONPATH"):  # it runs from /, so that it pins no folder
         env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p)

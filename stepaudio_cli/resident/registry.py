@@ -177,7 +177,7 @@ def remove(entry_id: str) -> None:
 def read_entries(warn: Warn | None = None, clean: bool = True) -> list[Entry]:
     """Every engine whose process is provably the one its entry names; entries whose process is
     gone are removed (``clean``); files that are not valid entries are skipped, each with one
-    ``warn`` line."""
+    ``warn`` line. An entry naming a live process without our marker is neither listed nor trusted."""
     found = []
     for path in sorted(folder().iterdir()):
         name = path.name
@@ -192,8 +192,8 @@ def read_entries(warn: Warn | None = None, clean: bool = True) -> list[Entry]:
             continue
         if entry.is_ours():
             found.append(entry)
-        elif clean:
-            remove(entry.id)  # its process is gone (or the pid now names another process)
+        elif clean and processes.start_time(entry.pid) != entry.pid_started:
+            remove(entry.id)  # its process is gone (the pid is free, or names a later process)
     return found
 
 
