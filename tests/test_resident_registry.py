@@ -227,3 +227,21 @@ def test_a_model_that_is_not_there_is_refused_before_anything_starts(clip, tmp_p
         assert result.exit_code == 2, result.stderr
         assert "someone/not-here" in result.stderr and "stepaudio download" in result.stderr
         assert list(registry.folder().iterdir()) == []  # no engine started, nothing registered
+
+
+def test_in_process_start_short_of_memory_names_the_resident_engine_holding_it(ckpt):
+    from stepaudio_cli.errors import EngineError
+    from stepaudio_cli.resident import session
+
+    holder = subprocess.Popen(["sleep", "60"], env={**os.environ, registry.MARKER_ENV: TOKEN})
+    try:
+        time.sleep(0.2)
+        write("0123456789ab.json", entry_data(holder.pid))
+        with pytest.raises(EngineError) as caught:
+            with session(EngineSettings(model=str(ckpt)), 0, lambda text: None):
+                raise EngineError(f"{ckpt}: vLLM could not start the model: ValueError: Available memory 0.2 GiB")
+        (line,) = caught.value.message.splitlines()
+        assert "Available memory" in line and "stepaudio stop 0123456789ab" in line and "fake/model" in line
+    finally:
+        holder.kill()
+        holder.wait()
