@@ -32,6 +32,7 @@ from stepaudio_cli.errors import UserError
 from stepaudio_cli.server_activity import RequestActivity
 from stepaudio_cli.vllm_log import explain, log_size, read_since
 from stepaudio_cli.vllm_plugin import RAW_REASONING_PARSER, REASONING_PARSER
+from stepaudio_cli.vllm_plugin.route_guard import MIDDLEWARE as ROUTE_GUARD
 from stepaudio_cli.watchdog import Watchdog
 
 CHAT_TEMPLATE = Path(__file__).parent / "vllm_plugin" / "chat_template.jinja"
@@ -138,6 +139,8 @@ def build_command(opts: ServeOptions, model_path: Path, n_gpus: int) -> list[str
         # none gets all the room the context leaves (reasoning can run to tens of thousands).
         "--override-generation-config",
         json.dumps({"temperature": DEFAULT_TEMPERATURE, "top_p": DEFAULT_TOP_P}),
+        "--middleware",  # the key on every route but /health, not only vLLM's /v1
+        ROUTE_GUARD,
         *(["--uds", opts.uds] if opts.uds else []),
         *opts.extra,  # the API key goes through the environment (VllmServerProcess), never argv
     ]
