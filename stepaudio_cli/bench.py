@@ -9,9 +9,10 @@ floor, and throughput with N requests in flight. ``tiny=True`` runs the same cod
 tiny test checkpoint (how CI exercises it on a CPU).
 
 Decode is measured with the official sampling, as ``ask`` and ``batch`` send it: on a CPU,
-sampling top-p over the 158k-token vocabulary is most of a token's time (greedy decode of the
-tiny model was 4.3 ms/token on a 2-core box, sampled 15-20 ms, what ``ask`` saw), so a greedy
-figure overstated what users get. Sizes left unset (None) follow the device: on a CPU, a
+top-p over the 158k-token vocabulary is most of a token's time. The tiny model on a 2-core box,
+256 tokens: greedy 3.5 ms/token, temperature alone 4.3, temperature and top-p 13.5 in-process;
+through ``serve`` 16.2 ms (``ask --server`` said 61 tok/s): the rest is the server's HTTP
+streaming and detokenizing, on the same cores. Sizes left unset (None) follow the device: on a CPU, a
 lighter load (:data:`CPU_LOAD`) than a GPU's; :func:`plan` says up front what will run and
 roughly how long.
 
@@ -66,7 +67,7 @@ GPU_LOAD = {"concurrency": DEFAULT_MAX_NUM_SEQS, "new_tokens": 256, "runs": 3}
 CPU_LOAD = {"concurrency": 4, "new_tokens": 128, "runs": 1}
 #: Rough costs for the up-front estimate: engine start (a GPU's first start compiles), seconds
 #: a token of one request's decode, seconds a token of the batch (CPU: this 2-core box).
-COST = {"cpu": (30.0, 0.015, 0.015), "gpu": (120.0, 0.025, 0.001)}
+COST = {"cpu": (35.0, 0.014, 0.012), "gpu": (120.0, 0.025, 0.001)}
 WARM_UP_TOKENS = 32  # per request, the untimed batch before the throughput runs
 
 

@@ -173,7 +173,7 @@ def test_bench_says_first_what_it_runs_and_labels_hours_by_its_device(monkeypatc
     assert result.exit_code == 0, result.stderr
     assert result.stderr.splitlines()[0].startswith(first)
     assert per_hour in result.stdout and "GPU-hour" not in result.stdout.replace(per_hour, "")
-    assert "decode, 1 request (official sampling)" in result.stdout
+    assert "decode, 1 request (official sampling, in-process)" in result.stdout
     (settings,) = ran
     sizes = (4, 128, 1) if not gpus else (32, 256, 3)
     assert (settings.concurrency, settings.new_tokens, settings.runs) == sizes

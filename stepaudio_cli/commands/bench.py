@@ -77,7 +77,7 @@ def bench(
             term.print_json(r.as_dict())
         return
     term.table(
-        f"Step-Audio-R1 on {results[0].device} "
+        f"Step-Audio-R1 on {'the CPU' if results[0].device == 'cpu' else results[0].device} "
         f"({'tiny test model' if tiny else model or 'real sizes, random weights'})",
         [
             ("engine start", [f"{r.engine_start_s:.1f} s" for r in results]),
@@ -87,7 +87,7 @@ def bench(
                 f"first token, {seconds:g} s clip ({results[0].prompt_tokens} prompt tokens)",
                 [f"{r.ttft_s * 1000:.0f} ms" for r in results],
             ),
-            ("decode, 1 request (official sampling)", [_decode(r) for r in results]),
+            ("decode, 1 request (official sampling, in-process)", [_decode(r) for r in results]),
             (
                 f"throughput, {results[0].concurrency} requests (best of {len(results[0].throughput_runs_tok_s)})",
                 [f"{r.throughput_tok_s:,.0f} tok/s" for r in results],
