@@ -8,6 +8,14 @@ to first token for a clip, batch-1 decode speed against the card's weight-bandwi
 floor, and throughput with N requests in flight. ``tiny=True`` runs the same code on the
 tiny test checkpoint (how CI exercises it on a CPU).
 
+Decode is measured with the official sampling, as ``ask`` and ``batch`` send it: on a CPU,
+top-p over the 158k-token vocabulary is most of a token's time. The tiny model on a 2-core box,
+256 tokens: greedy 3.5 ms/token, temperature alone 4.3, temperature and top-p 13.5 in-process;
+through ``serve`` 16.2 ms (``ask --server`` said 61 tok/s): the rest is the server's HTTP
+streaming and detokenizing, on the same cores. Sizes left unset (None) follow the device: on a CPU, a
+lighter load (:data:`CPU_LOAD`) than a GPU's; :func:`plan` says up front what will run and
+roughly how long.
+
 Throughput is measured the way ``batch`` runs: the official sampling with no per-request
 seed (a seeded request makes vLLM sample it on its own), after a warm-up of the same batch
 shape, best of ``runs``. From it and the decode speed come the numbers users plan with:
@@ -47,10 +55,86 @@ class BenchSettings:
     model: str | None = None  # a checkpoint; None: real sizes, random weights
     tiny: bool = False  # the tiny test checkpoint instead of the real sizes
     seconds: float = 10.0  # the clip for time to first token and the throughput requests
-    new_tokens: int = 256  # per request, decode and throughput runs
-    concurrency: int = DEFAULT_MAX_NUM_SEQS
+    new_tokens: int | None = None  # per request, decode and throughput runs (None: the device's)
+    concurrency: int | None = None  # requests in flight for throughput (None: the device's)
     quantizations: tuple[str | None, ...] = (None,)
-    runs: int = 3  # timed throughput runs; the best counts
+    runs: int | None = None  # timed throughput runs; the best counts (None: the device's)
+
+
+#: The load a GPU is measured under, and the lighter one on a CPU (a CPU samples each request's
+#: tokens one after the other: 32 requests x 256 tokens x 4 runs took 6 minutes on 2 cores).
+GPU_LOAD = {"concurrency": DEFAULT_MAX_NUM_SEQS, "new_tokens": 256, "runs": 3}
+CPU_LOAD = {"concurrency": 4, "new_tokens": 128, "runs": 1}
+#: Rough costs for the up-front estimate: engine start (a GPU's first start compiles), seconds
+#: a token of one request's decode, seconds a token of the batch (CPU: this 2-core box).
+COST = {"cpu": (35.0, 0.014, 0.012), "gpu": (120.0, 0.025, 0.001)}
+WARM_UP_TOKENS = 32  # per request, the untimed batch before the throughput runs
+
+
+@dataclass(frozen=True)
+class Plan:
+    device: str  # "CPU", or the GPU's short name ("H100")
+    settings: BenchSettings  # every size set
+    estimate_s: float
+    lighter: bool  # the CPU's lighter load was chosen for sizes left unset
+
+    def describe(self) -> str:
+        """One line: what will run, where, and roughly how long."""
+        s = self.settings
+        what = (
+            "the tiny test model" if s.tiny else s.model or "R1's real sizes with random weights (nothing downloaded)"
+        )
+        forms = ", ".join(q or "bf16" for q in s.quantizations)
+        load = (
+            f"engine start, first token for a {s.seconds:g} s clip, a {s.new_tokens}-token decode, "
+            f"{s.concurrency} requests of {s.new_tokens} tokens in flight (a warm-up, then "
+            f"{s.runs} timed run{'s' if s.runs != 1 else ''})"
+        )
+        lighter = (
+            f"; lighter than a GPU's {GPU_LOAD['concurrency']} x {GPU_LOAD['new_tokens']} tokens, best of "
+            f"{GPU_LOAD['runs']} (--concurrency, --new-tokens, --runs)"
+            if self.lighter
+            else ""
+        )
+        minutes = self.estimate_s / 60
+        rough = f"about {self.estimate_s:.0f} s" if minutes < 1.5 else f"about {minutes:.0f} min"
+        return f"Benchmarking {what}, {forms}, on the {self.device}: {load}{lighter}. This takes {rough}."
+
+
+def device_label(name: str) -> str:
+    """A device as per-hour figures name it: "CPU", or the GPU's model ("NVIDIA H100 80GB HBM3"
+    -> "H100", "NVIDIA GeForce RTX 4090" -> "RTX 4090", "NVIDIA A100-SXM4-80GB" -> "A100")."""
+    if name.lower() == "cpu":
+        return "CPU"
+    words = [w for w in name.replace("-", " ").split() if w not in ("NVIDIA", "GeForce", "Tesla")]
+    kept = []
+    for word in words:
+        kept.append(word)
+        if any(c.isdigit() for c in word):
+            break
+    return " ".join(kept) or "GPU"
+
+
+def plan(settings: BenchSettings) -> Plan:
+    """``settings`` with the device's load for sizes left unset, and what that will take."""
+    from stepaudio_cli import gpus
+
+    visible = gpus.visible()
+    kind = "gpu" if visible else "cpu"
+    load = GPU_LOAD if visible else CPU_LOAD
+    unset = {k: v for k, v in load.items() if getattr(settings, k) is None}
+    settings = dataclasses.replace(settings, **unset)
+    start, decode, batch = COST[kind]
+    batch_tokens = settings.concurrency * (
+        min(settings.new_tokens, WARM_UP_TOKENS) + settings.runs * settings.new_tokens
+    )
+    per_form = start + settings.new_tokens * decode + batch_tokens * batch
+    return Plan(
+        device_label(visible[0].name) if visible else "CPU",
+        settings,
+        per_form * len(settings.quantizations),
+        lighter=not visible and bool(unset),
+    )
 
 
 @dataclass
@@ -70,7 +154,7 @@ class BenchResult:
     throughput_runs_tok_s: list[float]
     typical_answer_s: float  # first token + TYPICAL_ANSWER_TOKENS x decode, one request
     batch_slots: int  # requests in flight for batch at typical length: max_num_seqs, or what the KV cache holds
-    clips_per_gpu_hour: float  # batch at typical length, per GPU
+    clips_per_device_hour: float  # batch at typical length, per GPU (on a machine without one: the CPU)
     start_phases_s: dict[str, float]  # what vLLM's log says the start spent its time on
 
     def as_dict(self) -> dict:
@@ -164,6 +248,7 @@ def clip(seconds: float) -> Audio:
 async def run(settings: BenchSettings, on_status: Callable[[str], None] = lambda s: None) -> list[BenchResult]:
     from stepaudio_cli.engines import collect, make_engine
 
+    settings = plan(settings).settings
     device, bandwidth = copy_bandwidth()
     results = []
     with tempfile.TemporaryDirectory(prefix="stepaudio-bench-") as tmp:
@@ -208,8 +293,8 @@ async def run(settings: BenchSettings, on_status: Callable[[str], None] = lambda
                 first = await collect(
                     engine, Request((audio,), "What is happening?", sampling=greedy, fixed_length=True)
                 )
-                on_status(f"{label}: batch-1 decode ({settings.new_tokens} tokens)")
-                long = Sampling(temperature=0.0, top_p=1.0, max_tokens=settings.new_tokens)
+                on_status(f"{label}: batch-1 decode ({settings.new_tokens} tokens, official sampling)")
+                long = Sampling(max_tokens=settings.new_tokens)  # as ask sends it
                 one = await collect(engine, Request((audio,), "What is happening?", sampling=long, fixed_length=True))
                 runs = await _throughput(
                     engine,
@@ -248,7 +333,7 @@ async def run(settings: BenchSettings, on_status: Callable[[str], None] = lambda
                     throughput_runs_tok_s=[round(r, 1) for r in runs],
                     typical_answer_s=round(ttft + TYPICAL_ANSWER_TOKENS * decode_ms / 1000, 1),
                     batch_slots=slots,
-                    clips_per_gpu_hour=round(3600 * per_gpu / TYPICAL_ANSWER_TOKENS, 1),
+                    clips_per_device_hour=round(3600 * per_gpu / TYPICAL_ANSWER_TOKENS, 1),
                     start_phases_s=phases,
                 )
             )
@@ -268,7 +353,7 @@ async def _throughput(engine, audio: Audio, settings: BenchSettings, on_run: Cal
         ]
 
     on_run("warm-up")
-    await asyncio.gather(*(collect(engine, r) for r in requests(min(settings.new_tokens, 32))))
+    await asyncio.gather(*(collect(engine, r) for r in requests(min(settings.new_tokens, WARM_UP_TOKENS))))
     rates = []
     for i in range(settings.runs):
         on_run(f"run {i + 1} of {settings.runs}")

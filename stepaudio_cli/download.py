@@ -1,18 +1,26 @@
 """`stepaudio download`: model weights from the Hugging Face hub (or a mirror), resumable.
 
 Also checks a local copy: against the hub's file list (sizes, LFS sha256, git blob ids), or
-offline (every safetensors shard the index names is present and complete).
+offline: against the file list recorded when it was downloaded (:data:`MANIFEST`, the same
+sizes and hashes), and every safetensors shard the index names is present and complete.
+A hub that cannot be reached (no network, a name that does not resolve, nothing listening)
+is one line naming its address; ``--check`` then checks offline and says so.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import os
 import re
 import shutil
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from stepaudio_cli.errors import UserError
 
@@ -87,9 +95,55 @@ def _hub_errors():
     )
 
 
+def shown(url: str) -> str:
+    """``url`` as printed and recorded: a user name or password in it becomes ``***``."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
+def unreachable(e: BaseException) -> str | None:
+    """Why the hub could not be reached, when ``e`` (or what caused it) says the connection
+    never got an answer: the socket error under the HTTP library's own (huggingface_hub 2
+    raises httpx2's, ours httpx's; both chain the OS error). None for any other failure."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, socket.gaierror):
+            return "its name does not resolve: no network, or no DNS"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused: nothing listens there"
+        if isinstance(cause, TimeoutError):
+            return "no answer: timed out"
+        if isinstance(cause, OSError) and cause.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN):
+            return "network unreachable"
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+class HubUnreachable(UserError):
+    """The hub (or mirror) at ``endpoint`` gave no answer at all."""
+
+    exit_code = 1
+
+    def __init__(self, endpoint: str, reason: str) -> None:
+        super().__init__(
+            f"cannot reach the hub at {shown(endpoint)} ({reason}); "
+            "check the network, or name a mirror with --endpoint / HF_ENDPOINT"
+        )
+        self.endpoint = endpoint
+        self.reason = reason
+
+
 def explain(e: BaseException, repo_id: str, revision: str | None, endpoint: str) -> UserError:
     """One actionable line for a hub failure."""
+    reason = unreachable(e)
+    if reason:
+        return HubUnreachable(endpoint, reason)
     gated, not_found, no_revision, http_error, offline, local_missing = _hub_errors()
+    endpoint = shown(endpoint)
     page = f"{endpoint.rstrip('/')}/{repo_id}"
     if isinstance(e, gated):
         return explain_gated(repo_id, page)
@@ -169,6 +223,7 @@ class Downloader:
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         timeout = httpx.Timeout(60.0, connect=15.0)
+        layout.record(self.manifest(files))
         with httpx.Client(headers=headers, timeout=timeout, follow_redirects=True) as client:
 
             def one(f: RemoteFile) -> None:
@@ -189,6 +244,16 @@ class Downloader:
                 for future in [pool.submit(one, f) for f in files]:
                     future.result()
         return layout.finish(self.revision or "main")
+
+    def manifest(self, files: list[RemoteFile]) -> dict:
+        """What ``--check --offline`` later checks against: the hub's list as it was now."""
+        return {
+            "repo_id": self.repo_id,
+            "commit": self.commit,
+            "endpoint": shown(self.endpoint),
+            "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "files": [{"name": f.name, "size": f.size, "sha256": f.sha256, "blob_id": f.blob_id} for f in files],
+        }
 
     def http_error(self, response, name: str) -> UserError:
         code = response.headers.get("X-Error-Code", "")
@@ -245,14 +310,18 @@ def fetch_resumable(client, url: str, partial: Path, f: RemoteFile, progress, hu
             if partial.stat().st_size == f.size:
                 break
         except httpx.HTTPError as e:
+            if attempt == ATTEMPTS and unreachable(e) and isinstance(e, httpx.ConnectError | httpx.ConnectTimeout):
+                raise UserError(
+                    f"{f.name}: {HubUnreachable(hub.endpoint, unreachable(e)).message}; "
+                    "run the same command again to resume",
+                    exit_code=1,
+                ) from None
             if attempt == ATTEMPTS:
                 raise UserError(
                     f"{f.name}: download interrupted ({' '.join(str(e).split())[:120]}); "
                     "run the same command again to resume",
                     exit_code=1,
                 ) from None
-            import time
-
             time.sleep(min(2.0**attempt, 20.0) * 0.1)
     if partial.stat().st_size != f.size:
         raise UserError(
@@ -270,8 +339,26 @@ def fetch_resumable(client, url: str, partial: Path, f: RemoteFile, progress, hu
         )
 
 
+#: The file list a download records (a local folder's own file; in the HF cache, one per
+#: commit beside ``snapshots/``, where the cache's tools do not look).
+MANIFEST = ".stepaudio-manifest.json"
+CACHE_MANIFESTS = "stepaudio-manifests"
+
+
 class _Layout:
     root: Path
+
+    def manifest_path(self) -> Path:
+        raise NotImplementedError
+
+    def record(self, manifest: dict) -> None:
+        """Write ``manifest`` (whole, or not at all) where :func:`manifest_for` finds it."""
+        path = self.manifest_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        inside(self.root, path)
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps(manifest, indent=1) + "\n")
+        temporary.replace(path)
 
     def paths(self, f: RemoteFile) -> tuple[Path, Path]:
         """(final path, partial path) of ``f``."""
@@ -295,6 +382,9 @@ class LocalDirLayout(_Layout):
     def paths(self, f: RemoteFile) -> tuple[Path, Path]:
         return self.root / f.name, self.root / ".stepaudio-partial" / (f.name + ".part")
 
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
     def publish(self, f: RemoteFile) -> None:
         pass
 
@@ -313,6 +403,9 @@ class CacheLayout(_Layout):
         self.root = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
         self.commit = commit
         self.snapshot = self.root / "snapshots" / commit
+
+    def manifest_path(self) -> Path:
+        return self.root / CACHE_MANIFESTS / f"{self.commit}.json"
 
     @staticmethod
     def etag(f: RemoteFile) -> str:
@@ -356,9 +449,6 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
-# --- checking a local copy ---------------------------------------------------------------
-
-
 def git_blob_id(path: Path) -> str:
     h = hashlib.sha1()
     h.update(f"blob {path.stat().st_size}\0".encode())
@@ -366,33 +456,3 @@ def git_blob_id(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def check_against(files: list[RemoteFile], local: Path) -> list[str]:
-    """Problems with ``local`` compared to the hub's list: missing, wrong size, wrong hash."""
-    from stepaudio_cli.audio import sha256_file
-
-    problems = []
-    for f in files:
-        path = local / f.name
-        if not path.is_file():
-            problems.append(f"{f.name}: missing")
-        elif path.stat().st_size != f.size:
-            problems.append(f"{f.name}: size {path.stat().st_size} bytes, expected {f.size}")
-        elif f.sha256 and sha256_file(path) != f.sha256:
-            problems.append(f"{f.name}: sha256 differs from the hub (corrupted)")
-        elif not f.sha256 and f.blob_id and git_blob_id(path) != f.blob_id:
-            problems.append(f"{f.name}: content differs from the hub (corrupted)")
-    return problems
-
-
-def check_offline(local: Path) -> list[str]:
-    """Without the hub: config is Step-Audio, every shard named by the index is complete."""
-    from stepaudio_cli.checkpoint import check_checkpoint, weight_problems
-
-    problems = []
-    try:
-        check_checkpoint(local, weights=False)
-    except UserError as e:
-        problems.append(e.message)
-    return problems + weight_problems(local)

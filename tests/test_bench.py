@@ -49,7 +49,7 @@ def test_bench_tiny_reports_every_measure_as_json():
     # batch at that length: as many in flight as the KV cache holds at ~2,800 tokens, at most the concurrency.
     assert record["batch_slots"] == min(3, record["kv_cache_tokens"] // 2800) >= 1
     share = record["batch_slots"] / 3
-    assert record["clips_per_gpu_hour"] == pytest.approx(3600 * record["throughput_tok_s"] * share / 2650, rel=0.01)
+    assert record["clips_per_device_hour"] == pytest.approx(3600 * record["throughput_tok_s"] * share / 2650, rel=0.01)
     # vLLM's own log splits the start (on the CPU it reports the profile/KV/warm-up step), inside the whole.
     phases = record["start_phases_s"]
     assert 0 < phases["profile, KV cache, warm-up"] <= record["engine_start_s"]
@@ -108,3 +108,94 @@ def test_start_phases_count_each_second_once():
     newer = "init engine (profile, create kv cache, warmup model) took 60.00 s (compilation: 20.00 s)"
     assert start_phases(newer) == {"compile": 20.0, "profile, KV cache, warm-up": 40.0}
     assert start_phases("nothing here") == {}
+
+
+def _result(device: str, **sizes):
+    from stepaudio_cli.bench import BenchResult
+
+    return BenchResult(
+        quantization="bf16",
+        kv_cache_dtype="auto",
+        device=device,
+        engine_start_s=25.0,
+        kv_cache_tokens=40_000,
+        requests_at_max_len=4,
+        prompt_tokens=147,
+        ttft_s=0.05,
+        decode_ms_per_token=18.0,
+        floor_ms_per_token=None,
+        concurrency=sizes.get("concurrency", 4),
+        throughput_tok_s=100.0,
+        throughput_runs_tok_s=[100.0] * sizes.get("runs", 1),
+        typical_answer_s=47.0,
+        batch_slots=4,
+        clips_per_device_hour=135.8,
+        start_phases_s={},
+    )
+
+
+@pytest.mark.parametrize(
+    ("gpus", "device", "first", "per_hour"),
+    [
+        (
+            [],
+            "cpu",
+            "Benchmarking the tiny test model, bf16, on the CPU: engine start, first token for a 10 s clip, "
+            "a 128-token decode, 4 requests of 128 tokens in flight (a warm-up, then 1 timed run); lighter than "
+            "a GPU's 32 x 256 tokens, best of 3 (--concurrency, --new-tokens, --runs). This takes about ",
+            "clips/CPU-hour",
+        ),
+        (
+            ["NVIDIA H100 80GB HBM3"],
+            "NVIDIA H100 80GB HBM3",
+            "Benchmarking the tiny test model, bf16, on the H100: engine start, first token for a 10 s clip, "
+            "a 256-token decode, 32 requests of 256 tokens in flight (a warm-up, then 3 timed runs). "
+            "This takes about ",
+            "clips/H100-hour",
+        ),
+    ],
+)
+def test_bench_says_first_what_it_runs_and_labels_hours_by_its_device(monkeypatch, gpus, device, first, per_hour):
+    """The command's words, with the engine run replaced: the plan line comes first, the sizes
+    left unset follow the device, and per-hour figures name the device they ran on."""
+    from stepaudio_cli import bench
+    from stepaudio_cli import gpus as gpu_module
+
+    monkeypatch.setattr(gpu_module, "visible", lambda: [gpu_module.Gpu(name, 80 << 30) for name in gpus])
+    ran = []
+
+    async def fake_run(settings, on_status):
+        ran.append(settings)
+        return [_result(device, concurrency=settings.concurrency, runs=settings.runs)]
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    result = CliRunner().invoke(app, ["bench", "--tiny"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.splitlines()[0].startswith(first)
+    assert per_hour in result.stdout and "GPU-hour" not in result.stdout.replace(per_hour, "")
+    assert "decode, 1 request (official sampling, in-process)" in result.stdout
+    (settings,) = ran
+    sizes = (4, 128, 1) if not gpus else (32, 256, 3)
+    assert (settings.concurrency, settings.new_tokens, settings.runs) == sizes
+    assert f"throughput, {sizes[0]} requests (best of {sizes[2]})" in result.stdout
+
+
+def test_sizes_given_are_kept_on_a_cpu(monkeypatch):
+    from stepaudio_cli import bench, gpus
+
+    monkeypatch.setattr(gpus, "visible", lambda: [])
+    planned = bench.plan(bench.BenchSettings(tiny=True, concurrency=32, runs=2))
+    assert (planned.settings.concurrency, planned.settings.new_tokens, planned.settings.runs) == (32, 128, 2)
+    assert "lighter" in planned.describe()  # new_tokens was still the CPU's
+    heavy = bench.plan(bench.BenchSettings(tiny=True, concurrency=32, new_tokens=256, runs=3))
+    assert "lighter" not in heavy.describe() and heavy.estimate_s > planned.estimate_s
+
+
+def test_device_labels():
+    from stepaudio_cli.bench import device_label
+
+    assert device_label("cpu") == "CPU"
+    assert device_label("NVIDIA H100 80GB HBM3") == "H100"
+    assert device_label("NVIDIA H200") == "H200"
+    assert device_label("NVIDIA A100-SXM4-80GB") == "A100"
+    assert device_label("NVIDIA GeForce RTX 4090") == "RTX 4090"

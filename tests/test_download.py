@@ -357,3 +357,109 @@ def test_hub_names_and_hashes_of_the_wrong_form_are_refused():
         args = {"size": 1, "sha256": None, "blob_id": None} | kwargs
         with pytest.raises(UserError):
             remote_file(REPO, "a.txt", args["size"], args["sha256"], args["blob_id"])
+
+
+# --- a hub that cannot be reached -------------------------------------------------------
+
+
+@pytest.fixture
+def closed_port() -> str:
+    """The address of a loopback port nothing listens on (bound, then closed)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_an_unreachable_hub_is_one_line_naming_its_address(closed_port, tmp_path):
+    result = dl(REPO, "--endpoint", closed_port, "--local-dir", str(tmp_path / "m"))
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"error: cannot reach the hub at {closed_port} (connection refused: nothing listens there); "
+        "check the network, or name a mirror with --endpoint / HF_ENDPOINT"
+    ]
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_name_that_does_not_resolve_says_so(monkeypatch, tmp_path):
+    """No network: the resolver fails (as it does offline) under huggingface_hub's own HTTP client,
+    so the exception chain is the one a user gets; the default hub address is named."""
+    import socket
+
+    from huggingface_hub import constants
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    result = dl(REPO, "--local-dir", str(tmp_path / "m"))
+    assert result.exit_code == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: cannot reach the hub at {constants.ENDPOINT} (its name does not resolve")
+    assert "Errno" not in line
+
+
+def test_what_counts_as_unreachable():
+    import socket
+
+    import httpx
+
+    from stepaudio_cli.download import shown, unreachable
+
+    def chained(outer: Exception, inner: BaseException) -> Exception:
+        try:
+            raise outer from inner
+        except Exception as e:  # noqa: BLE001
+            return e
+
+    assert "does not resolve" in unreachable(chained(httpx.ConnectError("x"), socket.gaierror(-2, "no")))
+    assert "timed out" in unreachable(chained(httpx.ConnectTimeout("x"), TimeoutError()))
+    assert unreachable(httpx.HTTPStatusError("500", request=None, response=None)) is None
+    assert unreachable(ValueError("bad json")) is None
+    assert shown("https://user:secret@mirror.example/hf") == "https://***@mirror.example/hf"
+    assert shown("https://huggingface.co") == "https://huggingface.co"
+
+
+@pytest.mark.parametrize("where", ["local-dir", "cache"])
+def test_check_without_the_hub_uses_the_list_recorded_at_download(hub, tmp_path, closed_port, where):
+    url, _ = hub()
+    target = tmp_path / "model"
+    place = ["--local-dir", str(target)] if where == "local-dir" else []
+    downloaded = dl(REPO, "--endpoint", url, *place)
+    assert downloaded.exit_code == 0, downloaded.stderr
+    folder = Path(downloaded.stdout.strip())
+    ok = dl(REPO, "--endpoint", closed_port, "--check", *place)
+    assert ok.exit_code == 0, ok.stderr
+    warning, verdict = ok.stderr.splitlines()
+    assert warning == (
+        f"warning: cannot reach the hub at {closed_port} (connection refused: nothing listens there); "
+        "checking what can be done offline"
+    )
+    assert verdict.endswith(f"OK (checked offline: 3 files against the list recorded at download of {COMMIT[:12]})")
+    blob = bytearray((folder / "model.safetensors").read_bytes())
+    blob[-10] ^= 0xFF  # same size, one flipped byte: only the recorded sha256 sees it
+    (folder / "model.safetensors").unlink()  # (in the cache, a link to the blob)
+    (folder / "model.safetensors").write_bytes(bytes(blob))
+    for args in (["--endpoint", closed_port, "--check"], ["--check", "--offline"]):
+        bad = dl(REPO, *args, *place)
+        assert bad.exit_code == 1
+        assert "model.safetensors: sha256 differs" in bad.stderr and "1 problem(s)" in bad.stderr
+
+
+def test_a_damaged_recorded_list_is_one_line(tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    for name, data in FILES.items():
+        (target / name).write_bytes(data)
+    manifest = target / ".stepaudio-manifest.json"
+    entry = {"name": "../x", "size": 1, "sha256": None, "blob_id": None}
+    for text in ("{", '{"files": [{"name": "a"}]}', json.dumps({"files": [entry]})):
+        manifest.write_text(text)
+        result = dl("--check", "--offline", "--local-dir", str(target))
+        assert result.exit_code == 1
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"error: {manifest}: not a file list stepaudio recorded (")
+    assert "outside the model folder" in line

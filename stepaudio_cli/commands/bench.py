@@ -58,24 +58,26 @@ def bench(
     built = [q for q in chosen if q in core.PREQUANTIZED and (model or (tiny and q != "w4a16"))]
     if built:
         raise UserError(f"--quantization {built[0]} builds R1's real sizes (or --tiny w4a16): leave out --model")
+    sizes = {"concurrency": concurrency, "new_tokens": new_tokens, "runs": runs}
+    given = {name: value for name, value in sizes.items() if _given(ctx, name)}  # the rest: the device's
     settings = core.BenchSettings(
         engine=options.engine_settings(ctx, quantization=None),  # each form sets its own
         model=model,
         tiny=tiny,
         seconds=seconds,
-        new_tokens=new_tokens,
-        concurrency=concurrency,
         quantizations=tuple(chosen),
-        runs=runs,
+        **given,
     )
+    planned = core.plan(settings)
+    term.info(planned.describe())
     with term.status("Benchmarking") as update:
-        results = asyncio.run(core.run(settings, on_status=update))
+        results = asyncio.run(core.run(planned.settings, on_status=update))
     if json_output:
         for r in results:
             term.print_json(r.as_dict())
         return
     term.table(
-        f"Step-Audio-R1 on {results[0].device} "
+        f"Step-Audio-R1 on {'the CPU' if results[0].device == 'cpu' else results[0].device} "
         f"({'tiny test model' if tiny else model or 'real sizes, random weights'})",
         [
             ("engine start", [f"{r.engine_start_s:.1f} s" for r in results]),
@@ -85,9 +87,9 @@ def bench(
                 f"first token, {seconds:g} s clip ({results[0].prompt_tokens} prompt tokens)",
                 [f"{r.ttft_s * 1000:.0f} ms" for r in results],
             ),
-            ("decode, 1 request", [_decode(r) for r in results]),
+            ("decode, 1 request (official sampling, in-process)", [_decode(r) for r in results]),
             (
-                f"throughput, {concurrency} requests (best of {runs})",
+                f"throughput, {results[0].concurrency} requests (best of {len(results[0].throughput_runs_tok_s)})",
                 [f"{r.throughput_tok_s:,.0f} tok/s" for r in results],
             ),
             (
@@ -96,12 +98,22 @@ def bench(
             ),
             (
                 f"batch at {TYPICAL_ANSWER_TOKENS:,} tokens a clip (est.)",
-                [f"{r.clips_per_gpu_hour:,.0f} clips/GPU-hour, {r.batch_slots} in flight" for r in results],
+                [
+                    f"{r.clips_per_device_hour:,.0f} clips/{core.device_label(r.device)}-hour, "
+                    f"{r.batch_slots} in flight"
+                    for r in results
+                ],
             ),
             ("engine start phases", [_phases(r.start_phases_s) for r in results]),
         ],
         [r.quantization + ("" if r.kv_cache_dtype == "auto" else f", KV {r.kv_cache_dtype}") for r in results],
     )
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Set on the command line, by env or in the config file. By name: Typer may carry its own
+    copy of click's ParameterSource enum."""
+    return getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
 
 
 def _phases(phases: dict[str, float]) -> str:

@@ -33,24 +33,18 @@ def download(
 ) -> None:
     """Download the model weights (resumable), or --check a local copy."""
     from stepaudio_cli import download as core
-    from stepaudio_cli.checkpoint import resolve_model
+    from stepaudio_cli.download_check import check_copy
     from stepaudio_cli.errors import UserError
 
     term = options.terminal(ctx)
-    if check and offline:
-        where = local_dir or resolve_model(repo_id, revision=revision)
-        problems = core.check_offline(Path(where))
-        _report(term, Path(where), problems, "offline check")
+    if check:
+        settings = {"revision": revision, "local_dir": local_dir, "endpoint": endpoint, "token": token}
+        _report(term, check_copy(repo_id, **settings, offline=offline, on_warning=term.warn))
         return
     if offline:
         raise UserError("--offline only makes sense with --check (downloading needs the hub)")
     hub = core.Downloader(repo_id, revision=revision, endpoint=endpoint, token=token)
     files = hub.files()
-    if check:
-        where = local_dir or resolve_model(repo_id, revision=hub.commit or revision)
-        problems = core.check_against(files, Path(where))
-        _report(term, Path(where), problems, f"checked {len(files)} files against {hub.endpoint}")
-        return
     path = _fetch(term, hub, files, repo_id, revision, local_dir)
     term.info(f"Use it with: --model {path}" + ("" if local_dir else f"  (or --model {repo_id})"))
     term.write_out(f"{path}\n")
@@ -99,13 +93,14 @@ def offer_download(term: Terminal, model: str) -> None:
     _fetch(term, hub, hub.files(), model, None, None, confirm=True)
 
 
-def _report(term: Terminal, where: Path, problems: list[str], what: str) -> None:
+def _report(term: Terminal, check) -> None:
     from stepaudio_cli.errors import UserError
 
-    if problems:
-        for p in problems[:50]:
+    if check.problems:
+        for p in check.problems[:50]:
             term.labelled("bad", p)
         raise UserError(
-            f"{where}: {len(problems)} problem(s) found ({what}); run `stepaudio download` to repair", exit_code=1
+            f"{check.where}: {len(check.problems)} problem(s) found ({check.what}); run `stepaudio download` to repair",
+            exit_code=1,
         )
-    term.success(f"{where}: OK ({what})")
+    term.success(f"{check.where}: OK ({check.what})")
