@@ -1,18 +1,21 @@
-"""One-shot questions: decode the audio, run one request on an engine session (or, for a
-recording longer than one request holds, its windows and then one answer: windows.py)."""
+"""One-shot questions: decode the audio, plan the request once (one request, or for a recording
+longer than one request holds, its windows and then one answer: windows.py), run it on an engine
+session."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+from stepaudio_cli import windows
 from stepaudio_cli.audio import Audio, load_audio
 from stepaudio_cli.engines import EngineSettings, Result, collect, open_engine
 from stepaudio_cli.errors import UserError
 from stepaudio_cli.request import Request, Sampling, Thinking
 from stepaudio_cli.splitter import Delta
-from stepaudio_cli.windows import MapProgress, Windowing, answer_in_windows, plan
+from stepaudio_cli.windows import MapProgress, Window, Windowing, answer_in_windows
 
-__all__ = ["ask", "check_fits", "prepare"]
+__all__ = ["Plan", "ask", "plan", "prepare"]
 
 
 def prepare(
@@ -27,33 +30,46 @@ def prepare(
     return Request(audios=tuple(audios), question=question, system=system, sampling=sampling, thinking=thinking)
 
 
-def check_fits(settings: EngineSettings, request: Request, windowing: Windowing = Windowing()) -> list | None:
-    """Refuse audio that cannot fit (or be answered in windows) before loading the model,
-    in-process or resident; returns the windows it needs in that context (None: one request).
-    A server's context is known once connected: then None, and ``ask`` plans there."""
-    return None if settings.remote else plan(request, settings.max_model_len, windowing)
+@dataclass(frozen=True)
+class Plan:
+    """How a request goes: as one request (``windows`` None) or in ``windows``, planned for a
+    known context; ``planned`` False: a server's context, known once connected (:func:`ask`
+    plans there)."""
+
+    windowing: Windowing
+    windows: list[Window] | None = None
+    planned: bool = False
+
+
+def plan(settings: EngineSettings, request: Request, windowing: Windowing = Windowing()) -> Plan:
+    """The plan for ``request`` on the engine ``settings`` start (in-process or resident), made
+    before the model loads, so audio that cannot fit (or be answered in windows) is refused at
+    once; on servers (``settings.remote``) an empty plan that :func:`ask` completes."""
+    if settings.remote:
+        return Plan(windowing)
+    return Plan(windowing, windows.plan(request, settings.max_model_len, windowing), planned=True)
 
 
 async def ask(
     settings: EngineSettings,
     request: Request,
+    plan: Plan,
     *,
     on_status: Callable[[str | None], None] | None = None,
     on_delta: Callable[[Delta], None] | None = None,
-    windowing: Windowing = Windowing(),
     on_windows: Callable[[MapProgress], None] | None = None,
 ) -> Result:
-    """Run ``request``; ``on_delta`` gets the text as it comes, ``on_status`` what is being waited
-    for, ``on_windows`` how the windows of a long recording are getting on."""
-    windows = check_fits(settings, request, windowing)
+    """Run ``request`` as ``plan`` says (from :func:`plan`; for the engine it started, the
+    settings of the session that runs it may be a server's); ``on_delta`` gets the text as it
+    comes, ``on_status`` what is being waited for, ``on_windows`` how the windows of a long
+    recording are getting on."""
     async with open_engine(settings, on_status) as engine:
-        if settings.remote:
-            windows = plan(request, engine.max_model_len, windowing)
-        if windows is None:
+        cuts = plan.windows if plan.planned else windows.plan(request, engine.max_model_len, plan.windowing)
+        if cuts is None:
             return await collect(engine, request, on_delta)
         return await answer_in_windows(
             request,
-            windows,
+            cuts,
             lambda r, d: collect(engine, r, d),
             max_model_len=engine.max_model_len,
             on_progress=on_windows,

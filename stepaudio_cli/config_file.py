@@ -3,7 +3,7 @@
 File: ``$STEPAUDIO_CONFIG``, else ``$XDG_CONFIG_HOME/stepaudio/config.toml``
 (``~/.config/stepaudio/config.toml``)::
 
-    # any option name (dashes or underscores), for every command that has it
+    # any option by its flag (dashes or underscores), for every command that has it
     model = "/data/Step-Audio-R1"
     server = ["http://gpu1:9999", "http://gpu2:9999"]
     api_key_env = "MY_TEAM_KEY"     # read the API key from this variable
@@ -13,8 +13,11 @@ File: ``$STEPAUDIO_CONFIG``, else ``$XDG_CONFIG_HOME/stepaudio/config.toml``
     [batch]                         # only for one command
     concurrency = 16
 
-The values become click's ``default_map``, which click consults after the command line and
-the ``STEPAUDIO_*`` variables, and before the built-in defaults: exactly the precedence wanted.
+A key is an option's long flag (``format`` for ``--format``); the only argument it sets is the
+shared model (``serve``'s MODEL). An option that means something else in one command than at the
+top level (:data:`SECTION_ONLY`) is set only in that command's section. The values become click's
+``default_map`` (by parameter name), which click consults after the command line and the
+``STEPAUDIO_*`` variables, and before the built-in defaults: exactly the precedence wanted.
 """
 
 from __future__ import annotations
@@ -52,15 +55,30 @@ def load(path: Path | None = None) -> dict:
         raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
+#: Keys that mean something else in one command than at the top level, set only in its section:
+#: ``serve``'s --keep-alive stops an idle server, the top level's keeps `ask`'s and `batch`'s engine.
+SECTION_ONLY = {"serve": {"keep_alive"}}
+
+
 def _norm(key: str) -> str:
     return key.replace("-", "_")
 
 
-def default_map(raw: dict, options: dict[str, set[str]], path: Path) -> dict[str, dict]:
+def flag(param) -> str:
+    """What a user types for a click parameter: an option's first long flag, an argument's name."""
+    return next((o for o in param.opts if o.startswith("--")), param.name)
+
+
+def _keys(param) -> list[str]:
+    """The keys the file names a parameter by: an option's long flags, an argument's name."""
+    return [_norm(o.removeprefix("--")) for o in param.opts if o.startswith("--")] or [param.name]
+
+
+def default_map(raw: dict, options: dict[str, dict[str, str]], path: Path) -> dict[str, dict]:
     """``{command: {param: value}}`` for click, from the file's contents.
 
-    ``options`` maps each command to its parameter names; unknown keys are errors, so a typo
-    does not silently do nothing.
+    ``options`` maps each command to its keys, each to the parameter it sets (:func:`configurable`);
+    unknown keys are errors, so a typo does not silently do nothing.
     """
     shared = {_norm(k): v for k, v in raw.items() if not isinstance(v, dict)}
     sections = {k: v for k, v in raw.items() if isinstance(v, dict)}
@@ -72,15 +90,20 @@ def default_map(raw: dict, options: dict[str, set[str]], path: Path) -> dict[str
         if key not in known:
             raise UserError(f"{path}: unknown setting {key!r}")
     result: dict[str, dict] = {}
-    for command, params in options.items():
-        values = {k: v for k, v in shared.items() if k in params}
+    for command, keys in options.items():
+        top = {k: v for k, v in shared.items() if k in keys and k not in SECTION_ONLY.get(command, ())}
+        values = {keys[k]: v for k, v in top.items()}
+        env_name = shared.get("api_key_env")
         for k, v in sections.get(command, {}).items():
             k = _norm(k)
-            if k not in params and k != "api_key_env":
+            if k == "api_key_env":
+                env_name = v
+            elif k in keys:
+                values[keys[k]] = v
+            else:
                 raise UserError(f"{path}: [{command}] has no setting {k!r}")
-            values[k] = v
-        env_name = values.pop("api_key_env", shared.get("api_key_env"))
-        if env_name and "api_key" in params and "api_key" not in values and os.environ.get(str(env_name)):
+        has_key = "api_key" in keys.values() and "api_key" not in values
+        if env_name and has_key and os.environ.get(str(env_name)):
             values["api_key"] = os.environ[str(env_name)]
         if isinstance(values.get("server"), str):
             values["server"] = [values["server"]]
@@ -89,14 +112,22 @@ def default_map(raw: dict, options: dict[str, set[str]], path: Path) -> dict[str
     return result
 
 
-def configurable(group) -> dict[str, set[str]]:
+def configurable(group) -> dict[str, dict[str, str]]:
     """The commands of ``group`` the file can configure (those with options; not groups like
-    ``config`` itself), each with its parameter names."""
-    return {
-        name: {p.name for p in cmd.params if p.name != "help"}
-        for name, cmd in group.commands.items()
-        if not hasattr(cmd, "commands") and any(p.param_type_name == "option" for p in cmd.params)
-    }
+    ``config`` itself), each with its keys and the parameter each sets: every option by its long
+    flags, and an argument that is a shared option (``serve``'s MODEL)."""
+    result = {}
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands") or not any(p.param_type_name == "option" for p in cmd.params):
+            continue
+        shared = {o.name for o in getattr(cmd.callback, "shared_options", ())}
+        result[name] = {
+            key: p.name
+            for p in cmd.params
+            if p.name != "help" and (p.param_type_name == "option" or p.name in shared)
+            for key in _keys(p)
+        }
+    return result
 
 
 def click_default_map(group) -> dict[str, dict]:
@@ -106,8 +137,8 @@ def click_default_map(group) -> dict[str, dict]:
     result = default_map(load(), configurable(group), path)
     for command, values in result.items():
         params = {p.name: p for p in commands[command].params}
-        for key, value in values.items():
-            _check_value(params[key], key, value, path)
+        for name, value in values.items():
+            _check_value(params[name], _keys(params[name])[0], value, path)
     return result
 
 

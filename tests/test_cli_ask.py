@@ -199,3 +199,67 @@ def test_no_color_on_a_terminal_is_plain_text(monkeypatch):
 
     assert "\x1b[2m" in render("")  # dim reasoning on a colour terminal
     assert render("1") == "thinking\nerror: bad.wav: no such file\n"  # the error on a line of its own
+
+
+class Answers(BaseHTTPRequestHandler):
+    """A server that answers every request whole (its context: 16384)."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        reply_json(self, {"data": [{"id": "scripted", "max_model_len": 16384}]})
+
+    def do_POST(self):
+        from conftest import reply_stream
+
+        self.rfile.read(int(self.headers["Content-Length"]))
+        reply_stream(self, [{"reasoning": "Hm."}, {"content": "A tone."}], "stop", {"completion_tokens": 3})
+
+
+@pytest.fixture
+def planned(monkeypatch):
+    """Counts the window plans `ask` makes (each is the context-fit check)."""
+    from stepaudio_cli import windows
+
+    calls = []
+    real = windows.plan
+
+    def counted(request, max_model_len, windowing):
+        calls.append(max_model_len)
+        return real(request, max_model_len, windowing)
+
+    monkeypatch.setattr(windows, "plan", counted)
+    return calls
+
+
+def test_ask_plans_once_for_the_engine_it_starts(http_servers, monkeypatch, planned, clip, tmp_path):
+    """The resident engine (here a scripted server in its place): planned once, for the settings
+    it starts with, before it loads, and not again once connected."""
+    import contextlib
+    import dataclasses
+
+    from stepaudio_cli import resident
+
+    url = http_servers(Answers)
+    held = []
+
+    @contextlib.contextmanager
+    def session(settings, keep_alive, on_status):
+        held.append((settings.max_model_len, keep_alive, list(planned)))
+        yield dataclasses.replace(settings, servers=(url,))
+
+    monkeypatch.setattr(resident, "session", session)
+    model = tmp_path / "model"
+    model.mkdir()
+    result = ask("-m", str(model), "--keep-alive", "5m", "--max-model-len", "8192", str(clip), "Q?")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "A tone.\n"
+    assert held == [(8192, 300.0, [8192])]  # planned before the engine was asked for
+    assert planned == [8192]
+
+
+def test_ask_on_a_server_plans_once_connected(http_servers, planned, clip):
+    result = ask("--server", http_servers(Answers), str(clip), "Q?")
+    assert result.exit_code == 0, result.stderr
+    assert planned == [16384]  # the server's context, read once connected

@@ -62,6 +62,59 @@ def test_command_line_beats_everything(config_file, monkeypatch, tmp_path):
         assert sub2.params["max_tokens"] == 456
 
 
+def test_top_level_keep_alive_is_asks_and_batchs_not_serves(config_file, monkeypatch):
+    """keep_alive = "0" at the top level (ask in-process) must not become the idle stop of the
+    user's own serve; serve's --keep-alive is set only under [serve]."""
+    monkeypatch.delenv("STEPAUDIO_KEEP_ALIVE", raising=False)
+    config_file.write_text('keep_alive = "0"\nmodel = "/data/r1"\n')
+    source = f"config {config_file}"
+    assert show()["--keep-alive"] == ("0", source)
+    assert show("--command", "batch")["--keep-alive"] == ("0", source)
+    serve = show("--command", "serve")
+    assert serve["--keep-alive"] == (None, "default")
+    config_file.write_text('keep_alive = "0"\n[serve]\nkeep-alive = "30m"\n')
+    assert show("--command", "serve")["--keep-alive"] == ("30m", source)
+    assert show()["--keep-alive"] == ("0", source)
+    # The model at the top level still reaches serve's MODEL argument (read it as serve does).
+    import typer.main
+
+    from stepaudio_cli import config_file as config
+
+    config_file.write_text('keep_alive = "0"\nmodel = "/data/r1"\n')
+    defaults = config.click_default_map(typer.main.get_command(app))
+    assert defaults["serve"] == {"model": "/data/r1"} and defaults["ask"]["keep_alive"] == "0"
+    assert "model" not in defaults.get("stop", {})  # stop's MODEL is no shared option: named, not configured
+
+
+def test_config_keys_are_the_flags_users_type(config_file):
+    config_file.write_text('json = true\n[batch]\nformat = "csv"\n')
+    assert show("--command", "batch")["--format"] == ("csv", f"config {config_file}")
+    assert show()["--json"] == (True, f"config {config_file}")  # ask's --json, by its flag
+    config_file.write_text('[batch]\nfmt = "csv"\n')  # an internal name is no setting
+    result = runner.invoke(app, ["config", "show"])
+    assert result.exit_code == 2 and "[batch] has no setting 'fmt'" in result.stderr
+
+
+def test_config_show_piped_prints_whole_values_and_user_facing_names(monkeypatch):
+    long = "You are a careful listener. " * 12
+    monkeypatch.setenv("STEPAUDIO_SYSTEM", long)
+    result = runner.invoke(app, ["config", "show"])  # CliRunner's stdout is no terminal
+    assert result.exit_code == 0, result.stderr
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert rows[0] == ["setting", "value", "source"] and all(len(r) == 3 for r in rows)
+    table = {r[0]: r[1:] for r in rows[1:]}
+    assert table["--system"] == [long, "env STEPAUDIO_SYSTEM"]
+    assert "--json" in table and "--tensor-parallel-size" in table
+    assert not {"--json-output", "--load-format"} & set(table)  # internal or hidden
+    for command, present, absent in (
+        ("batch", {"--format", "--keep-alive"}, {"--fmt"}),
+        ("serve", {"--keep-alive", "--api-key"}, {"--resident", "--idle-stop"}),
+    ):
+        out = runner.invoke(app, ["config", "show", "-c", command]).stdout
+        names = {line.split("\t")[0] for line in out.splitlines()}
+        assert present <= names and not absent & names, command
+
+
 def test_bad_config_is_one_line(tmp_path, monkeypatch):
     path = tmp_path / "c.toml"
     path.write_text("temprature = 0.5\n")

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+import dataclasses
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from stepaudio_cli.commands import options
-from stepaudio_cli.defaults import ASK_MAX_NUM_SEQS, DEFAULT_MAX_NUM_SEQS
+from stepaudio_cli.defaults import ASK_MAX_NUM_SEQS
 from stepaudio_cli.errors import UserError
+
+if TYPE_CHECKING:
+    from stepaudio_cli.engines.settings import EngineSettings
+    from stepaudio_cli.request import Sampling, Thinking
+    from stepaudio_cli.windows import Windowing
 
 
 @options.takes(
@@ -18,6 +24,7 @@ from stepaudio_cli.errors import UserError
     options.REMOTE,
     options.ENGINE,
     options.LONG_RECORDINGS,
+    options.VIEW,
     options.JSON,
     leave_out=("max_num_seqs",),  # derived: a small batch in-process, see below
 )
@@ -27,41 +34,36 @@ def ask(
         list[str],
         typer.Argument(help="Audio files (`-` reads one from stdin), then the question.", metavar="AUDIO... QUESTION"),
     ],
-    hide_reasoning: Annotated[
-        bool, typer.Option("--hide-reasoning", envvar="STEPAUDIO_HIDE_REASONING", help="Do not show the reasoning.")
-    ] = False,
+    *,
+    engine: EngineSettings,
+    sampling: Sampling,
+    system: str | None,
+    thinking: Thinking,
+    windowing: Windowing,
+    keep_alive: float | None,
+    hide_reasoning: bool,
+    json_output: bool,
 ) -> None:
     """Ask one question about one or more audio files; streams reasoning and answer."""
     from stepaudio_cli import ask as core
     from stepaudio_cli.ask_view import AskView
     from stepaudio_cli.commands.download import offer_download
-    from stepaudio_cli.resident import parse_keep_alive, session
+    from stepaudio_cli.resident import session
 
-    json_output = ctx.params["json_output"]
     term = options.terminal(ctx)
     term.quiet = term.quiet or json_output  # stderr stays empty unless something fails
     if len(inputs) < 2:
         raise UserError('give at least one audio file and a question, e.g. stepaudio ask clip.wav "What is this?"')
     *sources, question = inputs
-    think = options.thinking(ctx)
-    keep = parse_keep_alive(ctx.params["keep_alive"])
-    seqs = ASK_MAX_NUM_SEQS if keep == 0 else DEFAULT_MAX_NUM_SEQS  # a resident engine batch can share
-    settings = options.engine_settings(ctx, max_num_seqs=seqs, thinking_processor=think.constrained)
-    request = core.prepare(sources, question, ctx.params["system"], options.sampling(ctx), think)
-    windowing = options.windowing(ctx)
-    if not settings.remote:
-        offer_download(term, settings.model)
+    if keep_alive == 0:  # in-process for this one question: a small batch; a resident engine's is shared
+        engine = dataclasses.replace(engine, max_num_seqs=ASK_MAX_NUM_SEQS)
+    request = core.prepare(sources, question, system, sampling, thinking)
+    if not engine.remote:
+        offer_download(term, engine.model)
     view = AskView(term, json_output=json_output, hide_reasoning=hide_reasoning)
-    core.check_fits(settings, request, windowing)  # before a resident engine loads
-    with session(settings, keep, view.status) as settings:
+    plan = core.plan(engine, request, windowing)  # before a resident engine loads
+    with session(engine, keep_alive, view.status, warn=term.warn) as settings:
         result = asyncio.run(
-            core.ask(
-                settings,
-                request,
-                on_status=view.status,
-                on_delta=view.on_delta,
-                windowing=windowing,
-                on_windows=view.on_windows,
-            )
+            core.ask(settings, request, plan, on_status=view.status, on_delta=view.on_delta, on_windows=view.on_windows)
         )
     view.finish(request, result)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -13,10 +14,23 @@ from stepaudio_cli.commands import options
 from stepaudio_cli.defaults import DEFAULT_WAIT_SERVER, SERVER_CONCURRENCY
 from stepaudio_cli.errors import UserError
 
+if TYPE_CHECKING:
+    from stepaudio_cli.engines.settings import EngineSettings
+    from stepaudio_cli.request import Sampling, Thinking
+    from stepaudio_cli.windows import Windowing
+
 IO = "Input and output"
 
 
-@options.takes(options.SAMPLING, options.REASONING, options.REMOTE, options.ENGINE, options.LONG_RECORDINGS)
+@options.takes(
+    options.SAMPLING,
+    options.REASONING,
+    options.REMOTE,
+    options.ENGINE,
+    options.LONG_RECORDINGS,
+    options.VIEW,
+    vary=[options.BY_NAME["hide_reasoning"].vary(help="Leave reasoning out of the results.")],
+)
 def batch(
     ctx: typer.Context,
     inputs: Annotated[list[str], typer.Argument(help="Directories and/or audio files.", metavar="DIR_OR_FILES...")],
@@ -61,10 +75,6 @@ def batch(
         bool, typer.Option(help="Start over: discard earlier results in the output file.", rich_help_panel=IO)
     ] = False,
     retries: Annotated[int, typer.Option(min=0, help="Retries per file for server errors (with backoff).")] = 3,
-    hide_reasoning: Annotated[
-        bool,
-        typer.Option("--hide-reasoning", envvar="STEPAUDIO_HIDE_REASONING", help="Leave reasoning out of the results."),
-    ] = False,
     wait_server: Annotated[
         float,
         typer.Option(
@@ -75,18 +85,24 @@ def batch(
             "and a rerun continues.",
         ),
     ] = DEFAULT_WAIT_SERVER,
+    *,
+    engine: EngineSettings,
+    sampling: Sampling,
+    system: str | None,
+    thinking: Thinking,
+    windowing: Windowing,
+    keep_alive: float | None,
+    hide_reasoning: bool,
 ) -> None:
     """Ask the same question about every audio file in directories; resumable JSONL/CSV results."""
     from stepaudio_cli import batch as core
     from stepaudio_cli.batch_view import BatchView
-    from stepaudio_cli.resident import parse_keep_alive, session
+    from stepaudio_cli.resident import session
     from stepaudio_cli.store import Store
 
     term = options.terminal(ctx)
     question = _question(prompt, prompt_file)
-    keep = parse_keep_alive(ctx.params["keep_alive"])
-    thinking = options.thinking(ctx)
-    settings = options.engine_settings(ctx, thinking_processor=thinking.constrained)
+    settings = dataclasses.replace(engine, wait_server=wait_server)
     if output is None:
         if sys.stdout.isatty():
             raise UserError("give --output FILE for the results (or pipe stdout: -o -)")
@@ -99,20 +115,20 @@ def batch(
         raise UserError(f"no audio files found in {', '.join(inputs)}" + ("" if recursive else " (try --recursive)"))
     job = core.BatchJob(
         prompt=question,
-        system=ctx.params["system"],
-        sampling=options.sampling(ctx),
+        system=system,
+        sampling=sampling,
         thinking=thinking,
         concurrency=concurrency or settings.default_concurrency(),
         retries=retries,
         retry_failed=retry_failed,
         overwrite=overwrite,
         hide_reasoning=hide_reasoning,
-        windowing=options.windowing(ctx),
+        windowing=windowing,
     )
     store.open(files)  # locked, and checked to be ours and whole, before any engine starts
     view = BatchView(term, len(files))
     try:
-        with session(settings, keep, view.status) as settings:
+        with session(settings, keep_alive, view.status, warn=term.warn) as settings:
             summary = asyncio.run(
                 core.execute(
                     settings,

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from stepaudio_cli.commands import options
 from stepaudio_cli.defaults import DEFAULT_MAX_NUM_SEQS, TYPICAL_ANSWER_TOKENS
 from stepaudio_cli.errors import UserError
+
+if TYPE_CHECKING:
+    from stepaudio_cli.engines.settings import EngineSettings
 
 
 @options.takes(
@@ -19,12 +22,14 @@ from stepaudio_cli.errors import UserError
 )
 def bench(
     ctx: typer.Context,
-    model: Annotated[
+    # Its own --model and --quantization: what it measures (None: R1's real sizes, random weights;
+    # forms to compare); the engine it measures them on comes from the shared options.
+    checkpoint: Annotated[
         str | None,
         typer.Option(
             "--model",
             "-m",
-            envvar="STEPAUDIO_MODEL",
+            envvar=options.MODEL.envvar,
             help="A downloaded checkpoint. Default: R1's real sizes with random weights (no download).",
         ),
     ] = None,
@@ -34,35 +39,38 @@ def bench(
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-c", min=1, help="Requests in flight for throughput.")
     ] = DEFAULT_MAX_NUM_SEQS,
-    quantization: Annotated[
+    forms: Annotated[
         list[str] | None,
         typer.Option(
+            "--quantization",
             help="bf16, fp8 (vLLM's online FP8) or a pre-quantized form built with random weights: "
-            "w4a16, nvfp4a16, fp8-dynamic (repeat to compare them in one run)."
+            "w4a16, nvfp4a16, fp8-dynamic (repeat to compare them in one run).",
         ),
     ] = None,
     runs: Annotated[int, typer.Option(min=1, help="Timed throughput runs (after a warm-up); the best counts.")] = 3,
+    *,
+    engine: EngineSettings,
+    json_output: bool,
 ) -> None:
     """Measure R1 on these GPUs: start time, KV-cache room, first token, decode speed, throughput."""
     from stepaudio_cli import bench as core
 
-    json_output, max_model_len = ctx.params["json_output"], ctx.params["max_model_len"]
     term = options.terminal(ctx)
     term.quiet = term.quiet or json_output
-    chosen = quantization or ["bf16"]
+    chosen = forms or ["bf16"]
     bad = [q for q in chosen if q not in core.FORMS]
     if bad:
         raise UserError(f"--quantization must be one of {', '.join(core.FORMS)}, not {bad[0]!r}")
-    if model and tiny:
+    if checkpoint and tiny:
         raise UserError("give --model or --tiny, not both")
-    built = [q for q in chosen if q in core.PREQUANTIZED and (model or (tiny and q != "w4a16"))]
+    built = [q for q in chosen if q in core.PREQUANTIZED and (checkpoint or (tiny and q != "w4a16"))]
     if built:
         raise UserError(f"--quantization {built[0]} builds R1's real sizes (or --tiny w4a16): leave out --model")
     sizes = {"concurrency": concurrency, "new_tokens": new_tokens, "runs": runs}
     given = {name: value for name, value in sizes.items() if _given(ctx, name)}  # the rest: the device's
     settings = core.BenchSettings(
-        engine=options.engine_settings(ctx, quantization=None),  # each form sets its own
-        model=model,
+        engine=engine,  # each form sets its quantization on a copy
+        model=checkpoint,
         tiny=tiny,
         seconds=seconds,
         quantizations=tuple(chosen),
@@ -78,11 +86,14 @@ def bench(
         return
     term.table(
         f"Step-Audio-R1 on {'the CPU' if results[0].device == 'cpu' else results[0].device} "
-        f"({'tiny test model' if tiny else model or 'real sizes, random weights'})",
+        f"({'tiny test model' if tiny else checkpoint or 'real sizes, random weights'})",
         [
             ("engine start", [f"{r.engine_start_s:.1f} s" for r in results]),
             ("KV cache", [f"{r.kv_cache_tokens:,} tokens" if r.kv_cache_tokens else "?" for r in results]),
-            (f"requests of {max_model_len:,} tokens at once", [str(r.requests_at_max_len or "?") for r in results]),
+            (
+                f"requests of {engine.max_model_len:,} tokens at once",
+                [str(r.requests_at_max_len or "?") for r in results],
+            ),
             (
                 f"first token, {seconds:g} s clip ({results[0].prompt_tokens} prompt tokens)",
                 [f"{r.ttft_s * 1000:.0f} ms" for r in results],

@@ -21,6 +21,8 @@ def show(
     command: Annotated[
         str, typer.Option("--command", "-c", help="Whose settings: a command's name (ask, batch, serve, ...).")
     ] = "ask",
+    *,
+    json_output: bool,
 ) -> None:
     """Effective settings of a command: value and source (env, config file or default)."""
     from stepaudio_cli import config_file
@@ -35,7 +37,7 @@ def show(
     rows: dict[str, dict] = {}
     path = config_file.config_path()
     for param in cmd.params:
-        if param.param_type_name != "option" or param.name in ("help",):
+        if param.param_type_name != "option" or param.name == "help" or param.hidden:
             continue
         value = sub.params.get(param.name)
         # By name: Typer may carry its own copy of click's ParameterSource enum.
@@ -46,12 +48,17 @@ def show(
             "COMMANDLINE": "command line",
         }.get(source, "default")
         shown = "***" if param.name in SECRET and value else value
-        rows[f"--{param.name.replace('_', '-')}"] = {"value": shown, "source": where}
-    if ctx.params["json_output"]:
+        rows[config_file.flag(param)] = {"value": shown, "source": where}
+    if json_output:
         term.print_json(rows)
-    else:
-        table = [(name, ["" if r["value"] is None else str(r["value"]), r["source"]]) for name, r in rows.items()]
-        term.table(None, table, ["value", "source"], first="setting", plain=True)
+        return
+    table = [(name, ["" if r["value"] is None else str(r["value"]), r["source"]]) for name, r in rows.items()]
+    if not term.out.is_terminal:  # for scripts: whole values, one tab-separated line each (no table cuts)
+        term.write_out(
+            "".join("\t".join([name, *cells]) + "\n" for name, cells in [("setting", ["value", "source"]), *table])
+        )
+        return
+    term.table(None, table, ["value", "source"], first="setting", plain=True)
 
 
 @config_app.command("path")

@@ -16,7 +16,9 @@ def download(
     ctx: typer.Context,
     repo_id: Annotated[
         str,
-        typer.Argument(envvar="STEPAUDIO_MODEL", help=f"Hub repository id: {' or '.join(KNOWN_MODELS)}, or another."),
+        typer.Argument(
+            envvar=options.MODEL.envvar, help=f"Hub repository id: {' or '.join(KNOWN_MODELS)}, or another."
+        ),
     ] = DEFAULT_MODEL,
     revision: Annotated[str | None, typer.Option(help="Branch, tag or commit.")] = None,
     local_dir: Annotated[

@@ -1,10 +1,9 @@
-"""Options shared by the commands, each declared once, the root Terminal, and the settings they build.
-
-A shared option is one :class:`Shared` record, made by :func:`shared` (its env var is
-``STEPAUDIO_`` + its name); the records come in groups (:data:`SAMPLING`, :data:`REASONING`,
-:data:`REMOTE`, :data:`ENGINE`, :data:`LONG_RECORDINGS`, :data:`JSON`), and a command takes groups
-with :func:`takes`. The command declares only its own options and reads the shared ones through
-``ctx.params`` (:func:`engine_settings`, :func:`sampling`, :func:`thinking`, :func:`windowing`).
+"""What commands do with the shared options (declared once in :mod:`shared_options`, re-exported
+here): :func:`takes` gives a command the groups it takes beside its own options and hands it the
+typed values built from them (:data:`TYPED`: ``engine``, ``sampling``, ``thinking``,
+``windowing``, ``keep_alive``, ...), keyword-only parameters it lists after ``*``; a command never
+declares a parameter named like a shared option (refused when the app is built). Also the root
+Terminal.
 """
 
 from __future__ import annotations
@@ -13,282 +12,229 @@ import dataclasses
 import functools
 import inspect
 from collections.abc import Callable, Iterable
-from typing import Annotated
 
 import typer
 
-from stepaudio_cli.checkpoint import R1_AUDIO_SIZES, R1_TEXT_SIZES, weight_bytes
-from stepaudio_cli.defaults import (
-    CPU_MEMORY_FRACTION,
-    DEFAULT_KEEP_ALIVE,
-    DEFAULT_MAX_MODEL_LEN,
-    DEFAULT_MAX_NUM_SEQS,
-    DEFAULT_MAX_TOKENS,
-    DEFAULT_MODEL,
-    DEFAULT_TEMPERATURE,
-    DEFAULT_TIMEOUT,
-    DEFAULT_TOP_P,
-    GPU_MEMORY_FRACTION,
-    KV_CACHE_DTYPES,
-    QUANTIZATIONS,
+from stepaudio_cli.commands.shared_options import (
+    BY_NAME,
+    ENGINE,
+    ENGINE_PANEL,
+    JSON,
+    LONG_RECORDINGS,
+    MODEL,
+    REASONING,
+    REMOTE,
+    SAMPLING,
+    VIEW,
+    Shared,
 )
+from stepaudio_cli.defaults import DEFAULT_MODEL
 from stepaudio_cli.terminal import Terminal
 
-# Help panels.
-ENGINE_PANEL = "Engine"
-SAMPLING_PANEL = "Sampling"
-THINK_PANEL = "Reasoning length"
-DIST_PANEL = "Multi-GPU / multi-node"
-LONG_PANEL = "Long recordings"
-# Weight sizes for help texts, from the one weight arithmetic (checkpoint.weight_bytes).
-BF16_GB, FP8_GB = (round(weight_bytes(R1_TEXT_SIZES, q, audio=R1_AUDIO_SIZES) / 1e9) for q in (None, "fp8"))
+__all__ = [
+    "BY_NAME",
+    "ENGINE",
+    "ENGINE_PANEL",
+    "JSON",
+    "LONG_RECORDINGS",
+    "MODEL",
+    "REASONING",
+    "REMOTE",
+    "SAMPLING",
+    "TYPED",
+    "VIEW",
+    "Shared",
+    "engine_settings",
+    "takes",
+    "terminal",
+]
+
+
+# --- the typed values a command receives -------------------------------------------------------
+
+
+def engine_settings(values: dict):
+    """The engine settings from the parsed values of shared options: every one named like an
+    :class:`EngineSettings` field goes to that field (``server`` and ``model`` are read as the
+    remote/in-process pair); with the reasoning options, the reasoning-length processor is
+    loaded when they limit the reasoning. Fields not given keep their defaults."""
+    from stepaudio_cli.engines.settings import EngineSettings
+
+    servers = EngineSettings.split_servers(values.get("server"))
+    model = values.get("model")
+    names = {f.name for f in dataclasses.fields(EngineSettings)} - {"servers", "model", "served_model"}
+    given = {k: v for k, v in values.items() if k in names}
+    if TYPED["thinking"].reads <= values.keys():
+        given["thinking_processor"] = _thinking(values).constrained
+    return EngineSettings(
+        servers=servers,
+        model=(None if servers else model) or DEFAULT_MODEL,
+        served_model=model if servers else None,
+        **given,
+    )
+
+
+def _sampling(values: dict):
+    from stepaudio_cli.request import Sampling
+
+    return Sampling(
+        temperature=values["temperature"], top_p=values["top_p"], max_tokens=values["max_tokens"], seed=values["seed"]
+    )
+
+
+def _thinking(values: dict):
+    from stepaudio_cli.request import Thinking
+
+    return Thinking.from_options(values["think_budget"], values["min_think"], values["effort"], values["no_think"])
+
+
+def _windowing(values: dict):
+    from stepaudio_cli.windows import Windowing
+
+    return Windowing.from_options(values["window"], values["no_window"])
+
+
+def _keep_alive(values: dict) -> float | None:
+    from stepaudio_cli.resident import parse_keep_alive
+
+    return parse_keep_alive(values["keep_alive"])
 
 
 @dataclasses.dataclass(frozen=True)
-class Shared:
-    """One option several commands take: its parameter name (the settings field it feeds), type,
-    default, help, help panel, flags (none: ``--`` + the name), env var, and click's extras
-    (``min``, ``max``, ``hidden``, ``metavar``)."""
+class Typed:
+    """A typed value built from shared options: those it ``reads`` (``partial``: whichever of
+    them the command takes; else all of them) and how it is ``built`` from their values."""
 
-    name: str
-    type: object
-    default: object
-    help: str
-    panel: str | None
-    flags: tuple[str, ...]
-    envvar: str | None
-    extras: dict = dataclasses.field(compare=False)
-
-    def parameter(self) -> inspect.Parameter:
-        """The parameter Typer reads, as if the command had declared it."""
-        info = typer.Option(*self.flags, envvar=self.envvar, help=self.help, rich_help_panel=self.panel, **self.extras)
-        return inspect.Parameter(
-            self.name, inspect.Parameter.KEYWORD_ONLY, default=self.default, annotation=Annotated[self.type, info]
-        )
+    reads: frozenset[str]
+    build: Callable[[dict], object]
+    partial: bool = False
 
 
-def shared(name: str, type_: object, default: object, help: str, *flags: str, panel=None, env=True, **extras) -> Shared:
-    """A shared option; its env var is ``STEPAUDIO_`` + ``name`` in capitals (``env=False``: none)."""
-    return Shared(name, type_, default, help, panel, flags, f"STEPAUDIO_{name.upper()}" if env else None, extras)
+def _names(*groups: Iterable[Shared], but: Iterable[str] = ()) -> frozenset[str]:
+    return frozenset(o.name for group in groups for o in group) - set(but)
 
 
-SAMPLING = (
-    shared("system", str | None, None, "System prompt.", "--system", panel=SAMPLING_PANEL),
-    shared("temperature", float, DEFAULT_TEMPERATURE, "Sampling temperature.", panel=SAMPLING_PANEL, min=0.0),
-    shared("top_p", float, DEFAULT_TOP_P, "Nucleus sampling.", panel=SAMPLING_PANEL, min=0.0, max=1.0),
-    shared(
-        "max_tokens",
-        int | None,
-        DEFAULT_MAX_TOKENS,
-        "Most tokens to generate (reasoning + answer); default: all the context leaves after the prompt.",
-        panel=SAMPLING_PANEL,
-        min=1,
-    ),
-    shared("seed", int | None, None, "Sampling seed.", panel=SAMPLING_PANEL),
-)
-REASONING = (
-    shared(
-        "think_budget",
-        int | None,
-        None,
-        "Most reasoning tokens; then </think> is forced and the model answers.",
-        panel=THINK_PANEL,
-        min=0,
-    ),
-    shared(
-        "min_think",
-        int | None,
-        None,
-        "Hold </think> back until this many reasoning tokens exist.",
-        panel=THINK_PANEL,
-        min=1,
-    ),
-    shared(
-        "effort",
-        str | None,
-        None,
-        "Preset: low (budget 256), medium (budget 1024), high (at least 2048).",
-        panel=THINK_PANEL,
-    ),
-    shared("no_think", bool, False, "Answer directly, with an empty reasoning block.", "--no-think", panel=THINK_PANEL),
-)
-REMOTE = (
-    shared(
-        "server",
-        list[str] | None,
-        None,
-        "URL of an OpenAI-compatible server (e.g. http://127.0.0.1:9999); else a local engine (see --keep-alive).",
-        "--server",
-        "-s",
-        panel=ENGINE_PANEL,
-    ),
-    shared(
-        "api_key",
-        str | None,
-        None,
-        "API key for --server; prefer STEPAUDIO_API_KEY: on the command line it is visible to other users.",
-        "--api-key",
-        panel=ENGINE_PANEL,
-    ),
-    shared(
-        "timeout",
-        float,
-        DEFAULT_TIMEOUT,
-        "Seconds a server may stay silent mid-request before it counts as hung (--server).",
-        panel=ENGINE_PANEL,
-        min=1.0,
-    ),
-)
-# One option per EngineSettings field a user sets (tests/test_settings.py holds them to that).
-ENGINE = (
-    shared(
-        "model",
-        str | None,
-        None,
-        f"Local path or hub repo id (in-process; default {DEFAULT_MODEL}), or the served model name with --server.",
-        "--model",
-        "-m",
-        panel=ENGINE_PANEL,
-    ),
-    shared(
-        "max_model_len",
-        int,
-        DEFAULT_MAX_MODEL_LEN,
-        "Context length in tokens (in-process).",
-        panel=ENGINE_PANEL,
-        min=1024,
-    ),
-    shared(
-        "max_num_seqs",
-        int,
-        DEFAULT_MAX_NUM_SEQS,
-        "Requests batched at once (in-process).",
-        panel=ENGINE_PANEL,
-        min=1,
-    ),
-    shared(
-        "tensor_parallel_size",
-        int | None,
-        None,
-        "GPUs to shard each pipeline stage over (default: all visible GPUs).",
-        "--tensor-parallel-size",
-        "-tp",
-        panel=ENGINE_PANEL,
-        min=1,
-    ),
-    shared(
-        "pipeline_parallel_size",
-        int,
-        1,
-        "Pipeline stages (e.g. one per node).",
-        "--pipeline-parallel-size",
-        "-pp",
-        panel=DIST_PANEL,
-        min=1,
-    ),
-    shared(
-        "distributed_executor_backend",
-        str | None,
-        None,
-        "vLLM executor: mp (one node) or ray (several nodes).",
-        panel=DIST_PANEL,
-    ),
-    shared(
-        "gpu_memory_utilization",
-        float | None,
-        None,
-        f"Fraction of GPU memory for vLLM (default {GPU_MEMORY_FRACTION}; on CPU, of RAM: {CPU_MEMORY_FRACTION}).",
-        panel=ENGINE_PANEL,
-        min=0.05,
-        max=1.0,
-    ),
-    shared("dtype", str, "auto", "Weights dtype: auto, bfloat16, float16, float32.", panel=ENGINE_PANEL),
-    shared(
-        "quantization",
-        str | None,
-        None,
-        f"Quantize the weights as they load: {', '.join(QUANTIZATIONS)} (about {FP8_GB} GB instead of "
-        f"{BF16_GB}; Hopper/Ada GPUs).",
-        panel=ENGINE_PANEL,
-    ),
-    shared(
-        "kv_cache_dtype",
-        str,
-        "auto",
-        f"KV cache dtype: {', '.join(KV_CACHE_DTYPES)} (fp8 holds twice the tokens; Hopper/Ada GPUs; "
-        "can cost accuracy).",
-        panel=ENGINE_PANEL,
-    ),
-    shared(
-        "load_format",
-        str,
-        "auto",
-        "vLLM load format; 'dummy' builds random weights from config.json (GPU checks without the 67 GB).",
-        hidden=True,
-    ),
-    shared(
-        "keep_alive",
-        str,
-        DEFAULT_KEEP_ALIVE,
-        "Without --server: keep the model loaded this long after use (e.g. 5m, 1h, forever); "
-        "0 runs it in-process and leaves nothing running. `stepaudio ps` lists, `stepaudio stop` frees.",
-        panel=ENGINE_PANEL,
-    ),
-)
-LONG_RECORDINGS = (
-    shared(
-        "window",
-        str | None,
-        None,
-        "Window length for audio longer than one request holds, e.g. 20m (default: what fits the context).",
-        "--window",
-        panel=LONG_PANEL,
-        metavar="DURATION",
-    ),
-    shared(
-        "no_window",
-        bool,
-        False,
-        "Refuse audio longer than one request holds instead of answering it in windows.",
-        "--no-window",
-        panel=LONG_PANEL,
-    ),
-)
-JSON = (shared("json_output", bool, False, "Print JSON instead of text.", "--json", env=False),)
-GROUPS = (SAMPLING, REASONING, REMOTE, ENGINE, LONG_RECORDINGS, JSON)
-#: Every shared option by its parameter name.
-BY_NAME = {o.name: o for group in GROUPS for o in group}
+#: What a command may receive, by parameter name: ``engine`` (EngineSettings), ``sampling``
+#: (request.Sampling), ``thinking`` (request.Thinking), ``windowing`` (windows.Windowing),
+#: ``keep_alive`` (seconds, None: forever), and the plain values of ``system``,
+#: ``json_output`` and ``hide_reasoning``.
+TYPED = {
+    "engine": Typed(_names(REMOTE, ENGINE, but=("keep_alive",)), engine_settings, partial=True),
+    "sampling": Typed(_names(SAMPLING, but=("system",)), _sampling),
+    "thinking": Typed(_names(REASONING), _thinking),
+    "windowing": Typed(_names(LONG_RECORDINGS), _windowing),
+    "keep_alive": Typed(frozenset({"keep_alive"}), _keep_alive),
+    **{
+        name: Typed(frozenset({name}), lambda v, name=name: v[name])
+        for name in ("system", "json_output", "hide_reasoning")
+    },
+}
 
 
-def takes(*groups: Iterable[Shared], leave_out: Iterable[str] = (), only: Iterable[str] | None = None):
+def takes(
+    *groups: Iterable[Shared],
+    leave_out: Iterable[str] = (),
+    only: Iterable[str] | None = None,
+    vary: Iterable[Shared] = (),
+):
     """A command that takes the options of ``groups`` (those named in ``only``, when given; not those
-    in ``leave_out``) besides its own. A parameter the command declares itself wins over a shared
-    one of the same name. The command is called with its own parameters only; it reads the shared
-    ones through ``ctx.params``. In ``--help`` its own panels come first, then the groups' panels.
-    The wrapper's ``shared_options`` lists the records it added."""
+    in ``leave_out``; ``vary``: this command's variants of some of them, :meth:`Shared.vary`) besides
+    its own, and receives them as the typed values (:data:`TYPED`) it lists as keyword-only
+    parameters without a default: ``def ask(ctx, ..., *, engine: EngineSettings, sampling: Sampling)``.
+
+    Refused (ValueError, when the app is built): a parameter of the command's own named like a
+    shared option, or with a flag of one it takes (one name, one meaning); a typed value whose
+    options it does not take; an option it takes that no typed value reads. In ``--help`` its own
+    panels come first, then the groups' panels. The wrapper's ``shared_options`` lists the records
+    it added, its ``typed_values(params)`` builds what the command receives from parsed values."""
     chosen = [o for group in groups for o in group]
+    variants = {o.name: o for o in vary}
     left_out, picked = set(leave_out), None if only is None else set(only)
-    unknown = (left_out | (picked or set())) - {o.name for o in chosen}
+    unknown = (left_out | (picked or set()) | set(variants)) - {o.name for o in chosen}
     if unknown:  # a typo would silently take or drop an option
         raise ValueError(f"no shared option {', '.join(sorted(unknown))} in these groups")
-    chosen = [o for o in chosen if o.name not in left_out and (picked is None or o.name in picked)]
+    chosen = [
+        variants.get(o.name, o) for o in chosen if o.name not in left_out and (picked is None or o.name in picked)
+    ]
 
     def decorate(fn: Callable) -> Callable:
-        own = inspect.signature(fn, eval_str=True)
-        added = tuple(o for o in chosen if o.name not in own.parameters)
-        shared_names = frozenset(o.name for o in added)
-        params = _panel_by_panel(list(own.parameters.values()), [o.parameter() for o in added])
+        own, typed = _split(fn)
+        taken = {o.name for o in chosen}
+        _refuse_clashes(fn.__name__, own, chosen)
+        for name in typed:
+            need = TYPED[name]
+            if not (need.reads & taken if need.partial else need.reads <= taken):
+                missing = ", ".join(sorted(need.reads - taken))
+                raise ValueError(f"{fn.__name__}: `{name}` is built from options it does not take ({missing})")
+        unread = taken - set().union(*(TYPED[name].reads for name in typed))
+        if unread:  # an option that changes nothing
+            raise ValueError(f"{fn.__name__}: takes {_flags(unread)} but receives no typed value built from it")
+        params = _panel_by_panel(own, [o.parameter() for o in chosen])
+
+        def typed_values(values: dict) -> dict:
+            """What the command receives, from the parsed values of the shared options it takes."""
+            given = {k: values[k] for k in taken}
+            return {name: TYPED[name].build(given) for name in typed}
 
         @functools.wraps(fn)
         def command(*args, **kwargs):
-            return fn(*args, **{k: v for k, v in kwargs.items() if k not in shared_names})
+            values = {k: kwargs.pop(k) for k in taken}
+            return fn(*args, **kwargs, **typed_values(values))
 
-        command.__signature__ = own.replace(parameters=params)
+        command.__signature__ = inspect.Signature(params)
         command.__annotations__ = {p.name: p.annotation for p in params}
-        command.shared_options = added
+        command.shared_options = tuple(chosen)
+        command.typed_values = typed_values
         return command
 
     return decorate
+
+
+def _split(fn: Callable) -> tuple[list[inspect.Parameter], list[str]]:
+    """``fn``'s own parameters (their annotations evaluated, as Typer reads them) and the names of
+    the typed values it receives (keyword-only without a default; their annotations stay text, so
+    a command module imports no settings classes for ``--help``)."""
+    own, typed = [], []
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty:
+            if p.name not in TYPED:
+                raise ValueError(f"{fn.__name__}: no typed value {p.name!r} (one of: {', '.join(TYPED)})")
+            typed.append(p.name)
+            continue
+        annotation = eval(p.annotation, fn.__globals__) if isinstance(p.annotation, str) else p.annotation
+        own.append(p.replace(annotation=annotation))
+    return own, typed
+
+
+def _refuse_clashes(command: str, own: list[inspect.Parameter], chosen: list[Shared]) -> None:
+    """One name, one meaning: a command's own parameter named like a shared option, or with the
+    flag of a shared option it takes, would silently shadow it."""
+    for p in own:
+        if p.name in BY_NAME:
+            raise ValueError(
+                f"{command}: declares {_flags([p.name])} itself; take the shared option (options.takes, "
+                "with Shared.vary for its own default or help), or give its own meaning its own name"
+            )
+    taken_flags = {f: o.name for o in chosen for f in (o.flags or ("--" + o.name.replace("_", "-"),))}
+    for p in own:
+        for flag in _declared_flags(p):
+            if flag in taken_flags:
+                raise ValueError(f"{command}: {p.name} declares {flag}, the flag of the shared {taken_flags[flag]}")
+
+
+def _declared_flags(p: inspect.Parameter) -> tuple[str, ...]:
+    for m in getattr(p.annotation, "__metadata__", ()):
+        if isinstance(m, typer.models.OptionInfo):
+            given = tuple(d for d in (m.default, *m.param_decls) if isinstance(d, str) and d.startswith("-"))
+            return given or ("--" + p.name.replace("_", "-"),)
+    return ()
+
+
+def _flags(names: Iterable[str]) -> str:
+    """The flags a user types for these shared options (or for a name no option has, --name)."""
+    return ", ".join(
+        BY_NAME[n].flags[0] if n in BY_NAME and BY_NAME[n].flags else "--" + n.replace("_", "-") for n in sorted(names)
+    )
 
 
 def _panel_by_panel(own: list[inspect.Parameter], added: list[inspect.Parameter]) -> list[inspect.Parameter]:
@@ -317,45 +263,3 @@ def terminal(ctx: typer.Context) -> Terminal:
     if not isinstance(root.obj, Terminal):  # a command invoked on its own (no root callback)
         root.obj = Terminal()
     return root.obj
-
-
-def engine_settings(ctx: typer.Context, **fixed):
-    """The engine settings of a command, from its parsed options: every parameter named like an
-    :class:`EngineSettings` field goes to that field (``server`` and ``model`` are read as the
-    remote/in-process pair). ``fixed`` gives fields the command does not take as options."""
-    from stepaudio_cli.engines.settings import EngineSettings
-
-    params = {**ctx.params, **fixed}
-    servers = EngineSettings.split_servers(params.get("server"))
-    model = params.get("model")
-    names = {f.name for f in dataclasses.fields(EngineSettings)} - {"servers", "model", "served_model"}
-    given = {k: v for k, v in params.items() if k in names}
-    return EngineSettings(
-        servers=servers,
-        model=(None if servers else model) or DEFAULT_MODEL,
-        served_model=model if servers else None,
-        **given,
-    )
-
-
-def sampling(ctx: typer.Context):
-    """The sampling settings of a command (ask, batch), from its parsed options."""
-    from stepaudio_cli.request import Sampling
-
-    p = ctx.params
-    return Sampling(temperature=p["temperature"], top_p=p["top_p"], max_tokens=p["max_tokens"], seed=p["seed"])
-
-
-def thinking(ctx: typer.Context):
-    """The reasoning-length settings of a command (ask, batch), from its parsed options."""
-    from stepaudio_cli.request import Thinking
-
-    p = ctx.params
-    return Thinking.from_options(p["think_budget"], p["min_think"], p["effort"], p["no_think"])
-
-
-def windowing(ctx: typer.Context):
-    """How a command (ask, batch) answers audio longer than one request holds, from its options."""
-    from stepaudio_cli.windows import Windowing
-
-    return Windowing.from_options(ctx.params["window"], ctx.params["no_window"])

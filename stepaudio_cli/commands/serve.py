@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -11,25 +11,40 @@ from stepaudio_cli.commands import options
 from stepaudio_cli.defaults import DEFAULT_MODEL
 from stepaudio_cli.errors import UserError
 
+if TYPE_CHECKING:
+    from stepaudio_cli.engines.settings import EngineSettings
 
-@options.takes(options.ENGINE)  # model (an argument), max_model_len and keep_alive are its own
+
+@options.takes(
+    options.ENGINE,
+    (options.BY_NAME["api_key"],),
+    leave_out=("keep_alive",),  # serve's own --keep-alive: stop when idle (idle_stop below)
+    vary=[
+        options.MODEL.vary(
+            argument=True,
+            type=str,
+            default=DEFAULT_MODEL,
+            help="Local path or hub repo id (downloaded already).",
+            panel=None,
+        ),
+        options.BY_NAME["max_model_len"].vary(
+            type=int | None,
+            default=None,
+            help="Context length (default: the most the KV cache holds, up to the model's maximum).",
+        ),
+        options.BY_NAME["api_key"].vary(
+            panel=None,
+            help="Require this bearer token on /v1 requests. On the command line it is visible to other "
+            "users of the machine (ps): prefer STEPAUDIO_API_KEY or --api-key-file.",
+        ),
+    ],
+)
 def serve(
     ctx: typer.Context,
-    model: Annotated[
-        str, typer.Argument(envvar="STEPAUDIO_MODEL", help="Local path or hub repo id (downloaded already).")
-    ] = DEFAULT_MODEL,
     host: Annotated[
         str, typer.Option(envvar="STEPAUDIO_HOST", help="Address to bind; 0.0.0.0 exposes it.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="STEPAUDIO_PORT", min=1, max=65535)] = 9999,
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            envvar="STEPAUDIO_API_KEY",
-            help="Require this bearer token on /v1 requests. On the command line it is visible to other "
-            "users of the machine (ps): prefer STEPAUDIO_API_KEY or --api-key-file.",
-        ),
-    ] = None,
     api_key_file: Annotated[
         Path | None, typer.Option(help="Read the bearer token from this file (its first line).")
     ] = None,
@@ -40,15 +55,6 @@ def serve(
             help="Serve beyond loopback (--host) without a key: anyone who can reach the port can use it.",
         ),
     ] = False,
-    max_model_len: Annotated[
-        int | None,
-        typer.Option(
-            envvar="STEPAUDIO_MAX_MODEL_LEN",
-            min=1024,
-            rich_help_panel=options.ENGINE_PANEL,
-            help="Context length (default: the most the KV cache holds, up to the model's maximum).",
-        ),
-    ] = None,
     raw_reasoning: Annotated[
         bool,
         typer.Option(
@@ -61,9 +67,14 @@ def serve(
     log_file: Annotated[Path | None, typer.Option(help="Where vLLM's log goes (default: the cache folder).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show vLLM's log on the terminal.")] = False,
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for /health.")] = 1800.0,
-    keep_alive: Annotated[
-        str | None, typer.Option(help="Stop after this long without requests (e.g. 30m; default: run until stopped).")
+    idle_stop: Annotated[
+        str | None,
+        typer.Option(
+            "--keep-alive", help="Stop after this long without requests (e.g. 30m; default: run until stopped)."
+        ),
     ] = None,
+    *,
+    engine: EngineSettings,
 ) -> None:
     """Start vLLM's OpenAI-compatible server for Step-Audio-R1 (arguments after `--` go to vLLM)."""
     from stepaudio_cli import serve as core
@@ -71,12 +82,13 @@ def serve(
     from stepaudio_cli.vllm_log import engine_log_path
 
     term = options.terminal(ctx)
+    api_key = engine.api_key
     if api_key_file is not None:
         if api_key:
             raise UserError("give --api-key (or STEPAUDIO_API_KEY) or --api-key-file, not both")
         api_key = read_key_file(api_key_file)
     opts = core.ServeOptions(
-        engine=options.engine_settings(ctx),
+        engine=engine,
         host=host,
         port=port,
         api_key=api_key,
@@ -84,19 +96,19 @@ def serve(
         extra=list(ctx.args),
         insecure_no_key=insecure_no_key,
     )
-    idle_stop = None if keep_alive is None else parse_keep_alive(keep_alive)
+    keep_alive = None if idle_stop is None else parse_keep_alive(idle_stop)
     log = log_file or engine_log_path(f"serve-{port}.log")
 
     def ready(running: core.Running) -> None:
         url = running.url
-        how = "as asked" if max_model_len else "the most the KV cache holds, up to the model's maximum"
+        how = "as asked" if engine.max_model_len else "the most the KV cache holds, up to the model's maximum"
         term.success(f"Step-Audio-R1 server ready at {url}/v1 (context {running.context} tokens: {how})")
         key = "STEPAUDIO_API_KEY=... " if api_key else ""
         term.info(f'Try: {key}stepaudio ask --server {url} clip.wav "What is happening in this audio?"')
         if not verbose:
             term.info(f"Server log: {log}. Ctrl-C stops it.")
 
-    hooks = user_serve.hooks(opts, idle_stop, on_status=term.status_line(), on_ready=ready)
+    hooks = user_serve.hooks(opts, keep_alive, on_status=term.status_line(), on_ready=ready)
     code = core.run(opts, hooks, log_path=log, passthrough=verbose, ready_timeout=ready_timeout)
     raise typer.Exit(code)
 
