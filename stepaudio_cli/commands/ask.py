@@ -19,13 +19,17 @@ from stepaudio_cli.errors import UserError
     options.ENGINE,
     options.LONG_RECORDINGS,
     options.JSON,
+    options.URLS,
     leave_out=("max_num_seqs",),  # derived: a small batch in-process, see below
 )
 def ask(
     ctx: typer.Context,
     inputs: Annotated[
         list[str],
-        typer.Argument(help="Audio files (`-` reads one from stdin), then the question.", metavar="AUDIO... QUESTION"),
+        typer.Argument(
+            help="Audio files or http(s) URLs (`-` reads one from stdin), then the question.",
+            metavar="AUDIO... QUESTION",
+        ),
     ],
     hide_reasoning: Annotated[
         bool, typer.Option("--hide-reasoning", envvar="STEPAUDIO_HIDE_REASONING", help="Do not show the reasoning.")
@@ -47,7 +51,8 @@ def ask(
     keep = parse_keep_alive(ctx.params["keep_alive"])
     seqs = ASK_MAX_NUM_SEQS if keep == 0 else DEFAULT_MAX_NUM_SEQS  # a resident engine batch can share
     settings = options.engine_settings(ctx, max_num_seqs=seqs, thinking_processor=think.constrained)
-    request = core.prepare(sources, question, ctx.params["system"], options.sampling(ctx), think)
+    urls = options.url_fetching(ctx)
+    request = core.prepare(sources, question, ctx.params["system"], options.sampling(ctx), think, urls)
     windowing = options.windowing(ctx)
     if not settings.remote:
         offer_download(term, settings.model)

@@ -16,10 +16,14 @@ from stepaudio_cli.errors import UserError
 IO = "Input and output"
 
 
-@options.takes(options.SAMPLING, options.REASONING, options.REMOTE, options.ENGINE, options.LONG_RECORDINGS)
+@options.takes(
+    options.SAMPLING, options.REASONING, options.REMOTE, options.ENGINE, options.LONG_RECORDINGS, options.URLS
+)
 def batch(
     ctx: typer.Context,
-    inputs: Annotated[list[str], typer.Argument(help="Directories and/or audio files.", metavar="DIR_OR_FILES...")],
+    inputs: Annotated[
+        list[str], typer.Argument(help="Directories, audio files and/or http(s) URLs.", metavar="DIR_OR_FILES...")
+    ],
     prompt: Annotated[
         str | None, typer.Option("--prompt", "-p", envvar="STEPAUDIO_PROMPT", help="The question for every file.")
     ] = None,
@@ -94,7 +98,7 @@ def batch(
     store = Store(None if output == "-" else Path(output), fmt, stdout=sys.stdout)
     if not store.resumable and (overwrite or retry_failed):
         raise UserError("--overwrite and --retry-failed need an output file (-o FILE)")
-    files = core.discover(inputs, glob or (), recursive)
+    files = core.discover(inputs, glob or (), recursive, options.url_fetching(ctx))
     if not files:
         raise UserError(f"no audio files found in {', '.join(inputs)}" + ("" if recursive else " (try --recursive)"))
     job = core.BatchJob(

@@ -2,7 +2,7 @@
 
 A shared option is one :class:`Shared` record, made by :func:`shared` (its env var is
 ``STEPAUDIO_`` + its name); the records come in groups (:data:`SAMPLING`, :data:`REASONING`,
-:data:`REMOTE`, :data:`ENGINE`, :data:`LONG_RECORDINGS`, :data:`JSON`), and a command takes groups
+:data:`REMOTE`, :data:`ENGINE`, :data:`LONG_RECORDINGS`, :data:`JSON`, :data:`URLS`), and a command takes groups
 with :func:`takes`. The command declares only its own options and reads the shared ones through
 ``ctx.params`` (:func:`engine_settings`, :func:`sampling`, :func:`thinking`, :func:`windowing`).
 """
@@ -255,7 +255,16 @@ LONG_RECORDINGS = (
     ),
 )
 JSON = (shared("json_output", bool, False, "Print JSON instead of text.", "--json", env=False),)
-GROUPS = (SAMPLING, REASONING, REMOTE, ENGINE, LONG_RECORDINGS, JSON)
+URLS = (
+    shared(
+        "no_cache",
+        bool,
+        False,
+        "Fetch http(s) URLs again instead of reusing (and revalidating) the cached copy.",
+        "--no-cache",
+    ),
+)
+GROUPS = (SAMPLING, REASONING, REMOTE, ENGINE, LONG_RECORDINGS, JSON, URLS)
 #: Every shared option by its parameter name.
 BY_NAME = {o.name: o for group in GROUPS for o in group}
 
@@ -359,3 +368,10 @@ def windowing(ctx: typer.Context):
     from stepaudio_cli.windows import Windowing
 
     return Windowing.from_options(ctx.params["window"], ctx.params["no_window"])
+
+
+def url_fetching(ctx: typer.Context):
+    """How a command (ask, batch, mcp) fetches audio given as http(s) URLs, from its options."""
+    from stepaudio_cli.url_audio import UrlFetching
+
+    return UrlFetching(use_cache=not ctx.params["no_cache"])
