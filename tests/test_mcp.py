@@ -180,3 +180,15 @@ def test_the_tiny_model_answers_through_mcp(vllm_server, clip):
     reasoning, answer = SCRIPT
     assert not result.is_error, text(result)
     assert text(result) == answer and result.structured_content["reasoning"] == reasoning
+
+
+def test_help_imports_neither_the_sdk_nor_yt_dlp():
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from stepaudio_cli.cli import app\n"
+        "assert CliRunner().invoke(app, ['mcp', '--help']).exit_code == 0\n"
+        "print(sorted(m for m in ('mcp', 'mcp_types', 'yt_dlp', 'httpx') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
