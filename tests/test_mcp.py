@@ -168,15 +168,12 @@ def test_in_process_engines_are_refused(monkeypatch):
 
 
 @pytest.mark.engine
-def test_the_tiny_model_answers_through_mcp(vllm_server, clip):
+def test_the_tiny_model_answers_through_mcp(vllm_server, clip, monkeypatch):
     async def calls(client):
         return await client.call_tool("ask", {"audio": [str(clip)], "question": "What is it?"})
 
-    os.environ["STEPAUDIO_API_KEY"] = "sekret"  # restored by conftest's monkeypatch.delenv at teardown
-    try:
-        result = session("--server", vllm_server.url, calls=calls)
-    finally:
-        del os.environ["STEPAUDIO_API_KEY"]
+    monkeypatch.setenv("STEPAUDIO_API_KEY", "sekret")  # the key from the environment, as hosts pass it
+    result = session("--server", vllm_server.url, calls=calls)
     reasoning, answer = SCRIPT
     assert not result.is_error, text(result)
     assert text(result) == answer and result.structured_content["reasoning"] == reasoning
