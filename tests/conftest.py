@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -203,18 +204,64 @@ def vllm_server(scripted_ckpt, tmp_path_factory):
         server.stop()
 
 
+#: Where the whole session lives instead of the user's home (short: socket paths hold 108 bytes).
+SESSION_HOME = Path(tempfile.mkdtemp(prefix="sa-"))
+
+
+def pytest_configure(config):
+    """Before any fixture or import of the code under test: the session has a home of its own, so
+    nothing touches the real home, config, cache, registry or hub token; resident engines (the
+    default path) register in the session's own runtime folder and are shared across tests."""
+    for name, sub in (
+        ("HOME", "home"),
+        ("XDG_CONFIG_HOME", "config"),
+        ("XDG_CACHE_HOME", "cache"),
+        ("XDG_STATE_HOME", "state"),
+        ("XDG_DATA_HOME", "data"),
+    ):
+        (SESSION_HOME / sub).mkdir(exist_ok=True)
+        os.environ[name] = str(SESSION_HOME / sub)
+    (SESSION_HOME / "run").mkdir(mode=0o700, exist_ok=True)
+    os.environ["XDG_RUNTIME_DIR"] = str(SESSION_HOME / "run")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    for name in [n for n in os.environ if n.startswith(("STEPAUDIO_", "HF_TOKEN"))]:
+        del os.environ[name]
+    # A resident engine stays for 2 minutes after a test used it: the next tests with the same
+    # settings reuse it; a suite of many checkpoints does not hold them all at once.
+    os.environ["STEPAUDIO_KEEP_ALIVE"] = "2m"
+
+
+def pytest_unconfigure(config):
+    """Stop the resident engines the session started, then remove its home."""
+    import shutil
+
+    from stepaudio_cli.resident import client
+
+    try:
+        for entry in client.select(None):
+            client.stop(entry, timeout=60)
+    except Exception as e:  # noqa: BLE001 - the session is over; say what was left
+        print(f"resident engines not stopped: {e}", file=sys.stderr)
+    shutil.rmtree(SESSION_HOME, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path, tmp_path_factory, monkeypatch):
-    """No test reads or writes the real user's config, cache or hub token."""
+def _isolated_home(tmp_path, monkeypatch):
+    """Each test has its own config, cache and state; the session's runtime folder (its resident
+    engines) is shared."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    # In-process unless a test asks for a resident engine; those register in a private folder.
-    monkeypatch.setenv("STEPAUDIO_KEEP_ALIVE", "0")
-    run = tmp_path_factory.mktemp("run")  # beside the test's folder: tests list what they leave there
-    run.chmod(0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     monkeypatch.delenv("STEPAUDIO_SERVER", raising=False)
     monkeypatch.delenv("STEPAUDIO_API_KEY", raising=False)
     monkeypatch.delenv("STEPAUDIO_MODEL", raising=False)
+
+
+@pytest.fixture
+def own_registry(tmp_path_factory, monkeypatch) -> Path:
+    """A runtime folder of the test's own (short path), for tests that look at the registry itself."""
+    run = Path(tempfile.mkdtemp(prefix="sr-", dir=SESSION_HOME))
+    run.chmod(0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    return run

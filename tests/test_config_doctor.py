@@ -122,7 +122,7 @@ def test_doctor_counts_fp8_and_the_vllm_window(monkeypatch):
     monkeypatch.setattr(doctor, "dist_version", lambda *names: ("vllm", "0.34.0"))
     old = runner.invoke(app, ["doctor", "--model", "someone/not-downloaded"])
     assert "vLLM: vllm 0.34.0 (outside the tested window 0.26 - 0.32" in old.stdout
-    assert "pip install 'stepaudio[gpu]'   (brings a vLLM in 0.26 - 0.32)" in old.stdout
+    assert "pip install 'vllm>=0.26,<0.33'   (a vLLM in 0.26 - 0.32)" in old.stdout
 
 
 def test_gpu_extra_pins_the_tested_window():

@@ -16,12 +16,12 @@ from conftest import SCRIPT, LoopThread, noise, tone, write_wav
 from reference import next_token_logprobs
 from typer.testing import CliRunner
 
-from stepaudio_cli import resident
 from stepaudio_cli.audio import Audio, chunk_tokens, load_audio
 from stepaudio_cli.cli import app
 from stepaudio_cli.engines import EngineSettings, collect, make_engine
 from stepaudio_cli.prompt import build_prompt
 from stepaudio_cli.request import Request, Sampling
+from stepaudio_cli.resident import registry
 from stepaudio_cli.tiny_checkpoint import SPECIAL_TOKENS, build_checkpoint
 
 pytestmark = pytest.mark.engine
@@ -140,7 +140,7 @@ def children() -> set[int]:
     return found
 
 
-def test_ask_in_process_end_to_end(scripted_ckpt, clip):
+def test_ask_in_process_end_to_end(scripted_ckpt, clip, own_registry):
     before = children()
     args = ["ask", "--keep-alive", "0", "--model", str(scripted_ckpt), str(clip), "What is happening?"]
     result = CliRunner().invoke(app, args)
@@ -151,11 +151,11 @@ def test_ask_in_process_end_to_end(scripted_ckpt, clip):
     # vLLM's own chatter went to the engine log, not to the user's terminal.
     assert "INFO" not in result.stderr and "Loading safetensors" not in result.stderr
     assert children() - before == set(), "engine processes left behind"
-    assert not list(resident.registry_dir().iterdir()), "--keep-alive 0 registered an engine"
+    assert not list(registry.folder().iterdir()), "--keep-alive 0 registered an engine"
 
 
 def test_ask_in_process_json(scripted_ckpt, clip):
-    result = CliRunner().invoke(app, ["ask", "--json", "-m", str(scripted_ckpt), str(clip), "Q?"])
+    result = CliRunner().invoke(app, ["ask", "--json", "--keep-alive", "0", "-m", str(scripted_ckpt), str(clip), "Q?"])
     assert result.exit_code == 0, result.stderr
     obj = json.loads(result.stdout)
     assert (obj["reasoning"], obj["answer"]) == SCRIPT
@@ -191,7 +191,7 @@ def test_missing_vllm_is_one_line(ckpt, clip):
     code = (
         "import sys; sys.modules['vllm'] = None\n"
         "from stepaudio_cli.cli import main\n"
-        f"sys.argv = ['stepaudio', 'ask', '-m', {str(ckpt)!r}, {str(clip)!r}, 'Q?']\n"
+        f"sys.argv = ['stepaudio', 'ask', '--keep-alive', '0', '-m', {str(ckpt)!r}, {str(clip)!r}, 'Q?']\n"
         "main()\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}, timeout=120)
@@ -211,7 +211,8 @@ def test_interrupted_or_killed_ask_leaves_no_process(ckpt, clip, tmp_path, when,
 
     log = tmp_path / "ask.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stepaudio_cli", "ask", "-m", str(ckpt), "--max-tokens", "6000", str(clip), "Q?"],
+        [sys.executable, "-m", "stepaudio_cli", "ask", "--keep-alive", "0", "-m", str(ckpt), "--max-tokens", "6000"]
+        + [str(clip), "Q?"],
         stdout=subprocess.DEVNULL,
         stderr=log.open("wb"),
         # A shell's background job starts with SIGINT ignored, and Python keeps it so: give

@@ -136,7 +136,7 @@ def test_a_long_recording_reports_its_windows_as_progress(http_servers, tmp_path
     assert seen[-1][2] == f"combining the answers of {len(windows)} windows"
 
 
-def test_loaded_engines_lists_none(http_servers):
+def test_loaded_engines_lists_none(own_registry):
     async def calls(client):
         return await client.call_tool("loaded_engines", {})
 

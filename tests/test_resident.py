@@ -1,41 +1,39 @@
-"""`ask` on a resident engine: real `stepaudio ask` processes, real `stepaudio serve` engines (vLLM
-on CPU, the scripted tiny checkpoint). Three engine starts in all: A (two first asks at once,
-then reused), B (another memory fraction, beside A), C (A's settings again after A was killed -9)."""
+"""`ask` on the resident engine (the default path): real `stepaudio ask` processes, real resident
+servers (vLLM on CPU, a copy of the scripted tiny checkpoint). Engine starts: A (two first asks at
+once, then reused), an in-process one (the reasoning-length comparison), B (stopped while it starts),
+C (A's settings again after A's server was killed -9)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import SCRIPT
 
-from stepaudio_cli import resident
+from stepaudio_cli import processes
+from stepaudio_cli.resident import registry
+from stepaudio_cli.resident.registry import Entry
 
 pytestmark = pytest.mark.engine
 REASONING, ANSWER = SCRIPT
 
 
 @pytest.fixture(scope="module")
-def home():
-    """One registry and cache for the module (short: socket paths hold 108 bytes)."""
-    with tempfile.TemporaryDirectory(prefix="sa-") as tmp:
-        (Path(tmp) / "run").mkdir(mode=0o700)
-        yield Path(tmp)
-        env = {"XDG_RUNTIME_DIR": str(Path(tmp) / "run"), "XDG_CACHE_HOME": str(Path(tmp) / "cache")}
-        subprocess.run([sys.executable, "-m", "stepaudio_cli", "stop", "--all"], env={**os.environ, **env}, timeout=120)
-
-
-@pytest.fixture(autouse=True)
-def _shared_home(_isolated_home, home, monkeypatch):
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(home / "run"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+def rckpt(scripted_ckpt, tmp_path_factory) -> Path:
+    """The scripted checkpoint under a path of this module's own (the session's `stepaudio serve`
+    serves scripted_ckpt, and `ask` would use it for that model)."""
+    path = tmp_path_factory.mktemp("resident") / "ckpt"
+    shutil.copytree(scripted_ckpt, path)
+    return path
 
 
 def cli(*args: str) -> subprocess.Popen:
@@ -55,72 +53,98 @@ def finish(proc: subprocess.Popen) -> str:
     return err
 
 
-def engines(model: Path) -> list[resident.Entry]:
-    return [e for e in resident.read_entries() if e.model == str(model)]
+def engines(model: Path) -> list[Entry]:
+    return [e for e in registry.read_entries() if e.model == str(model)]
 
 
-def starts(entry: resident.Entry) -> int:
-    return Path(entry.log).read_text(errors="replace").count("Starting vLLM for")
+def starts(model: Path) -> int:
+    logs = Path(os.environ["XDG_CACHE_HOME"]).glob("stepaudio/**/resident-*.log")
+    return sum(log.read_text(errors="replace").count(f"Starting vLLM for {model}") for log in logs)
 
 
-def processes_naming(text: str) -> list[str]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and text.encode() in (proc / "cmdline").read_bytes():
-                found.append(proc.name)
-        except OSError:
-            continue
-    return found
+def marked(entry: Entry) -> list[int]:
+    """Processes still carrying the marker of ``entry``'s start."""
+    return processes.left_behind(registry.MARKER_ENV, entry.token, entry.pid_started)
 
 
-def running(pid: int) -> bool:
-    return resident._proc_started(pid) is not None
+def wait_until(condition, timeout: float = 90.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.25)
+    return condition()
 
 
-def test_two_first_asks_share_one_engine_and_the_next_reuses_it(scripted_ckpt, clip):
-    first = [ask(scripted_ckpt, clip), ask(scripted_ckpt, clip)]
+def test_two_first_asks_share_one_engine_and_the_next_reuses_it(rckpt, clip):
+    first = [ask(rckpt, clip), ask(rckpt, clip)]
     for proc in first:
         finish(proc)
-    (entry,) = engines(scripted_ckpt)
-    assert starts(entry) == 1
-    folder = resident.registry_dir()
+    (entry,) = engines(rckpt)
+    assert entry.state == "ready" and entry.kind == "resident"
+    folder = registry.folder()
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-    assert stat.S_IMODE(os.stat(entry.uds).st_mode) == 0o600 and entry.uds.startswith(str(folder))
+    assert stat.S_IMODE(os.stat(entry.socket_path).st_mode) == 0o600
     assert stat.S_IMODE((folder / f"{entry.id}.json").stat().st_mode) == 0o600
-    err = finish(ask(scripted_ckpt, clip))  # no start: connects at once
-    (again,) = engines(scripted_ckpt)
-    assert again.pid == entry.pid and starts(again) == 1 and "Loading" not in err
-    # --think-budget takes the remote scheme against it
-    finish(ask(scripted_ckpt, clip, "--min-think", "3"))
+    err = finish(ask(rckpt, clip))  # no start: connects at once
+    (again,) = engines(rckpt)
+    assert again.pid == entry.pid and "Loading" not in err
 
 
-def test_other_settings_get_another_engine_listed_by_ps(scripted_ckpt, clip):
-    (a,) = engines(scripted_ckpt)
-    finish(ask(scripted_ckpt, clip, "--gpu-memory-utilization", "0.2"))
-    both = engines(scripted_ckpt)
-    assert len(both) == 2 and a.pid in {e.pid for e in both}
+def test_think_budget_gives_the_same_tokens_in_process_and_resident(rckpt, clip):
+    args = ["--json", "--seed", "5", "--think-budget", "3", "--max-tokens", "12"]
+    resident = ask(rckpt, clip, *args)  # engine A, from the test above
+    in_process = ask(rckpt, clip, *args, keep="0")
+    records = []
+    for proc in (resident, in_process):
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        records.append(json.loads(out))
+    a, b = records
+    assert a["usage"]["reasoning_tokens"] == 3
+    assert (a["reasoning"], a["answer"], a["usage"]) == (b["reasoning"], b["answer"], b["usage"])
+
+
+def test_a_serve_section_in_the_config_does_not_shape_the_engine_ask_starts(rckpt, clip, tmp_path):
+    config = tmp_path / "config" / "stepaudio" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('[serve]\nmax_num_seqs = 3\nkeep_alive = "1s"\n')
+    finish(ask(rckpt, clip))
+    (entry,) = engines(rckpt)  # engine A, reused: the config's [serve] did not change its identity
+    assert entry.settings["max_num_seqs"] == 32
+
+
+def test_sigterm_to_the_only_client_starting_an_engine_stops_it(rckpt, clip):
+    starting = ask(rckpt, clip, "--gpu-memory-utilization", "0.2")  # other settings: engine B
+    assert wait_until(lambda: any(e.state == "starting" for e in engines(rckpt))), "ps never saw it starting"
     listed = cli("ps")
-    out, err = listed.communicate(timeout=60)
-    assert listed.returncode == 0, err
-    assert out.count("unix:") == 2 and "memory 0.2" in out
+    out, _ = listed.communicate(timeout=60)
+    assert "starting" in out
+    (b,) = [e for e in engines(rckpt) if e.state == "starting"]
+    starting.send_signal(signal.SIGTERM)
+    starting.communicate(timeout=120)
+    assert starting.returncode != 0
+    assert wait_until(lambda: not b.is_ours() and not marked(b)), "the engine outlived the client that started it"
+    assert not (registry.folder() / f"{b.id}.json").exists()
 
 
-def test_killed_engine_is_replaced_and_keep_alive_2s_frees_everything(scripted_ckpt, clip):
-    a = next(e for e in engines(scripted_ckpt) if not e.settings["gpu_memory_utilization"])
+def test_a_killed_server_leaves_no_vllm_and_keep_alive_2s_frees_everything(rckpt, clip):
+    (a,) = engines(rckpt)
     os.kill(a.pid, signal.SIGKILL)
-    finish(ask(scripted_ckpt, clip, keep="2s"))
-    c = next(e for e in engines(scripted_ckpt) if not e.settings["gpu_memory_utilization"])
+    assert wait_until(lambda: not marked(a)), "vLLM outlived its server (kill -9)"
+    finish(ask(rckpt, clip, keep="2s"))
+    (c,) = engines(rckpt)
     assert c.pid != a.pid and c.id == a.id
-    deadline = time.monotonic() + 60
-    while running(c.pid) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not running(c.pid), "the engine outlived --keep-alive 2s"
-    assert not Path(c.uds).exists() and not (resident.registry_dir() / f"{c.id}.json").exists()
-    assert not processes_naming(c.uds), "vLLM outlived its server"
-    # stop frees the other one, and then nothing is left
-    (b,) = engines(scripted_ckpt)
-    stopped = cli("stop", str(scripted_ckpt))
+    assert wait_until(lambda: not c.is_ours() and not marked(c), 60), "the engine outlived --keep-alive 2s"
+    assert not Path(c.socket_path).exists() and not (registry.folder() / f"{c.id}.json").exists()
+    assert engines(rckpt) == []
+
+
+def test_stop_all_leaves_a_serve_the_user_started(vllm_server):
+    stopped = cli("stop", "--all")
     _, err = stopped.communicate(timeout=120)
     assert stopped.returncode == 0, err
-    assert not running(b.pid) and resident.read_entries() == []
+    assert httpx.get(vllm_server.url + "/health", timeout=5).status_code == 200
+    listed = cli("ps")
+    out, _ = listed.communicate(timeout=60)
+    assert f"serve-{vllm_server.port}" in out and "yours (serve)" in out

@@ -1,5 +1,5 @@
-"""Resident engines without vLLM: the registry, its locks and keep-alive, against a fake server
-process that registers and idles the way `stepaudio serve --resident` does (resident.py)."""
+"""Resident engines without vLLM: the registry read strictly, processes signalled only when proven
+ours, `ps`/`stop` on what a hostile or stale registry holds, keep-alive parsing and identity."""
 
 from __future__ import annotations
 
@@ -9,259 +9,239 @@ import signal
 import stat
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from stepaudio_cli import resident
+from stepaudio_cli import processes
 from stepaudio_cli.cli import app
 from stepaudio_cli.engines.settings import EngineSettings
 from stepaudio_cli.errors import UserError
+from stepaudio_cli.resident import client, parse_keep_alive, registry
+from stepaudio_cli.resident.registry import Entry
 
-# What `serve --resident ID --keep-alive K` does, minus vLLM: listen on the private socket,
-# register once "ready", stop when idle; FAKE_FAIL fails the start the way serve reports it.
-FAKE_SERVER = """
-import os, socket, sys, time
-from stepaudio_cli import resident
-ident, keep, model = sys.argv[1], resident.parse_keep_alive(sys.argv[2]), sys.argv[3]
-time.sleep(float(os.environ.get("FAKE_DELAY", "0.3")))
-if os.environ.get("FAKE_FAIL"):
-    print("error: vLLM exited with code 1 while starting: the KV cache does not fit (lower --max-model-len)")
-    sys.exit(1)
-uds, _, _ = resident.private_address(ident, True)
-server = socket.socket(socket.AF_UNIX)
-server.bind(uds)
-server.listen()
-resident.register(resident.Entry(id=ident, pid=os.getpid(), model=model, uds=uds))
-watch = resident.IdleWatch(ident, keep)
-while not watch.idle():
-    time.sleep(0.05)
-resident.remove(ident)
-watch.release()
-"""
+runner = CliRunner()
+SETTINGS = EngineSettings(model="fake/model", max_model_len=4096)
+TOKEN = "ab" * 16
+
+
+@pytest.fixture(autouse=True)
+def _own(own_registry):
+    """Every test here has a registry of its own."""
 
 
 @pytest.fixture
-def fake(monkeypatch):
-    """Resident starts run FAKE_SERVER; yields the list of started server pids."""
-    started: list[str] = []
-
-    def command(settings, entry_id, keep_alive, log):
-        started.append(entry_id)
-        keep = "forever" if keep_alive is None else repr(keep_alive)
-        return [sys.executable, "-c", FAKE_SERVER, entry_id, keep, settings.model]
-
-    monkeypatch.setattr(resident, "serve_command", command)
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
-    yield started
-    for entry in resident.read_entries():
-        resident.stop(entry, timeout=10)
+def bystander():
+    """An unrelated process of this user (sleep), stopped at the end."""
+    proc = subprocess.Popen(["sleep", "120"])
+    yield proc
+    proc.kill()
+    proc.wait()
 
 
-SETTINGS = EngineSettings(model="fake/model", max_model_len=4096)
+def write(name: str, data) -> Path:
+    path = registry.folder() / name
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    path.chmod(0o600)
+    return path
 
 
-def gone(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if resident._proc_started(pid) is None or _zombie(pid):
-            return True
-        time.sleep(0.05)
-    return False
+def entry_data(real_pid: int, **over) -> dict:
+    pid = real_pid
+    data = {
+        "id": "0123456789ab",
+        "kind": "resident",
+        "state": "ready",
+        "pid": pid,
+        "pid_started": processes.start_time(real_pid),
+        "model": "fake/model",
+        "settings": {"max_model_len": 4096},
+        "token": TOKEN,
+        "uds": True,
+        "port": None,
+        "keyed": False,
+        "started": time.time(),
+    }
+    return data | over
 
 
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+def alive(proc: subprocess.Popen) -> bool:
+    return proc.poll() is None
 
 
 def test_keep_alive_durations():
-    assert resident.parse_keep_alive("5m") == 300
-    assert resident.parse_keep_alive("2s") == 2
-    assert resident.parse_keep_alive("1.5h") == 5400
-    assert resident.parse_keep_alive("90") == 90
-    assert resident.parse_keep_alive("0") == 0
-    assert resident.parse_keep_alive("forever") is None
-    assert resident.parse_keep_alive("-1") is None
-    assert resident.parse_keep_alive("100ms") == 0.1
-    assert resident.parse_keep_alive("1h30m") == resident.parse_keep_alive("1:30:00") == 5400  # as --window
-    with pytest.raises(UserError, match=r"--keep-alive 'soon': not a duration \(e\.g\. 5m, 90s, 1h, 0, forever\)"):
-        resident.parse_keep_alive("soon")
+    assert parse_keep_alive("5m") == 300 and parse_keep_alive("90") == 90 and parse_keep_alive("0") == 0
+    assert parse_keep_alive("forever") is None and parse_keep_alive("-1") is None
+    with pytest.raises(UserError, match="--keep-alive"):
+        parse_keep_alive("soon")
 
 
 def test_registry_folder_is_private(tmp_path, monkeypatch):
-    folder = resident.registry_dir()
-    assert folder == Path(os.environ["XDG_RUNTIME_DIR"]) / "stepaudio"
-    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-    os.chmod(folder, 0o755)
-    assert stat.S_IMODE(resident.registry_dir().stat().st_mode) == 0o700
+    assert stat.S_IMODE(registry.folder().stat().st_mode) == 0o700
     monkeypatch.delenv("XDG_RUNTIME_DIR")
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    assert resident.registry_dir() == tmp_path / "state" / "stepaudio" / "run"
-    (tmp_path / "elsewhere").mkdir()
-    (tmp_path / "state" / "stepaudio" / "run").rmdir()
-    (tmp_path / "state" / "stepaudio" / "run").symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(UserError, match="refusing"):
-        resident.registry_dir()
+    assert registry.folder() == tmp_path / "state" / "stepaudio" / "run"
 
 
 def test_identity_follows_the_engine_shaping_settings_only():
-    base = resident.identity(SETTINGS)
-    assert resident.identity(EngineSettings(model="fake/model", max_model_len=4096, timeout=5, wait_server=9)) == base
-    for change in (
-        {"max_model_len": 8192},
-        {"dtype": "float16"},
-        {"quantization": "fp8"},
-        {"tensor_parallel_size": 2},
-        {"gpu_memory_utilization": 0.5},
-        {"load_format": "dummy"},
-        {"model": "other/model"},
-        {"max_num_seqs": 4},
-    ):
-        fields = {"model": "fake/model", "max_model_len": 4096, **change}
-        assert resident.identity(EngineSettings(**fields)) != base, change
+    base = client.identity(SETTINGS)
+    assert client.identity(EngineSettings(model="fake/model", max_model_len=4096, timeout=5, wait_server=9)) == base
+    assert client.identity(EngineSettings(model="fake/model", max_model_len=4096, thinking_processor=True)) == base
+    for change in ({"max_model_len": 8192}, {"quantization": "fp8"}, {"gpu_memory_utilization": 0.5}):
+        assert client.identity(EngineSettings(**({"model": "fake/model", "max_model_len": 4096} | change))) != base
 
 
-def test_dead_entries_are_cleaned(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    folder = resident.registry_dir()
-    for suffix in (".sock", ".key"):
-        (folder / f"dead{suffix}").write_text("")
-    resident.Entry(id="dead", pid=proc.pid, model="m", uds=str(folder / "dead.sock"), pid_started="1").save()
-    assert resident.read_entries() == []
-    assert not list(folder.glob("dead.*"))
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"pid": -1},
+        {"pid": 0},
+        {"pid": 1},
+        {"pid": "x"},
+        {"pid": True},
+        {"id": "../../etc/x"},
+        {"port": 99999, "uds": False},
+        {"started": "yesterday"},
+        {"settings": {"max_model_len": [1, 2]}},
+        {"kind": "other"},
+        {"token": "../x"},
+    ],
+)
+def test_a_hostile_entry_is_skipped_with_one_warning_and_nothing_is_signalled(bystander, change):
+    data = entry_data(bystander.pid, **change)
+    write("0123456789ab.json", data)
+    warnings = []
+    assert registry.read_entries(warn=warnings.append) == []
+    assert len(warnings) == 1 and "not a valid engine entry" in warnings[0]
+    result = runner.invoke(app, ["stop", "--all"])
+    assert result.exit_code == 0, result.stderr
+    assert alive(bystander)
+    assert "Traceback" not in result.stderr
 
 
-def test_two_starts_at_once_share_one_server_which_stops_after_its_keep_alive(fake):
-    pids: list[int] = []
-
-    def one():
-        with resident.use(SETTINGS, 1.0, lambda text: None) as entry:
-            pids.append(entry.pid)
-            time.sleep(0.5)
-
-    threads = [threading.Thread(target=one) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert len(fake) == 1 and len(set(pids)) == 1 and len(pids) == 2
-    folder = resident.registry_dir()
-    sock = folder / f"{fake[0]}.sock"
-    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
-    assert stat.S_IMODE((folder / f"{fake[0]}.json").stat().st_mode) == 0o600
-    with resident.use(SETTINGS, 0.5, lambda text: None) as entry:  # reused: no second start
-        assert entry.pid == pids[0]
-    assert len(fake) == 1
-    assert gone(pids[0]), "the server outlived its keep-alive"
-    assert not sock.exists() and not (folder / f"{fake[0]}.json").exists()
+def test_an_entry_naming_an_unrelated_process_with_its_true_start_time_is_never_signalled(bystander):
+    write("0123456789ab.json", entry_data(bystander.pid))  # a resident entry: the marker is missing
+    write("serve-9999.json", entry_data(bystander.pid, id="serve-9999", kind="serve", token="", port=9999, uds=False))
+    for args in (["stop", "--all"], ["stop", "fake/model"], ["stop", "serve-9999"], ["stop", "0123456789ab"]):
+        result = runner.invoke(app, args)
+        assert "Traceback" not in result.stderr
+    assert alive(bystander)
+    assert registry.read_entries() == [], "an entry without our marker is not listed"
+    bystander.kill()
+    bystander.wait()
+    registry.read_entries()
+    assert not (registry.folder() / "0123456789ab.json").exists(), "an entry whose process is gone is cleaned up"
 
 
-def test_a_client_using_it_holds_it_even_when_killed_dash_9_it_lets_go(fake):
-    holder_code = (
-        "import time; from stepaudio_cli import resident; from stepaudio_cli.engines.settings import EngineSettings\n"
-        "with resident.use(EngineSettings(model='fake/model', max_model_len=4096), 0.2, print):\n"
-        "    print('held', flush=True); time.sleep(60)\n"
-    )
-    with resident.use(SETTINGS, 0.2, lambda text: None) as entry:
-        holder = subprocess.Popen([sys.executable, "-c", holder_code], stdout=subprocess.PIPE, text=True)
-        try:
-            for line in holder.stdout:
-                if line.startswith("held"):
-                    break
-            time.sleep(1.0)  # past the keep-alive, but in use
-            assert resident._proc_started(entry.pid) == entry.pid_started, "stopped while in use"
-        except BaseException:
-            holder.kill()
-            raise
+def test_fifo_symlink_and_foreign_files_do_not_hang_or_exhaust_ps(tmp_path):
+    folder = registry.folder()
+    os.mkfifo(folder / "aaaaaaaaaaaa.json")
+    (folder / "bbbbbbbbbbbb.json").symlink_to("/dev/zero")
+    write("cccccccccccc.json", "{" * 100_000)  # deep nesting
+    write("dddddddddddd.json", "x" * (registry.ENTRY_MAX_BYTES + 1))
+    write("eeeeeeeeeeee.json", "[1, 2]")
+    write("eeeeeeeeeeee.used", "1e999")
+    result = runner.invoke(app, ["ps"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.count("skipped, not a valid engine entry") == 5
+    assert "No model is loaded" in result.stderr
+    doctor = runner.invoke(app, ["doctor"])
+    assert doctor.exit_code in (0, 1) and "Traceback" not in doctor.stderr and "internal error" not in doctor.stderr
+
+
+def test_ps_shows_a_live_engine_without_control_characters(tmp_path):
+    """A script named stepaudio run as `stepaudio serve` stands in for one: ps lists it, its text cleaned."""
+    script = tmp_path / "stepaudio"
+    script.write_text("import time\ntime.sleep(60)\n")
+    me = subprocess.Popen([sys.executable, str(script), "serve", "--port", "9999"])
+    time.sleep(0.3)
     try:
-        time.sleep(1.0)
-        assert resident._proc_started(entry.pid) == entry.pid_started, "stopped while a client held it"
+        write(
+            "serve-9999.json",
+            entry_data(
+                me.pid, id="serve-9999", kind="serve", token="", port=9999, uds=False, model="evil\x1b[2J\x07model"
+            ),
+        )
+        # ownership needs the serve command line: argv has 'serve' and the word stepaudio
+        assert [e.id for e in registry.read_entries()] == ["serve-9999"]
+        result = runner.invoke(app, ["ps"])
+        assert result.exit_code == 0, result.stderr
+        assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+        assert "evil?[2J?model" in result.stdout and "http://127.0.0.1:9999" in result.stdout
+        assert "yours (serve)" in result.stdout
+        # stop --all leaves the user's own serve alone; naming its id stops it
+        assert runner.invoke(app, ["stop", "--all"]).exit_code == 0 and alive(me)
+        stopped = runner.invoke(app, ["stop", "serve-9999"])
+        assert stopped.exit_code == 0, stopped.stderr
+        me.wait(10)
+        assert me.returncode == -signal.SIGTERM
     finally:
-        holder.kill()
-        holder.wait()
-    assert gone(entry.pid), "a killed client kept the server up"
+        if alive(me):
+            me.kill()
+            me.wait()
 
 
-def test_a_killed_server_is_replaced_and_a_failed_start_says_why(fake, monkeypatch):
-    with resident.use(SETTINGS, None, lambda text: None) as entry:
-        first = entry.pid
-    os.kill(first, signal.SIGKILL)
-    assert gone(first)
-    with resident.use(SETTINGS, None, lambda text: None) as entry:
-        assert entry.pid != first
-    resident.stop(entry)
-    monkeypatch.setenv("FAKE_FAIL", "1")
-    with pytest.raises(UserError, match="did not start: vLLM exited .* KV cache does not fit"):
-        with resident.use(SETTINGS, None, lambda text: None):
-            pass
-
-
-def test_ctrl_c_while_it_starts_stops_it_when_nobody_else_waits(fake, monkeypatch):
-    monkeypatch.setenv("FAKE_DELAY", "30")
-    spawned: list[int] = []
-    real_spawn = resident._spawn
-
-    def spawn(*args):
-        info = real_spawn(*args)
-        spawned.append(info["pid"])
-        threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
-        return info
-
-    monkeypatch.setattr(resident, "_spawn", spawn)
-    with pytest.raises(KeyboardInterrupt), resident.use(SETTINGS, None, lambda text: None):
-        pass
-    assert gone(spawned[0], timeout=5)
-    assert not (resident.registry_dir() / f"{fake[0]}.starting").exists()
+def test_a_key_is_read_only_from_its_own_private_file():
+    entry = Entry.parse(entry_data(os.getpid(), keyed=True, uds=False, port=8000), "0123456789ab.json")
+    assert entry.server_url == "http://127.0.0.1:8000"
+    key = registry.path_of(entry.id, ".key")
+    key.symlink_to("/etc/hostname")
+    assert entry.api_key() is None  # a symlink is not followed
+    key.unlink()
+    registry.write_key(entry.id, "k3y")
+    assert entry.api_key() == "k3y" and stat.S_IMODE(key.stat().st_mode) == 0o600
 
 
 def test_no_room_on_the_gpu_is_one_line_naming_the_holder(monkeypatch):
-    from stepaudio_cli import gpus
-
-    entry = resident.register(resident.Entry(id="other", pid=0, model="big/model", settings={"max_model_len": 8192}))
-    monkeypatch.setattr(resident, "_connectable", lambda e: True)
-    monkeypatch.setattr(gpus, "count_cheap", lambda: 1)
-    assert resident.read_entries() == [entry]
-    with pytest.raises(UserError) as info:
-        resident._check_room(SETTINGS)
-    assert "big/model" in info.value.message and "`stepaudio stop big/model`" in info.value.message
-    resident._check_room(EngineSettings(model="fake/model", gpu_memory_utilization=0.05))  # fits beside it
-
-
-def test_ps_and_stop_commands(fake):
-    runner = CliRunner()
-    assert "No model is loaded" in runner.invoke(app, ["ps"]).stderr
-    with resident.use(SETTINGS, None, lambda text: None) as entry:
-        pass
-    listed = runner.invoke(app, ["ps"])
-    assert listed.exit_code == 0 and "fake/model" in listed.stdout and str(entry.pid) in listed.stdout
-    assert "when stopped" in listed.stdout
-    missing = runner.invoke(app, ["stop", "other/model"])
-    assert missing.exit_code == 1 and "no loaded engine serves other/model" in missing.stderr
-    stopped = runner.invoke(app, ["stop", "fake/model"])
-    assert stopped.exit_code == 0, stopped.stderr
-    assert gone(entry.pid) and resident.read_entries() == []
-    assert runner.invoke(app, ["stop"]).exit_code == 2
+    holder = subprocess.Popen(["sleep", "60"], env={**os.environ, registry.MARKER_ENV: TOKEN})
+    try:
+        time.sleep(0.2)
+        write("0123456789ab.json", entry_data(holder.pid, settings={"gpu_memory_utilization": 0.9}))
+        monkeypatch.setattr("stepaudio_cli.gpus.count_cheap", lambda: 1)
+        with pytest.raises(UserError, match=r"held by a resident engine for fake/model; .*stepaudio stop 0123456789ab"):
+            client.check_room(EngineSettings(model="other/model"))
+        stopped = runner.invoke(app, ["stop", "--all"])  # proven ours: its marker is there
+        assert stopped.exit_code == 0, stopped.stderr
+        holder.wait(10)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
 
 
-def test_entry_file_is_json_with_the_address(fake):
-    with resident.use(SETTINGS, None, lambda text: None) as entry:
-        data = json.loads((resident.registry_dir() / f"{entry.id}.json").read_text())
-    assert data["uds"] == entry.uds and entry.server_url == "unix:" + entry.uds
+def test_stop_needs_a_target_and_ignores_the_config_model(tmp_path, monkeypatch):
+    config = tmp_path / "config" / "stepaudio" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('model = "fake/model"\n')
+    result = runner.invoke(app, ["stop", "--all"])
+    assert result.exit_code == 0, result.stderr
+    bare = runner.invoke(app, ["stop"])
+    assert bare.exit_code == 2 and "or --all" in bare.stderr
 
 
-def test_ask_without_a_terminal_keeps_the_one_line_errors(clip):
-    runner = CliRunner()
-    missing = runner.invoke(app, ["ask", "-m", "someone/not-here", "--keep-alive", "5m", str(clip), "What?"])
-    assert missing.exit_code != 0 and "Traceback" not in missing.stderr
-    (line,) = [ln for ln in missing.stderr.splitlines() if ln.startswith("error:")]
-    assert "not downloaded yet" in line and "stepaudio download someone/not-here" in line
-    assert resident.read_entries() == [] and not list(resident.registry_dir().glob("*.starting"))
-    bad = runner.invoke(app, ["ask", "--keep-alive", "soon", str(clip), "What?"])
-    assert bad.exit_code == 2 and "--keep-alive" in bad.stderr
+def test_a_model_that_is_not_there_is_refused_before_anything_starts(clip, tmp_path):
+    for command in (["ask", "-m", "someone/not-here", str(clip), "What?"], ["batch", "-m", "someone/not-here"]):
+        if command[0] == "batch":
+            command += [str(clip), "-p", "Q", "-o", str(tmp_path / "r.jsonl")]
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, result.stderr
+        assert "someone/not-here" in result.stderr and "stepaudio download" in result.stderr
+        assert list(registry.folder().iterdir()) == []  # no engine started, nothing registered
+
+
+def test_in_process_start_short_of_memory_names_the_resident_engine_holding_it(ckpt):
+    from stepaudio_cli.errors import EngineError
+    from stepaudio_cli.resident import session
+
+    holder = subprocess.Popen(["sleep", "60"], env={**os.environ, registry.MARKER_ENV: TOKEN})
+    try:
+        time.sleep(0.2)
+        write("0123456789ab.json", entry_data(holder.pid))
+        with pytest.raises(EngineError) as caught:
+            with session(EngineSettings(model=str(ckpt)), 0, lambda text: None):
+                raise EngineError(f"{ckpt}: vLLM could not start the model: ValueError: Available memory 0.2 GiB")
+        (line,) = caught.value.message.splitlines()
+        assert "Available memory" in line and "stepaudio stop 0123456789ab" in line and "fake/model" in line
+    finally:
+        holder.kill()
+        holder.wait()

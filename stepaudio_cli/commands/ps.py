@@ -1,4 +1,4 @@
-"""stepaudio ps / stepaudio stop [MODEL | --all]: the resident engines that stay loaded."""
+"""stepaudio ps / stepaudio stop [ID | MODEL | --all]: the engines kept loaded."""
 
 from __future__ import annotations
 
@@ -12,45 +12,54 @@ from stepaudio_cli.errors import UserError
 
 def ps(ctx: typer.Context) -> None:
     """List the models kept loaded (resident engines, and `stepaudio serve`s on loopback)."""
-    from stepaudio_cli import resident
+    from stepaudio_cli import ps_view
+    from stepaudio_cli.resident import registry, status
 
     term = options.terminal(ctx)
-    rows = resident.status_rows(resident.read_entries())
-    if not rows:
+    statuses = status.statuses(registry.read_entries(warn=term.warn))
+    if not statuses:
         term.info("No model is loaded. `stepaudio ask` loads one and keeps it for --keep-alive (5m).")
         return
-    columns = ["settings", "address", "pid", "GPU memory", "idle for", "stops in"]
-    keys = ["settings", "address", "pid", "gpu", "idle", "stops"]
-    if not term.out.is_terminal:  # for scripts: one tab-separated line per engine, no wrapping
-        lines = ["\t".join(["model", *columns])] + ["\t".join(r[k] for k in ["model", *keys]) for r in rows]
-        term.write_out("\n".join(lines) + "\n")
-        return
-    term.table(None, [(r["model"], [r[k] for k in keys]) for r in rows], columns, first="model", plain=True)
+    ps_view.show(term, statuses)
 
 
 def stop(
     ctx: typer.Context,
-    model: Annotated[str | None, typer.Argument(help="Stop the engines of this model (path or repo id).")] = None,
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[ID | MODEL]",
+            help="The engine to stop: its id from `stepaudio ps` (a `stepaudio serve` of yours is stopped "
+            "only this way), or a model (path or repo id) whose resident engines to stop.",
+        ),
+    ] = None,
     all_: Annotated[bool, typer.Option("--all", "-a", help="Stop every resident engine.")] = False,
 ) -> None:
-    """Stop resident engines now, freeing their GPU memory."""
-    from stepaudio_cli import resident
+    """Stop engines kept loaded now, freeing their GPU memory."""
+    from stepaudio_cli import ps_view
+    from stepaudio_cli.resident import client
+    from stepaudio_cli.resident.status import settings_summary
 
     term = options.terminal(ctx)
-    if (model is None) == (not all_):
-        raise UserError("give a MODEL to stop, or --all" if model is None else "give a MODEL or --all, not both")
-    entries = resident.select(None if all_ else model)
+    if (target is None) == (not all_):
+        raise UserError(
+            "give an engine (its ID or MODEL, from `stepaudio ps`) or --all"
+            if target is None
+            else "give an engine or --all, not both"
+        )
+    entries = client.select(None if all_ else target, warn=term.warn)
     if not entries:
-        if model:
-            raise UserError(f"no loaded engine serves {model} (`stepaudio ps` lists them)", exit_code=1)
-        term.info("No model is loaded.")
+        if target:
+            raise UserError(f"no loaded engine is {target} or serves it (`stepaudio ps` lists them)", exit_code=1)
+        term.info("No resident engine is loaded.")
         return
     stuck = []
     with term.status("Stopping") as say:
         for entry in entries:
-            say(f"Stopping {entry.model} (pid {entry.pid})")
-            if resident.stop(entry):
-                term.success(f"Stopped {entry.model} ({resident.summary(entry)})")
+            model = ps_view.printable(entry.model)
+            say(f"Stopping {model} (pid {entry.pid})")
+            if client.stop(entry):
+                term.success(f"Stopped {model} ({settings_summary(entry)})")
             else:
                 stuck.append(str(entry.pid))
     if stuck:

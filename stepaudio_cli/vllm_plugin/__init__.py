@@ -12,6 +12,21 @@ from stepaudio_cli.checkpoint import ARCHITECTURES
 
 REASONING_PARSER = "step_audio_r1"
 RAW_REASONING_PARSER = "step_audio_r1_raw"  # everything in `content`, as StepFun's server sends it
+#: A request's reasoning-length settings, for the plugin's logits processor (logits_processor.py).
+THINK_BUDGET_ARG = "stepaudio_think_budget"
+THINK_MIN_ARG = "stepaudio_min_think"
+
+
+def thinking_args(budget: int | None, min_tokens: int | None) -> dict[str, int]:
+    """What a request sends to limit its reasoning: ``SamplingParams.extra_args`` in-process,
+    ``vllm_xargs`` to a server of ours."""
+    args = {}
+    if budget is not None:
+        args[THINK_BUDGET_ARG] = int(budget)
+    if min_tokens:
+        args[THINK_MIN_ARG] = int(min_tokens)
+    return args
+
 
 _registered = False
 

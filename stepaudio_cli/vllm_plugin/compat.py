@@ -28,6 +28,12 @@ TESTED_MIN = (0, 26)
 TESTED_BELOW = (0, 33)
 
 
+def vllm_install_line() -> str:
+    """The install command for a vLLM in the tested window (a bare `pip install vllm` takes
+    whatever is newest, which may be past it)."""
+    return f"pip install 'vllm>={TESTED_MIN[0]}.{TESTED_MIN[1]},<{TESTED_BELOW[0]}.{TESTED_BELOW[1]}'"
+
+
 @functools.cache
 def _parser_args() -> frozenset[str]:
     from vllm.multimodal.parse import MultiModalDataParser

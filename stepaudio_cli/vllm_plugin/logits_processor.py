@@ -1,20 +1,25 @@
-"""Logits processor for the reasoning length dial (in-process engine).
+"""Logits processor for the reasoning length dial: the in-process engine and every server of ours
+(`stepaudio serve`, resident engines) load it, so a request gets the same tokens on each.
 
-A request opts in through ``SamplingParams.extra_args["stepaudio_thinking"]`` =
-``{"end_ids", "stop_ids", "budget", "min"}``. ``end_ids`` is ``</think>`` as the tokenizer
-writes it: one special token, or several plain ones. Output tokens before it are
-reasoning: once ``budget`` of them exist, the rest of the tag is forced token by token;
-until ``min`` exist, the tag's first token is forbidden; the stop tokens are forbidden
-while the reasoning is open (a constrained request always gets an answer). After the tag
-nothing is changed.
+A request opts in through ``SamplingParams.extra_args`` (a server's requests: ``vllm_xargs``)
+with ``stepaudio_think_budget`` and/or ``stepaudio_min_think`` (whole numbers; see
+:func:`stepaudio_cli.vllm_plugin.thinking_args`). The token ids come from the served checkpoint itself, looked up once
+(``checkpoint.TokenIds``): ``</think>`` as its tokenizer writes it (one special token, or several
+plain ones) and the stop tokens. Output tokens before the tag are reasoning: once the budget of
+them exist, the rest of the tag is forced token by token; until the minimum exist, the tag's
+first token is forbidden; the stop tokens are forbidden while the reasoning is open (a
+constrained request always gets an answer). After the tag nothing is changed.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
-EXTRA_ARGS_KEY = "stepaudio_thinking"
+from stepaudio_cli.vllm_plugin import THINK_BUDGET_ARG, THINK_MIN_ARG
 
 
 def make_request_processor(end_ids: list[int], stop_ids: list[int], budget: int | None, min_tokens: int | None):
@@ -51,13 +56,42 @@ def _tag_prefix_at_end(output_ids: list[int], end_ids: list[int]) -> int:
 
 
 class ThinkingLogitsProcessor(AdapterLogitsProcessor):
+    def __init__(self, vllm_config, device, is_pin_memory) -> None:
+        super().__init__(vllm_config, device, is_pin_memory)
+        self._model_config = vllm_config.model_config
+        self._ids = None  # looked up at the first request that opts in
+
     def is_argmax_invariant(self) -> bool:
         return False
 
     def new_req_logits_processor(self, params):
-        spec = (params.extra_args or {}).get(EXTRA_ARGS_KEY)
-        if not spec:
+        args = params.extra_args or {}
+        budget, min_tokens = _count(args.get(THINK_BUDGET_ARG)), _count(args.get(THINK_MIN_ARG))
+        if budget is None and not min_tokens:
             return None
-        return make_request_processor(
-            list(spec["end_ids"]), spec.get("stop_ids") or [], spec.get("budget"), spec.get("min")
-        )
+        ids = self._token_ids()
+        return make_request_processor(ids.think_end, ids.stop, budget, min_tokens)
+
+    def _token_ids(self):
+        if self._ids is None:
+            from transformers import AutoTokenizer
+
+            from stepaudio_cli.checkpoint import TokenIds
+
+            mc = self._model_config
+            tokenizer = AutoTokenizer.from_pretrained(mc.tokenizer, trust_remote_code=mc.trust_remote_code)
+            config_file = Path(mc.model) / "config.json"
+            config = json.loads(config_file.read_bytes()) if config_file.is_file() else {}
+            self._ids = TokenIds(tokenizer, str(mc.model), config)
+        return self._ids
+
+
+def _count(value) -> int | None:
+    """A whole number of tokens from a request (a server hands over what the client sent)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number >= 0 else None

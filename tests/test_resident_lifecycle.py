@@ -1,0 +1,148 @@
+"""The processes around an engine, fast: real `stepaudio ask`/`serve` processes and the real resident
+server, with a stand-in for vLLM's OpenAI server (tests/fake_vllm: vLLM's routes and counters, no
+model). Starts shared, idle stops, a client's hold, failed and interrupted starts, and `serve
+--keep-alive` counting requests from any client."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import ROOT, SCRIPT, free_port
+
+from stepaudio_cli import processes
+from stepaudio_cli.resident import registry
+
+FAKE_VLLM = Path(__file__).resolve().parent / "fake_vllm"
+REASONING, ANSWER = SCRIPT
+
+
+@pytest.fixture
+def env(own_registry, tmp_path) -> dict:
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{FAKE_VLLM}{os.pathsep}{ROOT}",
+        "FAKE_VLLM_STARTS": str(tmp_path / "starts"),
+    }
+
+
+def stepaudio(args: list[str], env: dict, **extra) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "stepaudio_cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env | extra,
+    )
+
+
+def ask(ckpt: Path, clip: Path, env: dict, keep: str = "10m", **extra) -> subprocess.Popen:
+    return stepaudio(["ask", "-m", str(ckpt), "--keep-alive", keep, str(clip), "What?"], env, **extra)
+
+
+def starts(env: dict) -> int:
+    path = Path(env["FAKE_VLLM_STARTS"])
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def wait_until(condition, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def gone(entry: registry.Entry) -> bool:
+    return not entry.is_ours() and not processes.left_behind(registry.MARKER_ENV, entry.token, entry.pid_started)
+
+
+def test_two_asks_at_once_share_one_start_and_it_stops_after_its_keep_alive(ckpt, clip, env):
+    procs = [ask(ckpt, clip, env, keep="2s", FAKE_VLLM_DELAY="1") for _ in range(2)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert out.strip() == ANSWER and REASONING in err
+    assert starts(env) == 1
+    (entry,) = registry.read_entries()
+    assert entry.state == "ready" and entry.socket_path.exists()
+    assert wait_until(lambda: gone(entry)), "the engine outlived its keep-alive"
+    assert not entry.socket_path.exists() and registry.read_entries() == []
+
+
+def test_a_client_holding_the_engine_keeps_it_past_its_keep_alive(ckpt, clip, env):
+    first = ask(ckpt, clip, env, keep="1s")
+    assert first.communicate(timeout=120)[0].strip() == ANSWER
+    (entry,) = registry.read_entries()
+    held = registry.lock(entry.id, ".lock", fcntl.LOCK_SH)  # as a client does while it asks
+    try:
+        time.sleep(3)
+        assert entry.is_ours(), "stopped while a client held it"
+    finally:
+        registry.unlock(held)
+    assert wait_until(lambda: gone(entry)), "not stopped once the client let go"
+
+
+def test_a_failed_start_is_one_line_saying_why(ckpt, clip, env):
+    proc = ask(ckpt, clip, env, FAKE_VLLM_FAIL="the KV cache needs 9 GiB")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: the resident engine did not start: vLLM exited with code 1 while starting")
+    assert "the KV cache needs 9 GiB" in last and "Traceback" not in err
+    assert registry.read_entries() == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupting_the_only_client_while_it_starts_stops_the_engine(ckpt, clip, env, sig):
+    proc = ask(ckpt, clip, env, FAKE_VLLM_DELAY="60")
+    assert wait_until(lambda: starts(env) == 1 and len(registry.read_entries()) == 1), "vLLM never started"
+    (entry,) = registry.read_entries()
+    assert entry.state == "starting"
+    listed = stepaudio(["ps"], env)
+    assert "starting" in listed.communicate(timeout=60)[0]
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert wait_until(lambda: gone(entry)), "the engine outlived the only client waiting for it"
+    assert registry.read_entries() == []
+
+
+def test_serve_keep_alive_counts_requests_from_any_client(ckpt, env):
+    port = free_port()
+    serve = stepaudio(["serve", str(ckpt), "--port", str(port), "--keep-alive", "3s"], env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_until(lambda: _healthy(url), 60), serve.stderr.read() if serve.poll() is not None else ""
+        assert wait_until(lambda: len(registry.read_entries()) == 1), "the serve was not listed"
+        (entry,) = registry.read_entries()
+        assert entry.id == f"serve-{port}" and entry.kind == "serve"
+        stop_all = stepaudio(["stop", "--all"], env)
+        stop_all.communicate(timeout=60)
+        deadline = time.monotonic() + 7  # requests, not stepaudio clients, keep it up past 3 s
+        while time.monotonic() < deadline:
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+            assert httpx.post(url + "/v1/chat/completions", json=body, timeout=10).status_code == 200
+            time.sleep(1)
+        assert serve.poll() is None, "stopped while a client sent requests"
+        assert serve.wait(30) == 0, "not stopped after its keep-alive without requests"
+        assert registry.read_entries() == []
+    finally:
+        if serve.poll() is None:
+            serve.terminate()
+            serve.wait(30)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url + "/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
