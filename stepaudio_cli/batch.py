@@ -30,7 +30,7 @@ from stepaudio_cli.errors import EngineError, NoServerError, StoreError, UserErr
 from stepaudio_cli.records import params, to_record
 from stepaudio_cli.request import Request, Sampling, Thinking, generation_room
 from stepaudio_cli.store import Store
-from stepaudio_cli.url_audio import UrlFetching, is_url, resolve
+from stepaudio_cli.url_audio import UrlFetching, fetch, is_url
 from stepaudio_cli.windows import MapProgress, Windowing, answer_in_windows, plan
 
 
@@ -145,7 +145,7 @@ def discover(
     """
     found: list[Path] = []
     for item in inputs:
-        path = resolve(item, urls) if is_url(item) else Path(item)
+        path = fetch(item, urls) if is_url(item) else Path(item)
         if not path.exists():
             raise UserError(f"{item}: no such file or directory")
         if path.is_dir():

@@ -21,7 +21,7 @@ it. Every failure is one :class:`AudioError` naming the URL, credentials redacte
 :class:`FetchedPath` is the cached file under its URL's name: it opens, stats and hashes the
 cached bytes but prints as the redacted URL, so results record the URL as ``file`` and the
 content's sha256, and a batch rerun resumes. :func:`load_source` decodes a path, ``-`` or a URL
-(ask, chat and the MCP tool call it); :func:`resolve` gives batch the path to read.
+(ask, chat and the MCP tool call it); batch reads the path :func:`fetch` returns.
 """
 
 from __future__ import annotations
@@ -130,11 +130,6 @@ def load_source(source: str, fetching: UrlFetching = UrlFetching(), *, stdin=Non
         return load_audio(source, stdin=stdin)
     path = fetch(source, fetching)
     return load_file(path, str(path))
-
-
-def resolve(source: str, fetching: UrlFetching = UrlFetching()) -> FetchedPath:
-    """The cached file of the URL ``source``, fetched or revalidated now."""
-    return fetch(source, fetching)
 
 
 def cache_dir() -> Path:
