@@ -8,25 +8,32 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from stepaudio_cli import windows
-from stepaudio_cli.audio import Audio, load_audio
+from stepaudio_cli.audio import Audio
 from stepaudio_cli.engines import EngineSettings, Result, collect, open_engine
 from stepaudio_cli.errors import UserError
 from stepaudio_cli.request import Request, Sampling, Thinking
 from stepaudio_cli.splitter import Delta
+from stepaudio_cli.url_audio import UrlFetching, load_source
 from stepaudio_cli.windows import MapProgress, Window, Windowing, answer_in_windows
 
 __all__ = ["Plan", "ask", "plan", "prepare"]
 
 
 def prepare(
-    sources: Sequence[str], question: str, system: str | None, sampling: Sampling, thinking: Thinking = Thinking()
+    sources: Sequence[str],
+    question: str,
+    system: str | None,
+    sampling: Sampling,
+    thinking: Thinking = Thinking(),
+    urls: UrlFetching = UrlFetching(),
 ) -> Request:
-    """Decode every input up front, so bad audio fails before any engine starts."""
+    """Decode every input (a path, ``-`` or an http(s) URL: url_audio.py) up front, so bad audio
+    fails before any engine starts."""
     if not question.strip():
         raise UserError("the question is empty")
     if sum(1 for s in sources if s == "-") > 1:
         raise UserError("`-` (stdin) can be given only once")
-    audios: list[Audio] = [load_audio(s) for s in sources]
+    audios: list[Audio] = [load_source(s, urls) for s in sources]
     return Request(audios=tuple(audios), question=question, system=system, sampling=sampling, thinking=thinking)
 
 

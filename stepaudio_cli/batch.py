@@ -30,6 +30,7 @@ from stepaudio_cli.errors import EngineError, NoServerError, StoreError, UserErr
 from stepaudio_cli.records import params, to_record
 from stepaudio_cli.request import Request, Sampling, Thinking, generation_room
 from stepaudio_cli.store import Store
+from stepaudio_cli.url_audio import UrlFetching, fetch, is_url
 from stepaudio_cli.windows import MapProgress, Windowing, answer_in_windows, plan
 
 
@@ -132,16 +133,19 @@ class Summary:
         return self.answered + self.skipped + self.reused + self.failed
 
 
-def discover(inputs: Sequence[str], patterns: Sequence[str] = (), recursive: bool = False) -> list[Path]:
+def discover(
+    inputs: Sequence[str], patterns: Sequence[str] = (), recursive: bool = False, urls: UrlFetching = UrlFetching()
+) -> list[Path]:
     """Files to process, in a stable order, each real file once.
 
     Directories contribute files whose names match ``patterns`` (default: known audio
     extensions); explicitly named files are always included. Symlinks are followed, but a
-    file reached twice (through a link, or named twice) counts once.
+    file reached twice (through a link, or named twice) counts once. An http(s) URL is fetched
+    into the cache now (url_audio.py): its path reads the cached file and is named the URL.
     """
     found: list[Path] = []
     for item in inputs:
-        path = Path(item)
+        path = fetch(item, urls) if is_url(item) else Path(item)
         if not path.exists():
             raise UserError(f"{item}: no such file or directory")
         if path.is_dir():

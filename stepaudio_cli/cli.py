@@ -30,6 +30,7 @@ from stepaudio_cli.commands.bench import bench
 from stepaudio_cli.commands.config import config_app
 from stepaudio_cli.commands.doctor import doctor
 from stepaudio_cli.commands.download import download
+from stepaudio_cli.commands.mcp import mcp
 from stepaudio_cli.commands.options import terminal
 from stepaudio_cli.commands.ps import ps, stop
 from stepaudio_cli.commands.serve import serve
@@ -207,6 +208,7 @@ app.command(
         "stepaudio bench --model /data/sar1 --json",
     )
 )(command(bench))
+app.command(epilog=examples("stepaudio mcp", "stepaudio mcp --server http://gpu1:9999"))(command(mcp))
 app.command(epilog=examples("stepaudio ps"))(command(ps))
 app.command(epilog=examples("stepaudio stop", "stepaudio stop --all"))(command(stop))
 app.add_typer(config_app, name="config")

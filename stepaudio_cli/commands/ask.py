@@ -15,6 +15,7 @@ from stepaudio_cli.errors import UserError
 if TYPE_CHECKING:
     from stepaudio_cli.engines.settings import EngineSettings
     from stepaudio_cli.request import Sampling, Thinking
+    from stepaudio_cli.url_audio import UrlFetching
     from stepaudio_cli.windows import Windowing
 
 
@@ -26,13 +27,17 @@ if TYPE_CHECKING:
     options.LONG_RECORDINGS,
     options.VIEW,
     options.JSON,
+    options.URLS,
     leave_out=("max_num_seqs",),  # derived: a small batch in-process, see below
 )
 def ask(
     ctx: typer.Context,
     inputs: Annotated[
         list[str],
-        typer.Argument(help="Audio files (`-` reads one from stdin), then the question.", metavar="AUDIO... QUESTION"),
+        typer.Argument(
+            help="Audio files or http(s) URLs (`-` reads one from stdin), then the question.",
+            metavar="AUDIO... QUESTION",
+        ),
     ],
     *,
     engine: EngineSettings,
@@ -40,6 +45,7 @@ def ask(
     system: str | None,
     thinking: Thinking,
     windowing: Windowing,
+    urls: UrlFetching,
     keep_alive: float | None,
     hide_reasoning: bool,
     json_output: bool,
@@ -57,7 +63,7 @@ def ask(
     *sources, question = inputs
     if keep_alive == 0:  # in-process for this one question: a small batch; a resident engine's is shared
         engine = dataclasses.replace(engine, max_num_seqs=ASK_MAX_NUM_SEQS)
-    request = core.prepare(sources, question, system, sampling, thinking)
+    request = core.prepare(sources, question, system, sampling, thinking, urls)
     if not engine.remote:
         offer_download(term, engine.model)
     view = AskView(term, json_output=json_output, hide_reasoning=hide_reasoning)

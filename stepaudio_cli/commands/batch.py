@@ -17,6 +17,7 @@ from stepaudio_cli.errors import UserError
 if TYPE_CHECKING:
     from stepaudio_cli.engines.settings import EngineSettings
     from stepaudio_cli.request import Sampling, Thinking
+    from stepaudio_cli.url_audio import UrlFetching
     from stepaudio_cli.windows import Windowing
 
 IO = "Input and output"
@@ -29,11 +30,14 @@ IO = "Input and output"
     options.ENGINE,
     options.LONG_RECORDINGS,
     options.VIEW,
+    options.URLS,
     vary=[options.BY_NAME["hide_reasoning"].vary(help="Leave reasoning out of the results.")],
 )
 def batch(
     ctx: typer.Context,
-    inputs: Annotated[list[str], typer.Argument(help="Directories and/or audio files.", metavar="DIR_OR_FILES...")],
+    inputs: Annotated[
+        list[str], typer.Argument(help="Directories, audio files and/or http(s) URLs.", metavar="DIR_OR_FILES...")
+    ],
     prompt: Annotated[
         str | None, typer.Option("--prompt", "-p", envvar="STEPAUDIO_PROMPT", help="The question for every file.")
     ] = None,
@@ -91,6 +95,7 @@ def batch(
     system: str | None,
     thinking: Thinking,
     windowing: Windowing,
+    urls: UrlFetching,
     keep_alive: float | None,
     hide_reasoning: bool,
 ) -> None:
@@ -110,7 +115,7 @@ def batch(
     store = Store(None if output == "-" else Path(output), fmt, stdout=sys.stdout)
     if not store.resumable and (overwrite or retry_failed):
         raise UserError("--overwrite and --retry-failed need an output file (-o FILE)")
-    files = core.discover(inputs, glob or (), recursive)
+    files = core.discover(inputs, glob or (), recursive, urls)
     if not files:
         raise UserError(f"no audio files found in {', '.join(inputs)}" + ("" if recursive else " (try --recursive)"))
     job = core.BatchJob(

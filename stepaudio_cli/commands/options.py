@@ -25,6 +25,7 @@ from stepaudio_cli.commands.shared_options import (
     REASONING,
     REMOTE,
     SAMPLING,
+    URLS,
     VIEW,
     Shared,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "REMOTE",
     "SAMPLING",
     "TYPED",
+    "URLS",
     "VIEW",
     "Shared",
     "engine_settings",
@@ -88,6 +90,12 @@ def _thinking(values: dict):
     return Thinking.from_options(values["think_budget"], values["min_think"], values["effort"], values["no_think"])
 
 
+def _url_fetching(values: dict):
+    from stepaudio_cli.url_audio import UrlFetching
+
+    return UrlFetching(use_cache=not values["no_cache"])
+
+
 def _windowing(values: dict):
     from stepaudio_cli.windows import Windowing
 
@@ -123,6 +131,7 @@ TYPED = {
     "sampling": Typed(_names(SAMPLING, but=("system",)), _sampling),
     "thinking": Typed(_names(REASONING), _thinking),
     "windowing": Typed(_names(LONG_RECORDINGS), _windowing),
+    "urls": Typed(_names(URLS), _url_fetching),
     "keep_alive": Typed(frozenset({"keep_alive"}), _keep_alive),
     **{
         name: Typed(frozenset({name}), lambda v, name=name: v[name])

@@ -1,7 +1,7 @@
 """Every option several commands share, declared once: a :class:`Shared` record each, made by
 :func:`shared` (its env var is ``STEPAUDIO_`` + its name), in groups (:data:`SAMPLING`,
 :data:`REASONING`, :data:`REMOTE`, :data:`ENGINE`, :data:`LONG_RECORDINGS`, :data:`JSON`,
-:data:`VIEW`) that a command takes with ``options.takes``; a command may take a few in its own
+:data:`VIEW`, :data:`URLS`) that a command takes with ``options.takes``; a command may take a few in its own
 variant (:meth:`Shared.vary`)."""
 
 from __future__ import annotations
@@ -270,7 +270,16 @@ LONG_RECORDINGS = (
 )
 JSON = (shared("json_output", bool, False, "Print JSON instead of text.", "--json", env=False),)
 VIEW = (shared("hide_reasoning", bool, False, "Do not show the reasoning.", "--hide-reasoning"),)
-GROUPS = (SAMPLING, REASONING, REMOTE, ENGINE, LONG_RECORDINGS, JSON, VIEW)
+URLS = (
+    shared(
+        "no_cache",
+        bool,
+        False,
+        "Fetch http(s) URLs again instead of reusing (and revalidating) the cached copy.",
+        "--no-cache",
+    ),
+)
+GROUPS = (SAMPLING, REASONING, REMOTE, ENGINE, LONG_RECORDINGS, JSON, VIEW, URLS)
 #: Every shared option by its parameter name.
 BY_NAME = {o.name: o for group in GROUPS for o in group}
 MODEL = BY_NAME["model"]  # commands whose own argument is a model read its env var too
