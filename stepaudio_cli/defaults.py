@@ -32,3 +32,6 @@ UDS_SCHEME = "unix:"  # a server URL naming a Unix socket (a resident engine's):
 
 # Resident engines (ask, batch): how long one stays loaded after its last use, as ollama's keep_alive.
 DEFAULT_KEEP_ALIVE = "5m"
+#: Then, on a GPU with host memory for the weights, it sleeps this long (vLLM's sleep mode: weights in
+#: host memory, the GPU's memory given back; a question wakes it in seconds) before it stops for good.
+DEFAULT_SLEEP_FOR = "1h"

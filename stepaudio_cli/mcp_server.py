@@ -52,6 +52,7 @@ class McpConfig:
 
     settings: EngineSettings
     keep_alive: float | None
+    sleep_for: float | None = 0.0  # --sleep-for: an engine it starts sleeps this long when idle (None: forever)
     system: str | None = None
     sampling: Sampling = Sampling()
     thinking: Thinking = Thinking()  # a call's think_budget takes the place of its budget
@@ -165,7 +166,7 @@ class Call:
             self.audio, self.question, config.system, self._sampling(), self._thinking(), config.urls
         )
         plan = core.plan(config.settings, request, config.windowing)  # before a resident engine loads
-        with session(config.settings, config.keep_alive, config.on_status) as settings:
+        with session(config.settings, config.keep_alive, config.on_status, sleep_for=config.sleep_for) as settings:
             result = asyncio.run(self._ask(settings, request, plan, on_windows))
         config.on_status(None)
         return ask_record(request, result)

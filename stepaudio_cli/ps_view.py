@@ -6,7 +6,7 @@ from stepaudio_cli.audio import format_duration
 from stepaudio_cli.resident.status import EngineStatus, settings_summary
 from stepaudio_cli.terminal import Terminal
 
-COLUMNS = ("id", "model", "state", "settings", "address", "pid", "GPU memory", "idle for", "stops in")
+COLUMNS = ("id", "model", "state", "settings", "address", "pid", "GPU memory", "for", "next")
 
 
 def printable(text: str) -> str:
@@ -16,17 +16,34 @@ def printable(text: str) -> str:
 
 def row(status: EngineStatus) -> list[str]:
     e = status.entry
-    idle = "-" if status.idle_s is None else format_duration(status.idle_s)
-    if status.state == "idle":
-        stops = "when stopped" if status.stops_in_s is None else format_duration(status.stops_in_s)
-    elif status.state == "serving":
+    since = "-" if status.idle_s is None else format_duration(status.idle_s)
+    return [
+        e.id,
+        printable(e.model),
+        "yours (serve)" if e.kind == "serve" else status.state,
+        settings_summary(e),
+        printable(e.server_url),
+        str(e.pid),
+        "-" if not status.gpu_mib else f"{status.gpu_mib / 1024:.1f} GiB",
+        since,
+        next_step(status),
+    ]
+
+
+def next_step(status: EngineStatus) -> str:
+    """What the engine does next by itself: "sleeps in 4m10s", "stops in 52m", "stops when stopped"."""
+    e = status.entry
+    if status.state == "serving":
         keep = e.settings.get("keep_alive")
-        stops = "when stopped" if not isinstance(keep, int | float) else f"after {format_duration(keep)} unused"
-    else:
-        stops = "-"
-    gpu = "-" if not status.gpu_mib else f"{status.gpu_mib / 1024:.1f} GiB"
-    state = "yours (serve)" if e.kind == "serve" else status.state
-    return [e.id, printable(e.model), state, settings_summary(e), printable(e.server_url), str(e.pid), gpu, idle, stops]
+        return (
+            "stops when stopped" if not isinstance(keep, int | float) else f"stops after {format_duration(keep)} unused"
+        )
+    if status.state not in ("idle", "asleep"):
+        return "-"
+    if status.stops_in_s is None:
+        return "stops when stopped"
+    sleeps = status.state == "idle" and e.settings.get("sleep_for") not in (0, 0.0)
+    return f"{'sleeps' if sleeps else 'stops'} in {format_duration(status.stops_in_s)}"
 
 
 def show(term: Terminal, statuses: list[EngineStatus]) -> None:
@@ -46,5 +63,5 @@ def show(term: Terminal, statuses: list[EngineStatus]) -> None:
 
 def one_line(status: EngineStatus) -> str:
     """An engine in one line (doctor)."""
-    _id, model, state, settings, address, _pid, gpu, _idle, stops = row(status)
-    return f"{model} ({settings}) at {address}, {state}, GPU {gpu}, stops {stops}"
+    _id, model, state, settings, address, _pid, gpu, _since, then = row(status)
+    return f"{model} ({settings}) at {address}, {state}, GPU {gpu}, {then}"

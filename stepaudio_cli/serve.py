@@ -48,6 +48,7 @@ class ServeOptions:
     extra: list[str] = field(default_factory=list)  # more vLLM flags, as given after `--`
     insecure_no_key: bool = False  # the user means to serve beyond loopback without a key
     uds: str | None = None  # listen on this Unix socket instead of host:port
+    sleep_mode: bool = False  # vLLM's sleep mode and its routes (/sleep, /wake_up: resident engines on a GPU)
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ def build_command(opts: ServeOptions, model_path: Path, n_gpus: int) -> list[str
         "--middleware",  # the key on every route but /health, not only vLLM's /v1
         ROUTE_GUARD,
         *(["--uds", opts.uds] if opts.uds else []),
+        *(["--enable-sleep-mode"] if opts.sleep_mode else []),
         *opts.extra,  # the API key goes through the environment (VllmServerProcess), never argv
     ]
 
@@ -191,7 +193,9 @@ class VllmServerProcess:
     (``VLLM_API_KEY``, which vLLM's server reads when no ``--api-key`` is given), never its
     command line, which every user of the machine can read."""
 
-    def __init__(self, cmd: list[str], log_path: Path, passthrough: bool, api_key: str | None = None) -> None:
+    def __init__(
+        self, cmd: list[str], log_path: Path, passthrough: bool, api_key: str | None = None, dev_routes: bool = False
+    ) -> None:
         self.cmd = cmd
         self.log_path = log_path
         env = dict(os.environ)
@@ -199,6 +203,8 @@ class VllmServerProcess:
         env["PYTHONSAFEPATH"] = "1"  # vLLM's own Python children keep the caller's folder off their path too
         if api_key:
             env["VLLM_API_KEY"] = api_key
+        if dev_routes:  # /sleep and /wake_up; behind the route guard's key or a private socket
+            env["VLLM_SERVER_DEV_MODE"] = "1"
         self._log = None if passthrough else open(log_path, "ab")
         self._log_start = log_size(log_path) if self._log else 0
         self.watchdog = Watchdog()
@@ -326,7 +332,7 @@ def run(opts: ServeOptions, hooks: ServeHooks, *, log_path: Path, passthrough: b
     cmd = prepare(opts)
     url = base_url(opts.host, opts.port)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    server = VllmServerProcess(cmd, log_path, passthrough, api_key=opts.api_key)
+    server = VllmServerProcess(cmd, log_path, passthrough, api_key=opts.api_key, dev_routes=opts.sleep_mode)
     running = None
     try:
         hooks.on_status(f"Starting vLLM for {opts.engine.model}")

@@ -146,3 +146,41 @@ def _healthy(url: str) -> bool:
         return httpx.get(url + "/health", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_an_idle_engine_sleeps_then_wakes_for_the_next_question_then_stops(ckpt, clip, env, tmp_path):
+    gpu = {"CUDA_VISIBLE_DEVICES": "0", "FAKE_VLLM_SLEEPS": str(tmp_path / "sleeps")}  # sleep mode needs a GPU
+    sleeps = tmp_path / "sleeps"
+    first = stepaudio(["ask", "-m", str(ckpt), "--keep-alive", "1s", "--sleep-for", "4s", str(clip), "Q?"], env, **gpu)
+    assert first.communicate(timeout=120)[0].strip() == ANSWER
+    assert wait_until(lambda: [e.state for e in registry.read_entries()] == ["asleep"]), "it did not fall asleep"
+    listed = stepaudio(["ps"], env, **gpu)
+    assert "asleep" in listed.communicate(timeout=60)[0]
+    again = ask(ckpt, clip, env, keep="1s", **gpu)  # wakes it: no second start
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0 and out.strip() == ANSWER, err
+    assert starts(env) == 1 and sleeps.read_text().split() == ["sleep", "wake"]
+    (entry,) = registry.read_entries()
+    assert wait_until(lambda: gone(entry), 60), "it did not stop after sleeping --sleep-for"
+    assert sleeps.read_text().split() == ["sleep", "wake", "sleep"]
+
+
+def test_sleep_for_0_or_no_gpu_stops_instead(ckpt, clip, env, tmp_path):
+    for extra in ({"CUDA_VISIBLE_DEVICES": "0"}, {}):
+        args = ["ask", "-m", str(ckpt), "--keep-alive", "1s", str(clip), "Q?"]
+        proc = stepaudio(args + (["--sleep-for", "0"] if extra else []), env, **extra)
+        assert proc.communicate(timeout=120)[0].strip() == ANSWER
+        (entry,) = registry.read_entries()
+        assert wait_until(lambda entry=entry: gone(entry)), "it did not stop"
+
+
+def test_stop_stops_an_engine_in_its_sleep(ckpt, clip, env):
+    gpu = {"CUDA_VISIBLE_DEVICES": "0"}
+    first = stepaudio(["ask", "-m", str(ckpt), "--keep-alive", "1s", "--sleep-for", "10m", str(clip), "Q?"], env, **gpu)
+    assert first.communicate(timeout=120)[0].strip() == ANSWER
+    assert wait_until(lambda: [e.state for e in registry.read_entries()] == ["asleep"]), "it did not fall asleep"
+    (entry,) = registry.read_entries()
+    stopped = stepaudio(["stop", "--all"], env, **gpu)
+    _, err = stopped.communicate(timeout=60)
+    assert stopped.returncode == 0, err
+    assert gone(entry) and registry.read_entries() == []

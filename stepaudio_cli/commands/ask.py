@@ -47,6 +47,7 @@ def ask(
     windowing: Windowing,
     urls: UrlFetching,
     keep_alive: float | None,
+    sleep_for: float | None,
     hide_reasoning: bool,
     json_output: bool,
 ) -> None:
@@ -68,7 +69,7 @@ def ask(
         offer_download(term, engine.model)
     view = AskView(term, json_output=json_output, hide_reasoning=hide_reasoning)
     plan = core.plan(engine, request, windowing)  # before a resident engine loads
-    with session(engine, keep_alive, view.status, warn=term.warn) as settings:
+    with session(engine, keep_alive, view.status, warn=term.warn, sleep_for=sleep_for) as settings:
         result = asyncio.run(
             core.ask(settings, request, plan, on_status=view.status, on_delta=view.on_delta, on_windows=view.on_windows)
         )

@@ -97,6 +97,7 @@ def batch(
     windowing: Windowing,
     urls: UrlFetching,
     keep_alive: float | None,
+    sleep_for: float | None,
     hide_reasoning: bool,
 ) -> None:
     """Ask the same question about every audio file in directories; resumable JSONL/CSV results."""
@@ -133,7 +134,7 @@ def batch(
     store.open(files)  # locked, and checked to be ours and whole, before any engine starts
     view = BatchView(term, len(files))
     try:
-        with session(settings, keep_alive, view.status, warn=term.warn) as settings:
+        with session(settings, keep_alive, view.status, warn=term.warn, sleep_for=sleep_for) as settings:
             summary = asyncio.run(
                 core.execute(
                     settings,

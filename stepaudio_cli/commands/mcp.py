@@ -37,6 +37,7 @@ def mcp(
     windowing: Windowing,
     urls: UrlFetching,
     keep_alive: float | None,
+    sleep_for: float | None,
 ) -> None:
     """Serve `ask` to agents (Claude Desktop, Claude Code, ...) over MCP on stdin/stdout."""
     try:
@@ -51,6 +52,7 @@ def mcp(
     config = mcp_server.McpConfig(
         settings=engine,
         keep_alive=keep_alive,
+        sleep_for=sleep_for,
         system=system,
         sampling=sampling,
         thinking=thinking,

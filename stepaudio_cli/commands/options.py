@@ -108,6 +108,12 @@ def _keep_alive(values: dict) -> float | None:
     return parse_keep_alive(values["keep_alive"])
 
 
+def _sleep_for(values: dict) -> float | None:
+    from stepaudio_cli.resident import parse_keep_alive
+
+    return parse_keep_alive(values["sleep_for"], "--sleep-for")
+
+
 @dataclasses.dataclass(frozen=True)
 class Typed:
     """A typed value built from shared options: those it ``reads`` (``partial``: whichever of
@@ -124,15 +130,16 @@ def _names(*groups: Iterable[Shared], but: Iterable[str] = ()) -> frozenset[str]
 
 #: What a command may receive, by parameter name: ``engine`` (EngineSettings), ``sampling``
 #: (request.Sampling), ``thinking`` (request.Thinking), ``windowing`` (windows.Windowing),
-#: ``keep_alive`` (seconds, None: forever), and the plain values of ``system``,
+#: ``keep_alive`` and ``sleep_for`` (seconds, None: forever), and the plain values of ``system``,
 #: ``json_output`` and ``hide_reasoning``.
 TYPED = {
-    "engine": Typed(_names(REMOTE, ENGINE, but=("keep_alive",)), engine_settings, partial=True),
+    "engine": Typed(_names(REMOTE, ENGINE, but=("keep_alive", "sleep_for")), engine_settings, partial=True),
     "sampling": Typed(_names(SAMPLING, but=("system",)), _sampling),
     "thinking": Typed(_names(REASONING), _thinking),
     "windowing": Typed(_names(LONG_RECORDINGS), _windowing),
     "urls": Typed(_names(URLS), _url_fetching),
     "keep_alive": Typed(frozenset({"keep_alive"}), _keep_alive),
+    "sleep_for": Typed(frozenset({"sleep_for"}), _sleep_for),
     **{
         name: Typed(frozenset({name}), lambda v, name=name: v[name])
         for name in ("system", "json_output", "hide_reasoning")

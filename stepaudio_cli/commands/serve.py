@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 @options.takes(
     options.ENGINE,
     (options.BY_NAME["api_key"],),
-    leave_out=("keep_alive",),  # serve's own --keep-alive: stop when idle (idle_stop below)
+    leave_out=("keep_alive", "sleep_for"),  # serve's own --keep-alive: stop when idle (idle_stop below)
     vary=[
         options.MODEL.vary(
             argument=True,

@@ -20,6 +20,7 @@ from stepaudio_cli.defaults import (
     DEFAULT_MAX_NUM_SEQS,
     DEFAULT_MAX_TOKENS,
     DEFAULT_MODEL,
+    DEFAULT_SLEEP_FOR,
     DEFAULT_TEMPERATURE,
     DEFAULT_TIMEOUT,
     DEFAULT_TOP_P,
@@ -246,6 +247,15 @@ ENGINE = (
         DEFAULT_KEEP_ALIVE,
         "Without --server: keep the model loaded this long after use (e.g. 5m, 1h, forever); "
         "0 runs it in-process and leaves nothing running. `stepaudio ps` lists, `stepaudio stop` frees.",
+        panel=ENGINE_PANEL,
+    ),
+    shared(
+        "sleep_for",
+        str,
+        DEFAULT_SLEEP_FOR,
+        "Without --server, on a GPU: once the keep-alive runs out, the engine this command starts sleeps this "
+        "long (weights in host memory, GPU memory freed; the next question wakes it in seconds), then stops "
+        "(0: stop at once; forever).",
         panel=ENGINE_PANEL,
     ),
 )

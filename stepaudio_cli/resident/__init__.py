@@ -22,11 +22,15 @@ __all__ = ["describe_keep_alive", "parse_keep_alive", "session"]
 
 @contextlib.contextmanager
 def session(
-    settings: EngineSettings, keep_alive: float | None, on_status: StatusCallback, warn=None
+    settings: EngineSettings,
+    keep_alive: float | None,
+    on_status: StatusCallback,
+    warn=None,
+    sleep_for: float | None = 0.0,
 ) -> Iterator[EngineSettings]:
     """The settings a command runs with: as given (``--server``; or ``keep_alive`` 0: in-process,
-    nothing left running), or pointing at the resident engine, held for the block. The model is
-    checked before anything starts."""
+    nothing left running), or pointing at the resident engine, held for the block (one it starts
+    sleeps ``sleep_for`` once idle, where it can). The model is checked before anything starts."""
     if settings.remote:
         yield settings
         return
@@ -40,7 +44,7 @@ def session(
             client.check_room(settings, warn)
             yield settings
         return
-    with client.use(settings, keep_alive, on_status, warn) as entry:
+    with client.use(settings, keep_alive, on_status, warn, sleep_for) as entry:
         yield replace(
             settings,
             servers=(entry.server_url,),

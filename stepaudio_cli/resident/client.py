@@ -55,14 +55,23 @@ def same_model(a: str, b: str) -> bool:
 # --- using an engine --------------------------------------------------------------------------
 @contextlib.contextmanager
 def use(
-    settings: EngineSettings, keep_alive: float | None, on_status: StatusCallback, warn: registry.Warn | None = None
+    settings: EngineSettings,
+    keep_alive: float | None,
+    on_status: StatusCallback,
+    warn: registry.Warn | None = None,
+    sleep_for: float | None = 0.0,
 ) -> Iterator[Entry]:
-    """The engine for ``settings``, started if none runs, held (never idle-stopped) until the
-    block ends; then it stays ``keep_alive`` seconds (None: forever)."""
+    """The engine for ``settings``, started if none runs (then it may sleep ``sleep_for`` once
+    idle), woken if it sleeps, held (never idle-stopped) until the block ends; then it stays
+    ``keep_alive`` seconds (None: forever)."""
     entry_id = identity(settings)
     held = _Hold(registry.lock(entry_id, ".lock", fcntl.LOCK_SH))  # waits while an idle stop finishes
     try:
-        entry = _ready(entry_id, settings.model, warn) or _start(settings, entry_id, keep_alive, held, on_status)
+        entry = _ready(entry_id, settings.model, warn) or _start(
+            settings, entry_id, keep_alive, sleep_for, held, on_status
+        )
+        if entry.state == "asleep":
+            _wake(entry, on_status)
         registry.touch(entry.id, keep_alive)
         try:
             yield entry
@@ -73,10 +82,24 @@ def use(
 
 
 def _ready(entry_id: str, model: str, warn: registry.Warn | None = None) -> Entry | None:
-    """The ready engine ``entry_id``, else a ready `stepaudio serve` of ``model`` on loopback."""
-    entries = [e for e in registry.read_entries(warn) if e.state == "ready"]
+    """The engine ``entry_id`` (ready, or asleep), else a ready `stepaudio serve` of ``model`` on loopback."""
+    entries = [e for e in registry.read_entries(warn) if e.state != "starting"]
     exact = next((e for e in entries if e.id == entry_id), None)
     return exact or next((e for e in entries if e.kind == "serve" and same_model(e.model, model)), None)
+
+
+def _wake(entry: Entry, on_status: StatusCallback) -> None:
+    """Wake a sleeping engine (we hold it: it cannot go back to sleep meanwhile)."""
+    from stepaudio_cli.resident.sleep import EngineControl
+
+    on_status(f"Waking {entry.model}")
+    socket = entry.socket_path
+    control = EngineControl(entry.server_url, str(socket) if socket else None, entry.api_key())
+    try:
+        control.wake()
+    finally:
+        control.close()
+        on_status(None)
 
 
 class _Hold:
@@ -90,7 +113,9 @@ class _Hold:
         self.fd = None
 
 
-def _start(settings: EngineSettings, entry_id: str, keep_alive: float | None, held: _Hold, on_status) -> Entry:
+def _start(
+    settings: EngineSettings, entry_id: str, keep_alive: float | None, sleep_for: float | None, held: _Hold, on_status
+) -> Entry:
     start_lock = registry.lock(entry_id, ".start", fcntl.LOCK_EX | fcntl.LOCK_NB)
     if start_lock is None:  # another command starts it: wait for that one
         on_status(f"Waiting for another stepaudio to load {settings.model}")
@@ -100,13 +125,13 @@ def _start(settings: EngineSettings, entry_id: str, keep_alive: float | None, he
             on_status(None)
     try:
         entry = registry.find(entry_id)
-        if entry and entry.state == "ready":
+        if entry and entry.state != "starting":
             return entry
         log = None
         if entry is None:  # else a start whose command was interrupted while others waited: wait for it
             registry.remove(entry_id)  # a dead engine's leftovers
             check_room(settings)
-            entry, log = _spawn(settings, entry_id, keep_alive)
+            entry, log = _spawn(settings, entry_id, keep_alive, sleep_for)
         on_status(f"Loading {settings.model} (it stays loaded {describe_keep_alive(keep_alive)} after use)")
         try:
             return _wait_ready(entry, log, held, on_status)
@@ -116,7 +141,9 @@ def _start(settings: EngineSettings, entry_id: str, keep_alive: float | None, he
         registry.unlock(start_lock)
 
 
-def _spawn(settings: EngineSettings, entry_id: str, keep_alive: float | None) -> tuple[Entry, tuple[Path, int]]:
+def _spawn(
+    settings: EngineSettings, entry_id: str, keep_alive: float | None, sleep_for: float | None
+) -> tuple[Entry, tuple[Path, int]]:
     """Start the resident server for ``settings``; its entry (``starting``) is visible at once."""
     from stepaudio_cli.resident.server import Spec, identity_settings
     from stepaudio_cli.vllm_log import engine_log_path, log_size
@@ -125,7 +152,7 @@ def _spawn(settings: EngineSettings, entry_id: str, keep_alive: float | None) ->
     offset = log_size(log)
     token = secrets.token_hex(16)
     engine = replace(settings, model=absolute_model(settings.model))
-    spec = Spec(id=entry_id, token=token, engine=engine, keep_alive=keep_alive, log=str(log))
+    spec = Spec(id=entry_id, token=token, engine=engine, keep_alive=keep_alive, log=str(log), sleep_for=sleep_for)
     # Nothing of the user's settings travels but the spec: no STEPAUDIO_* variable, no key.
     env = {
         k: v
@@ -170,7 +197,7 @@ def _wait_ready(starting: Entry, log: tuple[Path, int] | None, held: _Hold, on_s
     try:
         while True:
             entry = registry.find(starting.id)
-            if entry and entry.pid == starting.pid and entry.state == "ready":
+            if entry and entry.pid == starting.pid and entry.state != "starting":
                 return entry
             if not starting.is_ours():  # it exited
                 registry.remove(starting.id)
@@ -263,14 +290,14 @@ def select(target: str | None, warn: registry.Warn | None = None) -> list[Entry]
 
 
 # --- keep-alive ---------------------------------------------------------------------------------
-def parse_keep_alive(text: str | float | int) -> float | None:
+def parse_keep_alive(text: str | float | int, flag: str = "--keep-alive") -> float | None:
     """``5m``, ``90s``, ``1h``, ``300`` (seconds), ``0`` (any form of :func:`audio.parse_duration`)
     -> seconds; ``forever`` (or a negative duration, as ollama takes) -> None."""
     from stepaudio_cli.audio import parse_duration
 
     if str(text).strip().lower() in ("forever", "inf", "infinite"):
         return None
-    seconds = parse_duration(text, "--keep-alive", "5m, 90s, 1h, 0, forever")
+    seconds = parse_duration(text, flag, "5m, 90s, 1h, 0, forever")
     return None if seconds < 0 else seconds
 
 

@@ -4,8 +4,8 @@ The folder is ``$XDG_RUNTIME_DIR/stepaudio`` (else ``$XDG_STATE_HOME/stepaudio/r
 refused when another user owns it. Per engine ``ID`` (12 hex digits for a resident engine,
 ``serve-PORT`` for a `stepaudio serve` the user started on loopback):
 
-- ``ID.json``: the :class:`Entry`, written when a start begins (state ``starting``) and again once
-  the server answers (``ready``), removed when it stops;
+- ``ID.json``: the :class:`Entry`, written when a start begins (state ``starting``), again once
+  the server answers (``ready``) and as it sleeps and wakes (``asleep``), removed when it stops;
 - ``ID.sock`` (vLLM's ``--uds``, 0600) or ``ID.key`` (the key of a 127.0.0.1 port, 0600);
 - ``ID.lock``: clients hold it shared while they use or wait for the engine; the server stops
   only after taking it exclusively, so no request is cut by an idle stop;
@@ -40,7 +40,7 @@ TOKEN_PATTERN = re.compile(r"[0-9a-f]{32}")
 #: The environment variable that marks every process of one resident engine start (its token).
 MARKER_ENV = "STEPAUDIO_RESIDENT"
 KINDS = ("resident", "serve")  # started by ask/batch; started by the user (`stepaudio serve`)
-STATES = ("starting", "ready")
+STATES = ("starting", "ready", "asleep")
 ENTRY_MAX_BYTES = 64 << 10
 KEY_MAX_BYTES = 4 << 10
 SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes on Linux
@@ -89,6 +89,7 @@ class Entry:
     port: int | None = None  # else on 127.0.0.1:port
     keyed: bool = False  # requests need the key in ID.key
     started: float = 0.0
+    since: float = 0.0  # when it came to its state (asleep: since when it sleeps)
 
     @property
     def server_url(self) -> str:
@@ -127,6 +128,7 @@ class Entry:
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         fields = {f: data.get(f) for f in Entry.__dataclass_fields__}
+        fields["since"] = data.get("since", 0.0)
         checks = {
             "id": lambda v: isinstance(v, str) and ID_PATTERN.fullmatch(v) and f"{v}.json" == name,
             "kind": lambda v: v in KINDS,
@@ -139,20 +141,25 @@ class Entry:
             "uds": lambda v: isinstance(v, bool),
             "port": lambda v: v is None or (_is_int(v) and 0 < v < 65536),
             "keyed": lambda v: isinstance(v, bool),
-            "started": lambda v: _is_int(v) or (isinstance(v, float) and math.isfinite(v) and v >= 0),
+            "started": _is_time,
+            "since": _is_time,
         }
         for key, ok in checks.items():
             if not ok(fields[key]):
                 raise ValueError(f"bad {key!r}")
         if fields["kind"] == "resident" and not fields["token"]:
             raise ValueError("a resident engine without its token")
-        if fields["state"] == "ready" and not fields["uds"] and fields["port"] is None:
+        if fields["state"] != "starting" and not fields["uds"] and fields["port"] is None:
             raise ValueError("ready without an address")
         return Entry(**fields)
 
 
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_time(v: object) -> bool:
+    return (_is_int(v) and v >= 0) or (isinstance(v, float) and math.isfinite(v) and v >= 0)
 
 
 def _is_setting(key: object, value: object) -> bool:

@@ -13,9 +13,9 @@ from stepaudio_cli.resident.registry import Entry
 @dataclass(frozen=True)
 class EngineStatus:
     entry: Entry
-    state: str  # "starting", "in use", "idle" (resident engines); "serving" (a `stepaudio serve`)
-    idle_s: float | None  # seconds since its last use (idle only)
-    stops_in_s: float | None  # seconds left of its keep-alive (idle only; None: never by itself)
+    state: str  # "starting", "in use", "idle", "asleep" (resident engines); "serving" (a `stepaudio serve`)
+    idle_s: float | None  # seconds since its last use (idle), or since it fell asleep (asleep)
+    stops_in_s: float | None  # seconds left of its keep-alive, or of its sleep (None: never by itself)
     gpu_mib: int | None  # GPU memory its processes hold (None: cannot be told)
 
 
@@ -34,6 +34,12 @@ def statuses(entries: list[Entry]) -> list[EngineStatus]:
             continue
         if registry.in_use(e.id):
             found.append(EngineStatus(e, "in use", None, None, gpu))
+            continue
+        if e.state == "asleep":
+            asleep = max(time.time() - e.since, 0.0)
+            sleep_for = e.settings.get("sleep_for")
+            stops = None if not isinstance(sleep_for, int | float) else max(sleep_for - asleep, 0.0)
+            found.append(EngineStatus(e, "asleep", asleep, stops, gpu))
             continue
         use = registry.last_use(e.id, registry.LastUse(e.started, None))
         idle = max(time.time() - use.when, 0.0)

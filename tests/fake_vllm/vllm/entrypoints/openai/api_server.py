@@ -2,7 +2,9 @@
 `serve --keep-alive`): no model, a scripted stream, vLLM's routes and counters that stepaudio reads.
 
 FAKE_VLLM_DELAY: seconds before it listens; FAKE_VLLM_FAIL: a message to fail the start with;
-FAKE_VLLM_CHUNK_S: seconds between streamed chunks. Every start appends a line to FAKE_VLLM_STARTS.
+FAKE_VLLM_CHUNK_S: seconds between streamed chunks. Every start appends a line to FAKE_VLLM_STARTS,
+every sleep and wake-up a line to FAKE_VLLM_SLEEPS. With VLLM_SERVER_DEV_MODE=1 and
+--enable-sleep-mode it has vLLM's /sleep, /wake_up and /is_sleeping, and refuses requests asleep.
 """
 
 import argparse
@@ -17,7 +19,9 @@ from http.server import BaseHTTPRequestHandler
 parser = argparse.ArgumentParser()
 for flag in ("--port", "--host", "--uds", "--served-model-name", "--max-model-len"):
     parser.add_argument(flag)
+parser.add_argument("--enable-sleep-mode", action="store_true")
 args, _ = parser.parse_known_args()
+SLEEP_ROUTES = args.enable_sleep_mode and os.environ.get("VLLM_SERVER_DEV_MODE") == "1"
 if os.environ.get("FAKE_VLLM_STARTS"):
     with open(os.environ["FAKE_VLLM_STARTS"], "a") as f:
         f.write(f"{os.getpid()}\n")
@@ -27,7 +31,15 @@ if os.environ.get("FAKE_VLLM_FAIL"):
     sys.exit(1)
 
 KEY = os.environ.get("VLLM_API_KEY")
-STATE = {"running": 0, "done": 0}
+STATE = {"running": 0, "done": 0, "asleep": False}
+
+
+def note_sleep(what):
+    if os.environ.get("FAKE_VLLM_SLEEPS"):
+        with open(os.environ["FAKE_VLLM_SLEEPS"], "a") as f:
+            f.write(what + "\n")
+
+
 LOCK = threading.Lock()
 
 
@@ -59,6 +71,8 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/v1/models":
             model = {"id": args.served_model_name, "object": "model", "max_model_len": int(args.max_model_len or 4096)}
             self._reply(200, {"object": "list", "data": [model]})
+        elif self.path == "/is_sleeping" and SLEEP_ROUTES:
+            self._reply(200, {"is_sleeping": STATE["asleep"]})
         elif self.path == "/metrics":
             with LOCK:
                 text = (
@@ -76,6 +90,14 @@ class Handler(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if self.path == "/tokenize":
             self._reply(200, {"tokens": [7], "count": 1})
+            return
+        if SLEEP_ROUTES and self.path.split("?")[0] in ("/sleep", "/wake_up"):
+            STATE["asleep"] = self.path.startswith("/sleep")
+            note_sleep("sleep" if STATE["asleep"] else "wake")
+            self._reply(200, {"status": "sleeping" if STATE["asleep"] else "awake"})
+            return
+        if STATE["asleep"]:
+            self._reply(503, {"error": "asleep: wake it up first"})
             return
         if self.path != "/v1/chat/completions":
             self._reply(404, {"error": "not found"})
