@@ -7,12 +7,16 @@ from collections.abc import Callable, Sequence
 
 from stepaudio_cli.audio import Audio, load_audio
 from stepaudio_cli.engines import EngineSettings, Result, collect, open_engine
-from stepaudio_cli.errors import UserError
+from stepaudio_cli.engines.base import send_with_retries
+from stepaudio_cli.errors import AudioError, UserError
 from stepaudio_cli.request import Request, Sampling, Thinking
 from stepaudio_cli.splitter import Delta
 from stepaudio_cli.windows import MapProgress, Windowing, answer_in_windows, plan
 
 __all__ = ["ask", "check_fits", "prepare"]
+
+#: Sends again of a window that failed in a way a server may not repeat (as batch's --retries).
+WINDOW_RETRIES = 3
 
 
 def prepare(
@@ -23,8 +27,15 @@ def prepare(
         raise UserError("the question is empty")
     if sum(1 for s in sources if s == "-") > 1:
         raise UserError("`-` (stdin) can be given only once")
-    audios: list[Audio] = [load_audio(s) for s in sources]
+    audios: list[Audio] = [_load(s) for s in sources]
     return Request(audios=tuple(audios), question=question, system=system, sampling=sampling, thinking=thinking)
+
+
+def _load(source: str) -> Audio:
+    try:
+        return load_audio(source)
+    except MemoryError:
+        raise AudioError(f"{source}: not enough memory to decode it") from None
 
 
 def check_fits(settings: EngineSettings, request: Request, windowing: Windowing = Windowing()) -> list | None:
@@ -49,13 +60,20 @@ async def ask(
     async with open_engine(settings, on_status) as engine:
         if settings.remote:
             windows = plan(request, engine.max_model_len, windowing)
-        if windows is None:
-            return await collect(engine, request, on_delta)
-        return await answer_in_windows(
-            request,
-            windows,
-            lambda r, d: collect(engine, r, d),
-            max_model_len=engine.max_model_len,
-            on_progress=on_windows,
-            on_delta=on_delta,
-        )
+        try:
+            if windows is None:
+                return await collect(engine, request, on_delta)
+
+            async def send(r: Request, d):  # windows are retried; the streamed combining answer is not
+                return await (collect(engine, r, d) if d else send_with_retries(engine, r, WINDOW_RETRIES))
+
+            return await answer_in_windows(
+                request,
+                windows,
+                send,
+                max_model_len=engine.max_model_len,
+                on_progress=on_windows,
+                on_delta=on_delta,
+            )
+        except MemoryError:
+            raise UserError("not enough memory for the request (the audio is too long for this machine)") from None
