@@ -311,6 +311,7 @@ def _decode(f, size: int, name: str, context_tokens: int | None) -> Audio:
             ) from None
         f.seek(0)
         samples, rate, channels = _decode_ffmpeg(f.read(), name, first.reason, limit, context_tokens)
+        warnings = _short_of(name, first.stated_seconds * rate, len(samples), rate)
     if samples.size == 0:
         raise AudioError(f"{name}: contains no audio samples")
     if not np.all(np.isfinite(samples)):
@@ -352,9 +353,12 @@ def resample(samples: np.ndarray, rate: int) -> np.ndarray:
 
 
 class _NotSoundfile(Exception):
-    def __init__(self, reason: str) -> None:
+    """libsndfile cannot read it (``stated_seconds``: the length its header stated, if it got that far)."""
+
+    def __init__(self, reason: str, stated_seconds: float = 0.0) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.stated_seconds = stated_seconds
 
 
 def _decode_soundfile(
@@ -375,19 +379,23 @@ def _decode_soundfile(
                 raise _too_long(name, sound.frames / rate, context_tokens)
             try:
                 samples = sound.read(frames=most, dtype="float32", always_2d=True)
-            except errors as e:
-                raise _NotSoundfile(_short(str(e))) from None
+            except errors as e:  # a damaged stream (a FLAC cut short): ffmpeg reads what is there
+                raise _NotSoundfile(_short(str(e)), sound.frames / rate) from None
             stated = sound.frames
     if len(samples) >= most:
         raise _too_long(name, None, context_tokens)
     stated = max(stated, _riff_frames(f, len(samples)))
-    warnings = ()
-    if len(samples) and stated > len(samples) + rate // 100:  # more than 10 ms short of its header
-        warnings = (
-            f"{name}: truncated: its header says {format_duration(stated / rate)} of audio, it holds "
-            f"{format_duration(len(samples) / rate)}; answered as far as it goes",
-        )
-    return samples, rate, channels, warnings
+    return samples, rate, channels, _short_of(name, stated, len(samples), rate)
+
+
+def _short_of(name: str, stated: float, held: int, rate: int) -> tuple[str, ...]:
+    """The warning for audio of ``held`` frames whose header stated ``stated`` (more than 10 ms more)."""
+    if not held or stated <= held + rate // 100:
+        return ()
+    return (
+        f"{name}: truncated: its header says {format_duration(stated / rate)} of audio, it holds "
+        f"{format_duration(held / rate)}; answered as far as it goes",
+    )
 
 
 def _riff_frames(f, frames_read: int) -> int:

@@ -547,3 +547,21 @@ def test_mp3_decoder_chatter_never_reaches_the_terminal(server, tmp_path):
         stderr = done.stderr.decode()
         assert "MPEG" not in stderr and "resync" not in stderr and "Note:" not in stderr, stderr
         assert "Traceback" not in stderr
+
+
+def test_audio_cut_short_is_answered_with_a_warning(server, tmp_path):
+    from conftest import noise
+
+    path = write_wav(tmp_path / "cut.flac", noise(10.0), format="FLAC")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    server.behave()
+    shown = run("ask", "-s", server.url, str(path), "Q?")
+    assert shown.exit_code == 0 and shown.stdout == "A beep.\n", shown.stderr
+    assert f"warning: {path}: truncated: its header says 10.0s of audio" in shown.stderr
+    record = json.loads(run("ask", "--json", "-s", server.url, str(path), "Q?").stdout)
+    assert record["warnings"][0].startswith(f"{path}: truncated")
+    out = tmp_path / "r.jsonl"
+    batch = run("batch", str(path), "-p", "Q", "-s", server.url, "-o", str(out))
+    assert batch.exit_code == 0 and f"warning: {path}: truncated" in batch.stderr, batch.stderr
+    (rec,) = map(json.loads, out.read_text().splitlines())
+    assert rec["answer"] == "A beep." and rec["warnings"][0].startswith(f"{path}: truncated")
