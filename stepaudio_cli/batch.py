@@ -9,7 +9,7 @@ run's end.
 
 A results file holds many questions: a record stands for one file (its real path) and one
 question (prompt, model, parameters); compaction keeps one record per file and question, and
-never drops another question's records. With every record already there, :func:`settle`
+never drops another question's records. With every record already there, ``batch_settle``
 finishes the run without an engine.
 """
 
@@ -38,7 +38,7 @@ from stepaudio_cli.request import Request, Sampling, Thinking, generation_room
 from stepaudio_cli.store import Store
 from stepaudio_cli.windows import MapProgress, Windowing, answer_in_windows, plan
 
-__all__ = ["BatchJob", "BatchRunner", "Summary", "discover", "execute", "request_key", "run_batch", "settle"]
+__all__ = ["BatchJob", "BatchRunner", "NeedsEngine", "Summary", "discover", "execute", "request_key", "run_batch"]
 
 
 @dataclass
@@ -111,17 +111,7 @@ def request_key(sha256: str, job: BatchJob, model: str) -> str:
 
 
 class NeedsEngine(Exception):
-    """A file needs an engine's answer: :func:`settle` cannot finish the run alone."""
-
-
-class _NoEngine(Engine):
-    """Stands in for the engine while :func:`settle` checks whether there is work for one."""
-
-    def __init__(self, model: str) -> None:
-        self.model = model
-
-    def stream(self, request: Request):
-        raise NeedsEngine
+    """A file needs an engine's answer: a runner made ``offline`` cannot finish alone."""
 
 
 class BatchRunner:
@@ -133,7 +123,10 @@ class BatchRunner:
         files: list[Path],
         on_progress: Callable[[Summary], None] | None = None,
         hashes: dict[str, tuple[str, tuple]] | None = None,
+        offline: bool = False,
     ) -> None:
+        """``offline``: no engine behind ``engine`` (only its model name): a file that needs an
+        answer raises :class:`NeedsEngine` (``batch_settle``)."""
         self.job = job
         self.engine = engine
         self.store = store
@@ -141,7 +134,7 @@ class BatchRunner:
         self.on_progress = on_progress or (lambda s: None)
         self.summary = Summary(total=len(files))
         self.hashes = {} if hashes is None else hashes  # content hashes by name (settle's, reused)
-        self._offline = isinstance(engine, _NoEngine)
+        self._offline = offline
         self._by_file: dict[str, list[dict]] = {}  # earlier records of each input, by its real path
         self._by_key: dict[str, dict] = {}  # good records by key, for reuse
         self._inflight: dict[str, asyncio.Future] = {}
@@ -461,50 +454,9 @@ async def execute(
 ) -> Summary:
     """An engine session for the whole batch: ``on_status`` hears what the engine waits for
     (loading, a server to come back), ``on_start`` that files are being sent, ``on_progress``
-    the summary after each file; ``hashes``: those :func:`settle` computed."""
+    the summary after each file; ``hashes``: those ``batch_settle.settle`` computed."""
     async with open_engine(settings, on_status) as engine:
         if on_start:
             on_start()
         engine.max_sends = job.retries + 1  # --retries 0: one send, the pool's included
         return await run_batch(job, engine, store, files, on_progress, hashes)
-
-
-async def settle(
-    settings: EngineSettings, job: BatchJob, store: Store, files: list[Path], hashes: dict[str, tuple[str, tuple]]
-) -> Summary | None:
-    """The run's summary when every file already has its record for this question (nothing
-    for an engine to do: no engine is started, no server waited for), else None. The model is
-    the one the records were made with; it must be the one asked for (``--model``, the
-    in-process model), and a server that answers at once must serve it. ``hashes`` keeps the
-    content hashes computed, for the run that follows."""
-    wanted = {identity(str(p)) for p in files}
-    asked = [r for r in store.load() if r["prompt"] == job.prompt and identity(r["file"]) in wanted]
-    if not asked or {identity(r["file"]) for r in asked} != wanted:
-        return None  # a file without any record of this question: work for an engine
-    model = Counter(r["model"] for r in asked).most_common(1)[0][0]
-    if (settings.served_model if settings.remote else settings.model) not in (None, model):
-        return None
-    started = time.monotonic()
-    runner = BatchRunner(job, _NoEngine(model), store, files, hashes=hashes)
-    try:
-        summary = await runner.run()
-    except NeedsEngine:
-        return None
-    if settings.remote and not settings.served_model and not await _serves(settings, model):
-        return None
-    summary.elapsed = time.monotonic() - started
-    return summary
-
-
-async def _serves(settings: EngineSettings, model: str) -> bool:
-    """Whether the first server, asked once without waiting, serves ``model`` (or does not answer)."""
-    from stepaudio_cli.engines.remote import RemoteEngine
-
-    server = RemoteEngine(settings.servers[0], api_key=settings.api_key, timeout=min(settings.timeout, 5.0))
-    try:
-        await server.start()
-    except UserError:
-        return True  # down, or not answering: the records are all there is to go by
-    finally:
-        await server.close()
-    return server.model == model

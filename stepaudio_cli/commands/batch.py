@@ -89,6 +89,7 @@ def batch(
 ) -> None:
     """Ask the same question about every audio file in directories; resumable JSONL/CSV results."""
     from stepaudio_cli import batch as core
+    from stepaudio_cli.batch_settle import settle
     from stepaudio_cli.batch_view import BatchView
     from stepaudio_cli.resident import parse_keep_alive, session
     from stepaudio_cli.store import Store, infer_format
@@ -124,7 +125,7 @@ def batch(
     summary, hashes = None, {}
     try:
         if store.resumable:  # every file already has its record: no engine, no server to wait for
-            summary = asyncio.run(core.settle(settings, job, store, files, hashes))
+            summary = asyncio.run(settle(settings, job, store, files, hashes))
         if summary is None:
             with session(settings, keep, view.status) as settings:
                 summary = asyncio.run(
