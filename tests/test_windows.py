@@ -462,8 +462,9 @@ def test_batch_against_a_server_answers_long_files_in_windows(vllm_server, tmp_p
     result = runner.invoke(app, [*args, "--window", "50s"])
     assert result.exit_code == 0, result.stderr
     recs = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(recs) == 1  # one record per file: the windowed run replaced the first
-    (rec,) = recs
+    # --window shapes the answer: another question, whose record joins the first one's.
+    assert [r["params"].get("window") for r in recs] == [None, 50.0] and recs[0]["windows"] is None
+    rec = recs[1]
     assert len(rec["windows"]) == 3 and all(w["answer"] == SCRIPT[1] for w in rec["windows"])
     assert rec["answer"] == SCRIPT[1] and rec["error"] is None
 
