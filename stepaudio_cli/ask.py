@@ -10,13 +10,17 @@ from dataclasses import dataclass
 from stepaudio_cli import windows
 from stepaudio_cli.audio import Audio
 from stepaudio_cli.engines import EngineSettings, Result, collect, open_engine
-from stepaudio_cli.errors import UserError
+from stepaudio_cli.engines.base import send_with_retries
+from stepaudio_cli.errors import AudioError, UserError
 from stepaudio_cli.request import Request, Sampling, Thinking
 from stepaudio_cli.splitter import Delta
 from stepaudio_cli.url_audio import UrlFetching, load_source
 from stepaudio_cli.windows import MapProgress, Window, Windowing, answer_in_windows
 
 __all__ = ["Plan", "ask", "plan", "prepare"]
+
+#: Sends again of a window that failed in a way a server may not repeat (as batch's --retries).
+WINDOW_RETRIES = 3
 
 
 def prepare(
@@ -33,8 +37,15 @@ def prepare(
         raise UserError("the question is empty")
     if sum(1 for s in sources if s == "-") > 1:
         raise UserError("`-` (stdin) can be given only once")
-    audios: list[Audio] = [load_source(s, urls) for s in sources]
+    audios: list[Audio] = [_load(s, urls) for s in sources]
     return Request(audios=tuple(audios), question=question, system=system, sampling=sampling, thinking=thinking)
+
+
+def _load(source: str, urls: UrlFetching) -> Audio:
+    try:
+        return load_source(source, urls)
+    except MemoryError:
+        raise AudioError(f"{source}: not enough memory to decode it") from None
 
 
 @dataclass(frozen=True)
@@ -72,13 +83,20 @@ async def ask(
     recording are getting on."""
     async with open_engine(settings, on_status) as engine:
         cuts = plan.windows if plan.planned else windows.plan(request, engine.max_model_len, plan.windowing)
-        if cuts is None:
-            return await collect(engine, request, on_delta)
-        return await answer_in_windows(
-            request,
-            cuts,
-            lambda r, d: collect(engine, r, d),
-            max_model_len=engine.max_model_len,
-            on_progress=on_windows,
-            on_delta=on_delta,
-        )
+        try:
+            if cuts is None:
+                return await collect(engine, request, on_delta)
+
+            async def send(r: Request, d):  # windows are retried; the streamed combining answer is not
+                return await (collect(engine, r, d) if d else send_with_retries(engine, r, WINDOW_RETRIES))
+
+            return await answer_in_windows(
+                request,
+                cuts,
+                send,
+                max_model_len=engine.max_model_len,
+                on_progress=on_windows,
+                on_delta=on_delta,
+            )
+        except MemoryError:
+            raise UserError("not enough memory for the request (the audio is too long for this machine)") from None

@@ -61,18 +61,22 @@ class AskView:
             self.term.print_json(ask_record(request, result, hide_reasoning=self.hide_reasoning))
             return
         self.term.end_streams()
-        if result.finish_reason == "length":
+        for audio in request.audios:
+            for warning in audio.warnings:
+                self.term.warn(warning)
+        combined = result.combined_finish_reason if result.windows else result.finish_reason
+        if combined == "length":
             where = "inside its reasoning, with no answer" if not result.answer else "in its answer"
-            self.term.warn(
-                f"cut off at the length limit ({result.usage.completion_tokens} tokens) {where}: "
-                "raise --max-tokens (or --max-model-len)"
-            )
+            tokens = request.sampling.max_tokens or (None if result.windows else result.usage.completion_tokens)
+            limit = f"{tokens} tokens per request" if tokens else "what the context leaves"
+            self.term.warn(f"cut off at the length limit ({limit}) {where}: raise --max-tokens (or --max-model-len)")
         elif not result.answer:
             self.term.warn("the model gave no answer after its reasoning")
         cut = [w for w in result.windows or () if w["finish_reason"] == "length"]
         if cut:
+            limit = request.sampling.max_tokens or max(w["usage"]["completion_tokens"] for w in cut)
             self.term.warn(
-                f"{len(cut)} of {len(result.windows)} windows were cut off at the length limit "
-                "(their answers may be missing): raise --max-tokens or use a shorter --window"
+                f"{len(cut)} of {len(result.windows)} windows were cut off at the length limit ({limit} tokens "
+                "per request; their answers may be missing): raise --max-tokens or use a shorter --window"
             )
         self.term.note(stats_line(request, result))

@@ -7,17 +7,28 @@ Every failure is an :class:`AudioError` whose message starts with the file's nam
 Size: files are decoded from disk as they are read (libsndfile), never more audio than a
 context can hold (``audio_limit_seconds``): longer audio is refused from the header before it
 is read, or as soon as the limit is passed. Formats only ffmpeg reads are handed to it whole,
-up to ``MAX_FFMPEG_INPUT_BYTES``, and it stops decoding past the limit.
+up to ``MAX_FFMPEG_INPUT_BYTES``, and it stops decoding past the limit. ``header_length`` says
+how long a file is before it is decoded: from its header (libsndfile), else from its container
+(PyAV, or ffprobe), so memory for decoding it is reserved from its length, not its size.
+
+Audio that holds less than its header says (a file cut short) is decoded as far as it goes,
+with a warning in ``Audio.warnings``. What libmpg123 prints about damaged MP3 frames goes to
+/dev/null, never to the terminal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import json
+import math
 import os
 import re
 import shutil
 import stat
+import subprocess
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +49,9 @@ STDIN_NAME = "<stdin>"
 MAX_RECORDING_SECONDS = 4 * 3600
 # Containers libsndfile cannot read are handed to ffmpeg in one piece: a bound on what is read.
 MAX_FFMPEG_INPUT_BYTES = 1 << 30
+# Bytes the ffmpeg path holds at its peak per source sample (frames x channels): its 16-bit
+# output, pydub's copies, the float32 conversion (measured: an hour of 48 kHz stereo Opus).
+FFMPEG_BYTES_PER_SAMPLE = 12
 
 # Extensions offered to directory scans (batch). Decoding itself never trusts the suffix.
 AUDIO_EXTENSIONS = frozenset(
@@ -111,6 +125,8 @@ class Audio:
     samples: np.ndarray = field(repr=False)
     source_rate: int = SAMPLE_RATE
     source_channels: int = 1
+    #: What the answer should be read with (the file holds less audio than its header says).
+    warnings: tuple[str, ...] = ()
 
     @property
     def duration(self) -> float:
@@ -132,6 +148,7 @@ class AudioLength:
     name: str
     n_samples: int  # at 16 kHz
     source_samples: int = 0  # frames x channels as stored: read as float32 before resampling
+    bytes_per_source_sample: int = 4  # at the decoder's peak (libsndfile: float32)
 
     @property
     def duration(self) -> float:
@@ -139,8 +156,8 @@ class AudioLength:
 
     @property
     def decode_bytes(self) -> int:
-        """Memory decoding it takes at its peak: the source as float32, and the result."""
-        return 4 * (self.source_samples + self.n_samples)
+        """Memory decoding it takes at its peak: the source as the decoder holds it, and the result."""
+        return self.bytes_per_source_sample * self.source_samples + 4 * self.n_samples
 
     @property
     def prompt_tokens(self) -> int:
@@ -148,16 +165,75 @@ class AudioLength:
 
 
 def header_length(path: str | os.PathLike, name: str) -> AudioLength | None:
-    """The length a file's header states (formats libsndfile reads); None when it cannot say."""
+    """The length a file states before it is decoded: its header (formats libsndfile reads),
+    else its container's metadata (PyAV or ffprobe: m4a, opus, webm...); None when neither says."""
     import soundfile as sf
 
     try:
-        info = sf.info(os.fspath(path))
+        with _quiet_decoder(path):
+            info = sf.info(os.fspath(path))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError):
-        return None
+        return _container_length(path, name)
     if info.samplerate <= 0 or info.frames < 0:
         return None
     return AudioLength(name, round(info.frames * SAMPLE_RATE / info.samplerate), info.frames * info.channels)
+
+
+def _container_length(path: str | os.PathLike, name: str) -> AudioLength | None:
+    """Duration, rate and channels of the first audio stream, from the container."""
+    found = _probe_av(path) or _probe_ffprobe(path)
+    if found is None:
+        return None
+    seconds, rate, channels = found
+    if not (math.isfinite(seconds) and seconds >= 0 and rate > 0 and channels > 0):
+        return None
+    frames = round(seconds * rate)
+    return AudioLength(name, round(seconds * SAMPLE_RATE), frames * channels, FFMPEG_BYTES_PER_SAMPLE)
+
+
+def _probe_av(path) -> tuple[float, int, int] | None:
+    try:
+        import av
+    except ImportError:
+        return None
+    try:
+        with av.open(os.fspath(path)) as container:
+            stream = container.streams.audio[0]
+            ctx = stream.codec_context
+            if stream.duration is not None and stream.time_base:
+                seconds = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                seconds = container.duration / av.time_base
+            else:
+                return None
+            return seconds, int(ctx.sample_rate or 0), int(ctx.channels or 0)
+    except Exception:  # noqa: BLE001 - whatever PyAV raises for a file it cannot read: no length
+        return None
+
+
+def _probe_ffprobe(path) -> tuple[float, int, int] | None:
+    if shutil.which("ffprobe") is None:
+        return None
+    command = [
+        "ffprobe", "-v", "error", "-select_streams", "a:0", "-of", "json",
+        "-show_entries", "stream=sample_rate,channels,duration:format=duration", os.fspath(path),
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(command, capture_output=True, timeout=30, check=False)
+        info = json.loads(done.stdout)
+        stream = info["streams"][0]
+        seconds = float(stream.get("duration") or info["format"]["duration"])
+        return seconds, int(stream["sample_rate"]), int(stream["channels"])
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def check_length(length: AudioLength, context_tokens: int | None) -> None:
+    """Refuse, from the length a file states, audio longer than ``context_tokens`` hold (or,
+    None, than a recording answered in windows may be): the message decoding would give."""
+    limit = audio_limit_seconds(context_tokens)
+    if length.n_samples > limit * SAMPLE_RATE:
+        raise _too_long(length.name, length.duration, context_tokens)
 
 
 def wav_bytes(samples: np.ndarray) -> bytes:
@@ -224,8 +300,9 @@ def decode_bytes(data: bytes, name: str, context_tokens: int | None = None) -> A
 
 def _decode(f, size: int, name: str, context_tokens: int | None) -> Audio:
     limit = audio_limit_seconds(context_tokens)
+    warnings: tuple[str, ...] = ()
     try:
-        samples, rate, channels = _decode_soundfile(f, name, limit, context_tokens)
+        samples, rate, channels, warnings = _decode_soundfile(f, name, limit, context_tokens)
     except _NotSoundfile as first:
         if size > MAX_FFMPEG_INPUT_BYTES:
             raise AudioError(
@@ -234,12 +311,14 @@ def _decode(f, size: int, name: str, context_tokens: int | None) -> Audio:
             ) from None
         f.seek(0)
         samples, rate, channels = _decode_ffmpeg(f.read(), name, first.reason, limit, context_tokens)
+        warnings = _short_of(name, first.stated_seconds * rate, len(samples), rate)
     if samples.size == 0:
         raise AudioError(f"{name}: contains no audio samples")
     if not np.all(np.isfinite(samples)):
         raise AudioError(f"{name}: contains invalid (NaN or infinite) samples")
     mono = _downmix(samples)
-    return Audio(name=name, samples=resample(mono, rate), source_rate=rate, source_channels=channels)
+    del samples
+    return Audio(name=name, samples=resample(mono, rate), source_rate=rate, source_channels=channels, warnings=warnings)
 
 
 def _too_long(name: str, seconds: float | None, context_tokens: int | None) -> AudioError:
@@ -274,31 +353,127 @@ def resample(samples: np.ndarray, rate: int) -> np.ndarray:
 
 
 class _NotSoundfile(Exception):
-    def __init__(self, reason: str) -> None:
+    """libsndfile cannot read it (``stated_seconds``: the length its header stated, if it got that far)."""
+
+    def __init__(self, reason: str, stated_seconds: float = 0.0) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.stated_seconds = stated_seconds
 
 
-def _decode_soundfile(f, name: str, limit: float, context_tokens: int | None) -> tuple[np.ndarray, int, int]:
+def _decode_soundfile(
+    f, name: str, limit: float, context_tokens: int | None
+) -> tuple[np.ndarray, int, int, tuple[str, ...]]:
     import soundfile as sf
 
     errors = (sf.LibsndfileError, RuntimeError, TypeError, ValueError)
-    try:
-        sound = sf.SoundFile(f)
-    except errors as e:
-        raise _NotSoundfile(_short(str(e))) from None
-    with sound:
-        rate, channels = int(sound.samplerate), int(sound.channels)
-        most = int(limit * rate) + 1  # one frame past the limit tells that there is more
-        if sound.frames >= most:  # the header says so: refused before anything is read
-            raise _too_long(name, sound.frames / rate, context_tokens)
+    with _quiet_decoder(f):
         try:
-            samples = sound.read(frames=most, dtype="float32", always_2d=True)
+            sound = sf.SoundFile(f)
         except errors as e:
             raise _NotSoundfile(_short(str(e))) from None
+        with sound:
+            rate, channels = int(sound.samplerate), int(sound.channels)
+            most = int(limit * rate) + 1  # one frame past the limit tells that there is more
+            if sound.frames >= most:  # the header says so: refused before anything is read
+                raise _too_long(name, sound.frames / rate, context_tokens)
+            try:
+                samples = sound.read(frames=most, dtype="float32", always_2d=True)
+            except errors as e:  # a damaged stream (a FLAC cut short): ffmpeg reads what is there
+                raise _NotSoundfile(_short(str(e)), sound.frames / rate) from None
+            stated = sound.frames
     if len(samples) >= most:
         raise _too_long(name, None, context_tokens)
-    return samples, rate, channels
+    stated = max(stated, _riff_frames(f, len(samples)))
+    return samples, rate, channels, _short_of(name, stated, len(samples), rate)
+
+
+def _short_of(name: str, stated: float, held: int, rate: int) -> tuple[str, ...]:
+    """The warning for audio of ``held`` frames whose header stated ``stated`` (more than 10 ms more)."""
+    if not held or stated <= held + rate // 100:
+        return ()
+    return (
+        f"{name}: truncated: its header says {format_duration(stated / rate)} of audio, it holds "
+        f"{format_duration(held / rate)}; answered as far as it goes",
+    )
+
+
+def _riff_frames(f, frames_read: int) -> int:
+    """Frames a WAV's ``data`` chunk states, when it states more bytes than the file holds
+    (libsndfile quietly counts what is there); 0 when not a WAV or not short."""
+    try:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(0)
+        if f.read(12)[8:12] != b"WAVE":
+            return 0
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk, length = f.read(4), int.from_bytes(f.read(4), "little")
+            if chunk == b"data":
+                held = size - pos - 8
+                if length in (0, 0xFFFFFFFF) or length <= held or held <= 0:
+                    return 0
+                return frames_read * length // held
+            pos += 8 + length + (length & 1)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+_QUIET = threading.Lock()
+_QUIET_USERS = 0
+_SAVED_STDERR: int | None = None
+
+
+@contextlib.contextmanager
+def _quiet_decoder(source):
+    """Keep libmpg123's notes about damaged frames ("Note: Illegal Audio-MPEG-Header ...",
+    written to file descriptor 2 from C) off the terminal while an MP3 is read: descriptor 2
+    points at /dev/null meanwhile. The Terminal writes through its own copy of it; other files
+    are read with descriptor 2 as it is."""
+    global _QUIET_USERS, _SAVED_STDERR
+    if not _looks_mpeg(source):
+        yield
+        return
+    with _QUIET:
+        if _QUIET_USERS == 0:
+            try:
+                _SAVED_STDERR = os.dup(2)
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, 2)
+                os.close(null)
+            except OSError:
+                _SAVED_STDERR = None
+        _QUIET_USERS += 1
+    try:
+        yield
+    finally:
+        with _QUIET:
+            _QUIET_USERS -= 1
+            if _QUIET_USERS == 0 and _SAVED_STDERR is not None:
+                with contextlib.suppress(OSError):
+                    os.dup2(_SAVED_STDERR, 2)
+                os.close(_SAVED_STDERR)
+                _SAVED_STDERR = None
+
+
+def _looks_mpeg(source) -> bool:
+    """An MP3 by its first bytes (an ID3 tag or an MPEG frame sync), or its name."""
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            if os.fspath(source).lower().endswith((".mp3", ".mp2", ".mpga")):
+                return True
+            with open(source, "rb") as f:
+                head = f.read(3)
+        else:
+            at = source.tell()
+            head = source.read(3)
+            source.seek(at)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return head.startswith(b"ID3") or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
 
 
 def _decode_ffmpeg(
@@ -325,11 +500,13 @@ def _decode_ffmpeg(
         raise AudioError(f"{name}: contains no audio samples")
     if seg.duration_seconds > limit:
         raise _too_long(name, None, context_tokens)
-    channels = seg.channels
-    raw = np.array(seg.get_array_of_samples())
-    scale = float(1 << (8 * seg.sample_width - 1))
-    samples = (raw.astype(np.float32) / scale).reshape(-1, channels)
-    return samples, int(seg.frame_rate), int(channels)
+    channels, width, rate = seg.channels, seg.sample_width, int(seg.frame_rate)
+    raw = np.frombuffer(seg.raw_data, dtype={1: np.int8, 2: np.int16, 4: np.int32}[width])
+    del seg
+    samples = raw.astype(np.float32)  # scaled in place: one float copy, not two
+    del raw
+    samples *= 1.0 / float(1 << (8 * width - 1))
+    return samples.reshape(-1, channels), rate, int(channels)
 
 
 def _ffmpeg_reason(e: Exception) -> str:
@@ -358,6 +535,7 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+MAX_DURATION_SECONDS = 100 * 365 * 86400  # a duration past this is a typo (or 400 nines)
 _NUMBER = r"(\d+(?:\.\d+)?)"
 #: Units in the order they are written (1d2h30m, 1h30m, 90s, 90, 500ms): a bare number is seconds.
 _UNITS = (("d", 86400.0), ("h", 3600.0), ("m(?!s)", 60.0), ("s?", 1.0), ("ms", 0.001))
@@ -369,10 +547,16 @@ def parse_duration(text: str | float, flag: str, examples: str) -> float:
     ``1:30:00`` (a leading ``-``: negative); else one error line naming ``flag`` and ``examples``."""
     t = str(text).strip().lower()
     sign, body = (-1.0, t[1:].strip()) if t.startswith("-") else (1.0, t)
+    seconds = None
     if ":" in body:
         parts = body.split(":")
         if len(parts) <= 3 and all(re.fullmatch(_NUMBER, p) for p in parts):
-            return sign * sum(float(p) * 60**i for i, p in enumerate(reversed(parts)))
+            seconds = sign * sum(float(p) * 60**i for i, p in enumerate(reversed(parts)))
     elif (m := _DURATION.fullmatch(body)) and any(m.groups()):
-        return sign * sum(float(g) * scale for g, (_, scale) in zip(m.groups(), _UNITS) if g)
-    raise UserError(f"{flag} {text!r}: not a duration (e.g. {examples})")
+        seconds = sign * sum(float(g) * scale for g, (_, scale) in zip(m.groups(), _UNITS) if g)
+    if seconds is None:
+        raise UserError(f"{flag} {text!r}: not a duration (e.g. {examples})")
+    if not abs(seconds) <= MAX_DURATION_SECONDS:
+        shown = str(text) if len(str(text)) <= 24 else str(text)[:20] + "..."
+        raise UserError(f"{flag} {shown!r}: out of range (at most {MAX_DURATION_SECONDS // (365 * 86400)} years)")
+    return seconds

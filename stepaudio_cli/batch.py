@@ -1,37 +1,44 @@
 """Batch processing: many files, many requests in flight, durable and resumable results.
 
-Work per file: sha256 (streamed) -> key (content + prompt + model + sampling) -> skip if a
-good record with that key exists -> check the length its header states against the context ->
-decode (thread, from disk) -> request (engine, with retries) -> append the record. Identical
-content under several names is computed once. A file that cannot be read or decoded is that
-file's failure record, never the run's end.
+Work per file: check the length its header states against the context (before anything is
+read) -> sha256 (streamed) -> key (content + question + the parameters that shape the
+answer) -> skip if a record of that file with that key exists -> decode (thread, from disk) ->
+request (engine, with retries) -> append the record. Identical content under several names is
+computed once. A file that cannot be read or decoded is that file's failure record, never the
+run's end.
+
+A results file holds many questions: a record stands for one file (its real path) and one
+question (prompt, model, parameters); compaction keeps one record per file and question, and
+never drops another question's records. With every record already there, ``batch_settle``
+finishes the run without an engine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import hashlib
 import json
-import os
-import random
 import signal
-import stat
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stepaudio_cli.audio import AUDIO_EXTENSIONS, header_length, load_file, sha256_file
+from stepaudio_cli.audio import check_length, load_file
+from stepaudio_cli.audio_room import AudioRoom, Held
+from stepaudio_cli.batch_inputs import content_hash, discover, header, identity, stamp
 from stepaudio_cli.defaults import DECODED_AUDIO_BYTES
-from stepaudio_cli.engines import Engine, EngineSettings, Result, collect, open_engine
-from stepaudio_cli.errors import EngineError, NoServerError, StoreError, UserError
-from stepaudio_cli.records import params, to_record
+from stepaudio_cli.engines import Engine, EngineSettings, Result, open_engine
+from stepaudio_cli.engines.base import send_with_retries
+from stepaudio_cli.errors import NoServerError, StoreError, UserError
+from stepaudio_cli.records import params, same_question, to_record
 from stepaudio_cli.request import Request, Sampling, Thinking, generation_room
 from stepaudio_cli.store import Store
-from stepaudio_cli.url_audio import UrlFetching, fetch, is_url
 from stepaudio_cli.windows import MapProgress, Windowing, answer_in_windows, plan
+
+__all__ = ["BatchJob", "BatchRunner", "NeedsEngine", "Summary", "discover", "execute", "request_key", "run_batch"]
 
 
 @dataclass
@@ -43,70 +50,15 @@ class BatchJob:
     concurrency: int = 64
     retries: int = 3
     retry_failed: bool = False
-    overwrite: bool = False
     hide_reasoning: bool = False
     decode_ahead: int = 8
     windowing: Windowing = field(default_factory=Windowing)  # audio longer than one request holds
     audio_bytes: int = DECODED_AUDIO_BYTES  # decoded audio held at once (long recordings wait for room)
 
 
-# Decoded float32 at 16 kHz per byte of a compressed file whose header states no length
-# (AAC/Opus at 64 kbit/s: 8x), so a folder of them is not all decoded at once.
+# Decoded float32 at 16 kHz per byte of a compressed file whose length neither its header nor
+# its container states (AAC/Opus at 64 kbit/s: 8x), so a folder of them is not all decoded at once.
 UNKNOWN_DECODE_RATIO = 8
-
-
-class AudioRoom:
-    """Bytes of decoded audio a batch holds at once, so that long recordings answered in windows
-    (up to ~0.9 GiB each) are not all decoded together. A file waits for room before it is
-    decoded; one larger than the whole room still goes, alone."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity, self.used = capacity, 0
-        self._waiting: list[asyncio.Future] = []
-
-    async def take(self, n: int) -> None:
-        while self.used and self.used + n > self.capacity:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiting.append(waiter)
-            try:
-                await waiter
-            finally:
-                self._waiting.remove(waiter)
-        self.used += n
-
-    def add(self, n: int) -> None:
-        """Count ``n`` bytes already in memory, room or not (the next takers wait for them)."""
-        self.used += n
-
-    def give(self, n: int) -> None:
-        self.used -= n
-        for waiter in self._waiting:  # each checks again whether it fits now
-            if not waiter.done():
-                waiter.set_result(None)
-
-
-@dataclass
-class Held:
-    """One file's share of the :class:`AudioRoom`."""
-
-    room: AudioRoom
-    n: int = 0
-
-    async def take(self, n: int) -> None:
-        await self.room.take(n)
-        self.n += n
-
-    def keep(self, n: int) -> None:
-        """Hold ``n`` bytes from now on (what the decoded audio takes, once decoding is over)."""
-        if n > self.n:
-            self.room.add(n - self.n)
-        else:
-            self.room.give(self.n - n)
-        self.n = n
-
-    def release(self) -> None:
-        self.room.give(self.n)
-        self.n = 0
 
 
 @dataclass
@@ -122,7 +74,11 @@ class Summary:
     windows_answered: int = 0
     windows_planned: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (file, what its answer should be read with)
+    #: Records in the results file per question, after compaction (the view shows it when several).
+    questions: dict[str, int] = field(default_factory=dict)
     interrupted: bool = False
+    signal: int | None = None  # the signal that interrupted the run (SIGINT, SIGTERM)
     #: Why the run stopped before the end (no server for too long, results not writable);
     #: files not attempted have no record, so a rerun continues with them.
     stopped: UserError | None = None
@@ -132,49 +88,18 @@ class Summary:
     def finished(self) -> int:
         return self.answered + self.skipped + self.reused + self.failed
 
+    @property
+    def complete(self) -> bool:
+        """Every file has its record now."""
+        return not self.stopped and not self.interrupted and self.finished == self.total
 
-def discover(
-    inputs: Sequence[str], patterns: Sequence[str] = (), recursive: bool = False, urls: UrlFetching = UrlFetching()
-) -> list[Path]:
-    """Files to process, in a stable order, each real file once.
-
-    Directories contribute files whose names match ``patterns`` (default: known audio
-    extensions); explicitly named files are always included. Symlinks are followed, but a
-    file reached twice (through a link, or named twice) counts once. An http(s) URL is fetched
-    into the cache now (url_audio.py): its path reads the cached file and is named the URL.
-    """
-    found: list[Path] = []
-    for item in inputs:
-        path = fetch(item, urls) if is_url(item) else Path(item)
-        if not path.exists():
-            raise UserError(f"{item}: no such file or directory")
-        if path.is_dir():
-            found += sorted(_scan(path, patterns, recursive), key=lambda p: str(p))
-        else:
-            found.append(path)
-    seen: set[str] = set()
-    unique = []
-    for p in found:
-        real = os.path.realpath(p)
-        if real not in seen:
-            seen.add(real)
-            unique.append(p)
-    return unique
-
-
-def _scan(root: Path, patterns: Sequence[str], recursive: bool):
-    def wanted(name: str) -> bool:
-        if patterns:
-            return any(fnmatch.fnmatch(name, pat) for pat in patterns)
-        return Path(name).suffix.lower() in AUDIO_EXTENSIONS and not name.startswith(".")
-
-    walker = os.walk(root, followlinks=False) if recursive else [(str(root), [], os.listdir(root))]
-    for dirpath, dirnames, filenames in walker:
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            p = Path(dirpath) / name
-            if wanted(name) and p.is_file():
-                yield p
+    @property
+    def exit_code(self) -> int:
+        """0 all done; 1 some failed; 128 + the signal that interrupted it (130 Ctrl-C, 143
+        SIGTERM). A run that ``stopped`` ends with that error's code instead."""
+        if self.interrupted:
+            return 128 + int(self.signal or signal.SIGINT)
+        return 1 if self.failed else 0
 
 
 def request_key(sha256: str, job: BatchJob, model: str) -> str:
@@ -185,6 +110,10 @@ def request_key(sha256: str, job: BatchJob, model: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+class NeedsEngine(Exception):
+    """A file needs an engine's answer: a runner made ``offline`` cannot finish alone."""
+
+
 class BatchRunner:
     def __init__(
         self,
@@ -193,36 +122,59 @@ class BatchRunner:
         store: Store,
         files: list[Path],
         on_progress: Callable[[Summary], None] | None = None,
+        hashes: dict[str, tuple[str, tuple]] | None = None,
+        offline: bool = False,
     ) -> None:
+        """``offline``: no engine behind ``engine`` (only its model name): a file that needs an
+        answer raises :class:`NeedsEngine` (``batch_settle``)."""
         self.job = job
         self.engine = engine
         self.store = store
         self.files = files
         self.on_progress = on_progress or (lambda s: None)
         self.summary = Summary(total=len(files))
-        self._by_file: dict[str, list[dict]] = {}  # earlier records of each file of this run
+        self.hashes = {} if hashes is None else hashes  # content hashes by name (settle's, reused)
+        self._offline = offline
+        self._by_file: dict[str, list[dict]] = {}  # earlier records of each input, by its real path
         self._by_key: dict[str, dict] = {}  # good records by key, for reuse
         self._inflight: dict[str, asyncio.Future] = {}
         self._final: dict[str, dict] = {}  # the record that stands for each file of this run
-        self._params = params(job.sampling, job.thinking, job.system)
+        self._params = params(job.sampling, job.thinking, job.system, job.windowing.as_dict())
+        self._question = {"prompt": job.prompt, "model": engine.model, "params": self._params}
 
     # --- resume -------------------------------------------------------------------------
     def _load(self) -> None:
         records = self.store.load()  # refuses a file that is not ours before anything changes
-        if self.job.overwrite:
-            self.store.rewrite(lambda on_disk: [])
-            return
-        names = {str(p) for p in self.files}
+        mine = {identity(str(p)) for p in self.files}
         for record in records:
-            if record["file"] in names:
-                self._by_file.setdefault(record["file"], []).append(record)
+            real = identity(record["file"])
+            if real in mine:
+                self._by_file.setdefault(real, []).append(record)
                 if not record["error"] and record["key"]:
                     self._by_key[record["key"]] = record
 
-    def _previous(self, name: str, key: str) -> dict | None:
-        """The last record for ``name`` with this key, if any (good or failed)."""
-        matching = [r for r in self._by_file.get(name, []) if r.get("key") == key]
+    def _previous(self, name: str, key: str | None, error: str | None = None) -> dict | None:
+        """The last record of file ``name`` (however it was named) with this key, if any (good
+        or failed); ``key`` None: a failure of this question with this ``error`` (a refusal
+        made before the content was hashed)."""
+        matching = [
+            r
+            for r in self._by_file.get(identity(name), [])
+            if r.get("key") == key and (key is not None or (r["error"] == error and same_question(r, self._question)))
+        ]
         return matching[-1] if matching else None
+
+    def _settled(self, name: str, previous: dict | None) -> bool:
+        """Count a file whose record is already there (an answer, or a failure not to retry)."""
+        if previous is None or (previous.get("error") and self.job.retry_failed):
+            return False
+        self._final[name] = previous
+        if previous.get("error"):
+            self.summary.failed += 1
+            self.summary.failures.append((name, previous["error"]))
+        else:
+            self.summary.skipped += 1
+        return True
 
     # --- the run --------------------------------------------------------------------------
     async def run(self) -> Summary:
@@ -236,12 +188,17 @@ class BatchRunner:
             asyncio.create_task(self._worker(queue, infer))
             for _ in range(min(len(self.files), self.job.concurrency + self.job.decode_ahead))
         ]
+        compact = True
         try:
             await asyncio.gather(*workers)
+        except NeedsEngine:
+            compact = False
+            raise
         except NoServerError as e:  # what is in flight stays unrecorded: a rerun does it
             self.summary.stopped = NoServerError(f"{e.message}; rerun the same command to continue")
         except StoreError as e:
             self.summary.stopped = e
+            compact = False
         except asyncio.CancelledError:
             self.summary.interrupted = True
             raise
@@ -249,7 +206,7 @@ class BatchRunner:
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
-            if not isinstance(self.summary.stopped, StoreError):
+            if compact:
                 self._compact()
         return self.summary
 
@@ -264,19 +221,28 @@ class BatchRunner:
 
     async def _one(self, path: Path, infer: asyncio.Semaphore) -> dict | None:
         name = str(path)
+        # One request holds at most the context; a recording answered in windows may be longer.
+        context = None if self.job.windowing.enabled else self.engine.max_model_len
         try:
-            sha, stamp = await asyncio.to_thread(_hash, path)  # off the event loop
+            length = await asyncio.to_thread(header, path, name)
+        except OSError as e:
+            return await self._record_failure(name, None, None, f"cannot read ({e.strerror or e})")
+        if length is not None and (self.job.windowing.enabled or not self._offline):
+            try:  # refused from its header, before anything is hashed or decoded
+                if context:
+                    generation_room([length], self.job.sampling, context)
+                check_length(length, context)
+            except UserError as e:
+                message = _strip_name(e.message, name)
+                if self._settled(name, self._previous(name, None, message)):
+                    return None
+                return await self._record_failure(name, None, None, message, length.duration)
+        try:
+            sha, when = await asyncio.to_thread(content_hash, path, self.hashes)  # off the event loop
         except OSError as e:
             return await self._record_failure(name, None, None, f"cannot read ({e.strerror or e})")
         key = request_key(sha, self.job, self.engine.model)
-        previous = self._previous(name, key)
-        if previous is not None and (not previous.get("error") or not self.job.retry_failed):
-            self._final[name] = previous
-            if previous.get("error"):
-                self.summary.failed += 1
-                self.summary.failures.append((name, previous["error"]))
-            else:
-                self.summary.skipped += 1
+        if self._settled(name, self._previous(name, key)):
             return None
         if key in self._by_key:  # same audio and settings already answered under another name
             return await self._reuse(name, self._by_key[key])
@@ -284,44 +250,37 @@ class BatchRunner:
             source = await asyncio.shield(self._inflight[key])
             if source is not None and not source.get("error"):
                 return await self._reuse(name, source)
+        if self._offline:
+            raise NeedsEngine
         future = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         record = None
+        held = Held(self._room)
         try:
-            record = await self._compute(name, path, stamp, sha, key, infer)
+            record = await self._decode_and_answer(name, path, when, sha, key, length, infer, held)
             return record
         finally:
+            held.release()
             future.set_result(record)
             self._inflight.pop(key, None)
 
-    async def _compute(self, name: str, path: Path, stamp: tuple, sha: str, key: str, infer: asyncio.Semaphore) -> dict:
-        held = Held(self._room)
-        try:
-            return await self._decode_and_answer(name, path, stamp, sha, key, infer, held)
-        finally:
-            held.release()
-
     async def _decode_and_answer(
-        self, name: str, path: Path, stamp: tuple, sha: str, key: str, infer: asyncio.Semaphore, held: Held
+        self, name: str, path: Path, when: tuple, sha: str, key: str, length, infer: asyncio.Semaphore, held: Held
     ) -> dict:
-        length = None
-        # One request holds at most the context; a recording answered in windows may be longer.
         context = None if self.job.windowing.enabled else self.engine.max_model_len
         try:
-            length = await asyncio.to_thread(header_length, path, name)
-            if length is not None and context:  # audio one request cannot hold is refused before it is read
-                generation_room([length], self.job.sampling, context)
-            # Room for decoding it (a length the header does not state: a guess from the file's size).
-            size = stamp[2]  # _stamp: device, inode, size, mtime
-            await held.take(length.decode_bytes if length is not None else UNKNOWN_DECODE_RATIO * size)
+            # Room for decoding it (a length neither header nor container states: a guess from its size).
+            await held.take(length.decode_bytes if length is not None else UNKNOWN_DECODE_RATIO * when[2])
             audio = await asyncio.to_thread(load_file, path, name, context)
             held.keep(audio.samples.nbytes)
-            if await asyncio.to_thread(_stamp, path) != stamp:
+            if await asyncio.to_thread(stamp, path) != when:
                 raise UserError(f"{name}: changed while it was being read; rerun to try it again")
         except UserError as e:
             seconds = length.duration if length is not None else None
             return await self._record_failure(name, sha, key, _strip_name(e.message, name), seconds)
-        except Exception as e:  # noqa: BLE001 - whatever a decoder raises (MemoryError too): this file's failure
+        except MemoryError:
+            return await self._record_failure(name, sha, key, "not enough memory to decode it")
+        except Exception as e:  # noqa: BLE001 - whatever a decoder raises: this file's failure
             return await self._record_failure(name, sha, key, f"cannot decode ({type(e).__name__}: {e})")
         request = Request(
             audios=(audio,),
@@ -334,8 +293,7 @@ class BatchRunner:
         try:
             windows = plan(request, self.engine.max_model_len, self.job.windowing)
             if windows is None:
-                async with infer:
-                    result = await self._send(request)
+                result = await self._send(request, infer)
             else:  # each window takes a place among the requests in flight
                 self.summary.windows_planned += len(windows)
                 result = await answer_in_windows(
@@ -349,12 +307,23 @@ class BatchRunner:
             raise  # stops the run: not this file's fault
         except UserError as e:  # the server failed it (after retries), or the audio does not fit
             return await self._record_failure(name, sha, key, _strip_name(e.message, name), audio.duration)
-        record = self._record(name, sha, key, audio.duration, result=result, hide_reasoning=self.job.hide_reasoning)
+        except MemoryError:
+            return await self._record_failure(name, sha, key, "not enough memory for its request", audio.duration)
+        record = self._record(
+            name,
+            sha,
+            key,
+            audio.duration,
+            result=result,
+            hide_reasoning=self.job.hide_reasoning,
+            warnings=audio.warnings,
+        )
         await self._write(record)
         self._by_key[key] = record
         self.summary.answered += 1
         self.summary.cut_off += result.finish_reason == "length"
         self.summary.audio_seconds += audio.duration
+        self.summary.warnings += [(name, w) for w in record["warnings"] or ()]
         return record
 
     def _window_answered(self, progress: MapProgress) -> None:
@@ -362,22 +331,10 @@ class BatchRunner:
             self.summary.windows_answered += 1
             self.on_progress(self.summary)
 
-    async def _send(self, request: Request, infer: asyncio.Semaphore | None = None) -> Result:
-        """One request to the end, retrying what a server may do better next time (holding a
-        place in ``infer`` while in flight, when given)."""
-        attempt = 0
-        while True:
-            try:
-                async with infer or contextlib.nullcontext():
-                    return await collect(self.engine, request)
-            except NoServerError:
-                raise
-            except EngineError as e:
-                attempt += e.attempts  # every send counts against --retries, a pool's included
-                if not e.retryable or attempt > self.job.retries:
-                    tries = f" (after {attempt} tries)" if attempt > 1 else ""
-                    raise EngineError(e.message + tries) from None
-            await asyncio.sleep(min(30.0, 0.5 * 2**attempt) * (0.5 + random.random()))
+    async def _send(self, request: Request, infer: asyncio.Semaphore) -> Result:
+        """One request to the end, retried as ``--retries`` says (holding a place in ``infer``
+        while in flight)."""
+        return await send_with_retries(self.engine, request, self.job.retries, hold=infer)
 
     async def _reuse(self, name: str, source: dict) -> dict:
         record = dict(source, file=name)
@@ -417,38 +374,32 @@ class BatchRunner:
 
     def _standing(self, on_disk: list[dict]) -> list[dict]:
         """Compaction, from the records on disk now: records of files outside this run as they
-        are, then one per file of this run, in input order: the last one with the key of the
-        record that stands for it, or (a file not reached) its last one."""
-        names = {str(p) for p in self.files}
-        by_key: dict[tuple[str, str | None], dict] = {}
-        latest: dict[str, dict] = {}
-        for record in on_disk:
-            if record["file"] in names:
-                by_key[record["file"], record["key"]] = latest[record["file"]] = record
-        ordered = []
-        for p in self.files:
-            name = str(p)
-            final = self._final.get(name)
-            chosen = by_key.get((name, final["key"])) if final is not None else None
-            if chosen is not None or name in latest:
-                ordered.append(chosen or latest[name])
-        return [r for r in on_disk if r["file"] not in names] + ordered
-
-
-def _stamp(path: Path, info: os.stat_result | None = None) -> tuple:
-    info = info or os.stat(path)
-    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
-
-
-def _hash(path: Path) -> tuple[str, tuple]:
-    """The file's sha256, read in blocks, and its stamp (to tell that it changed before it was decoded)."""
-    info = os.stat(path)
-    if not stat.S_ISREG(info.st_mode):
-        raise OSError("not a regular file")
-    sha = sha256_file(path)
-    if _stamp(path) != _stamp(path, info):
-        raise OSError("it changed while it was being read")
-    return sha, _stamp(path, info)
+        are; of this run's files, records of other questions (the last of each), then one per
+        file for this run's question, in input order: the one that stands for it (or, where
+        that is not on disk, the last of its question)."""
+        finals = {identity(name): record for name, record in self._final.items()}
+        order = [identity(str(p)) for p in self.files]
+        ours = set(order)
+        standing: dict[str, dict] = {}
+        fallback: dict[str, dict] = {}
+        last: dict[tuple, int] = {}
+        for i, record in enumerate(on_disk):
+            real = identity(record["file"])
+            if real not in ours:
+                continue
+            final = finals.get(real)
+            if final is not None and same_question(record, final):
+                fallback[real] = record
+                if record.get("key") == final.get("key") and record.get("error") == final.get("error"):
+                    standing[real] = record
+                continue
+            question = json.dumps([record["prompt"], record["model"], record["params"]], sort_keys=True)
+            last[real, record.get("key"), question] = i
+        kept = set(last.values())
+        chosen = [r for i, r in enumerate(on_disk) if identity(r["file"]) not in ours or i in kept]
+        chosen += [standing.get(real) or fallback[real] for real in order if real in standing or real in fallback]
+        self.summary.questions = dict(Counter(r["prompt"] for r in chosen))
+        return chosen
 
 
 def _strip_name(message: str, name: str) -> str:
@@ -457,21 +408,32 @@ def _strip_name(message: str, name: str) -> str:
 
 
 async def run_batch(
-    job: BatchJob, engine: Engine, store: Store, files: list[Path], on_progress: Callable[[Summary], None] | None = None
+    job: BatchJob,
+    engine: Engine,
+    store: Store,
+    files: list[Path],
+    on_progress: Callable[[Summary], None] | None = None,
+    hashes: dict[str, tuple[str, tuple]] | None = None,
 ) -> Summary:
     """Run every file on a started engine. Ctrl-C or SIGTERM stops it cleanly: in-flight
     requests are cancelled, everything finished is already on disk, and the returned
     summary says ``interrupted``."""
-    runner = BatchRunner(job, engine, store, files, on_progress)
+    runner = BatchRunner(job, engine, store, files, on_progress, hashes)
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
+
+    def terminated() -> None:
+        runner.summary.signal = signal.SIGTERM
+        task.cancel()
+
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        loop.add_signal_handler(signal.SIGTERM, terminated)
     started = time.monotonic()
     try:
         await runner.run()
     except asyncio.CancelledError:
         runner.summary.interrupted = True
+        runner.summary.signal = runner.summary.signal or signal.SIGINT
     finally:
         runner.summary.elapsed = time.monotonic() - started
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -488,11 +450,13 @@ async def execute(
     on_status: Callable[[str | None], None] | None = None,
     on_start: Callable[[], None] | None = None,
     on_progress: Callable[[Summary], None] | None = None,
+    hashes: dict[str, tuple[str, tuple]] | None = None,
 ) -> Summary:
     """An engine session for the whole batch: ``on_status`` hears what the engine waits for
     (loading, a server to come back), ``on_start`` that files are being sent, ``on_progress``
-    the summary after each file."""
+    the summary after each file; ``hashes``: those ``batch_settle.settle`` computed."""
     async with open_engine(settings, on_status) as engine:
         if on_start:
             on_start()
-        return await run_batch(job, engine, store, files, on_progress)
+        engine.max_sends = job.retries + 1  # --retries 0: one send, the pool's included
+        return await run_batch(job, engine, store, files, on_progress, hashes)

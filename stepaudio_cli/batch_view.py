@@ -92,7 +92,8 @@ class BatchView:
         return " · ".join(parts)
 
     # --- the end ---------------------------------------------------------------------------------
-    def summary(self, s: Summary, output: str) -> None:
+    def summary(self, s: Summary, output: str, kept=None) -> None:
+        """The end of a run; ``kept``: where ``--replace`` still keeps the earlier results."""
         term = self.term
         rows: list[tuple[str, str, str | None]] = [("answered", str(s.answered), None)]
         if s.reused:
@@ -109,7 +110,14 @@ class BatchView:
             ("time", format_duration(s.elapsed), None),
             ("results", output, None),
         ]
+        if len(s.questions) > 1:
+            counts = ", ".join(f"{_short(q)!r}: {n}" for q, n in s.questions.items())
+            rows.append(("questions", f"{len(s.questions)} in the results file (records: {counts})", None))
+        if kept is not None:
+            rows.append(("earlier", f"{kept} (the results before --replace; removed when a run completes)", None))
         term.pairs(rows)
+        for name, message in s.warnings[:SHOW_FAILURES]:
+            term.warn(message if message.startswith(name) else f"{name}: {message}")
         for name, message in s.failures[:SHOW_FAILURES]:
             term.labelled("failed", f"{name}: {message}")
         if len(s.failures) > SHOW_FAILURES:
@@ -120,3 +128,8 @@ class BatchView:
             term.info("Rerun with --retry-failed to try the failed files again.")
         if s.cut_off:
             term.warn(f"{s.cut_off} answer(s) stopped at the length limit: raise --max-tokens or --max-model-len")
+
+
+def _short(text: str, most: int = 40) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= most else text[: most - 3] + "..."

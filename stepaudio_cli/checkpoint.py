@@ -172,6 +172,16 @@ def looks_like_repo_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
+def absolute_model(model: str) -> str:
+    """A local model folder as an absolute path; a repo id as it is (how engines name a model)."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model.rstrip("/")
+
+
+def same_model(a: str, b: str) -> bool:
+    return absolute_model(a) == absolute_model(b)
+
+
 def resolve_model(name: str, *, revision: str | None = None) -> Path:
     """A local directory for ``name`` (a path, or a repo id already in the HF cache).
 

@@ -139,13 +139,19 @@ def command(fn: Callable) -> Callable:
     return run
 
 
+MAX_FLAG_INT = 2**63 - 1  # a whole number past a 64-bit integer is no count, seed or size
+
+
 def _refuse_non_finite(ctx: typer.Context, values: dict) -> None:
-    """``inf`` and ``nan`` parse as floats but mean nothing as a temperature or a timeout."""
+    """``inf`` and ``nan`` parse as floats but mean nothing as a temperature or a timeout; a
+    whole number past 64 bits (400 nines) fits no engine, seed or count: usage errors (exit 2)."""
     for param in ctx.command.params:
         value = values.get(param.name)
+        flag = max(param.opts, key=len) if param.opts else param.name
         if isinstance(value, float) and not math.isfinite(value):
-            flag = max(param.opts, key=len) if param.opts else param.name
             raise UserError(f"{flag}: {value} is not a finite number")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_FLAG_INT:
+            raise UserError(f"{flag}: {str(value)[:12]}... is out of range (at most {MAX_FLAG_INT})")
 
 
 def _version(value: bool) -> None:

@@ -16,14 +16,19 @@ row. One builder, one field list, one CSV mapping.
     error          why the file failed, else None
     windows        a recording answered in windows: [{start, end, answer, usage, finish_reason}]
                    (seconds; usage above is then the total of every request), else None
+    warnings       what the answer should be read with (audio shorter than its header says,
+                   windows cut off at the length limit), else None
 
 ``check_record`` is the shape a stored record must have (a results file is read back only
-when every line has it); the CSV mapping neutralises formula cells for spreadsheets.
+when every line has it; numbers are finite); ``same_question`` tells records of one question
+(prompt, model and the parameters that shape the answer) apart from another's; the CSV mapping
+neutralises formula cells for spreadsheets and reads back files written before its later columns.
 """
 
 from __future__ import annotations
 
 import json
+import math
 
 from stepaudio_cli.engines import Result
 from stepaudio_cli.request import Request, Sampling, Thinking
@@ -43,11 +48,12 @@ FIELDS = [
     "audio_seconds",
     "error",
     "windows",
+    "warnings",
 ]
 
 
 #: Fields a later version added: records written before them (and CSV rows) may lack them.
-_LATER_FIELDS = ("windows",)
+_LATER_FIELDS = ("windows", "warnings")
 _TEXT_FIELDS = ("sha256", "prompt", "model", "key", "reasoning", "answer", "finish_reason", "error")
 _OBJECT_FIELDS = ("params", "usage", "timings")
 
@@ -71,13 +77,34 @@ def check_record(value: object) -> None:
     windows = value.get("windows")
     if windows is not None and not (isinstance(windows, list) and all(isinstance(w, dict) for w in windows)):
         raise ValueError("'windows' is not a list of objects or null")
+    warnings = value.get("warnings")
+    if warnings is not None and not (isinstance(warnings, list) and all(isinstance(w, str) for w in warnings)):
+        raise ValueError("'warnings' is not a list of strings or null")
     seconds = value["audio_seconds"]
-    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))):
-        raise ValueError("'audio_seconds' is not a number or null")
+    if seconds is not None and (
+        isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds)
+    ):
+        raise ValueError("'audio_seconds' is not a finite number or null")
 
 
-def params(sampling: Sampling, thinking: Thinking, system: str | None) -> dict:
-    return {**sampling.as_dict(), "system": system, **thinking.as_dict()}
+def finite_float(text: str) -> float:
+    """``json.loads``'s ``parse_float``/``parse_constant``: NaN, Infinity and numbers past a
+    float's range (``1e999``) are not in any record we write."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is not a finite number")
+    return value
+
+
+def params(sampling: Sampling, thinking: Thinking, system: str | None, windowing: dict | None = None) -> dict:
+    """The parameters that shape an answer; ``windowing`` (batch) only when not the default."""
+    return {**sampling.as_dict(), "system": system, **thinking.as_dict(), **(windowing or {})}
+
+
+def same_question(a: dict, b: dict) -> bool:
+    """Whether two records answer the same question: prompt, model and parameters alike
+    (their audio may differ: a file that changed)."""
+    return (a.get("prompt"), a.get("model"), a.get("params")) == (b.get("prompt"), b.get("model"), b.get("params"))
 
 
 def to_record(
@@ -92,10 +119,13 @@ def to_record(
     key: str | None = None,
     audio_seconds: float | None = None,
     hide_reasoning: bool = False,
+    warnings: list[str] | tuple[str, ...] = (),
 ) -> dict:
     """The one record: an answer (``result``) or a failure (``error``)."""
     record = dict.fromkeys(FIELDS)
     record.update(file=file, sha256=sha256, prompt=prompt, model=model, params=params, key=key, error=error)
+    notes = [*warnings, *(result_warnings(result) if result is not None else ())]
+    record["warnings"] = notes or None
     if audio_seconds is not None:
         record["audio_seconds"] = round(audio_seconds, 3)
     if result is not None:
@@ -111,9 +141,19 @@ def to_record(
     return record
 
 
+def result_warnings(result: Result) -> list[str]:
+    """What a result itself should be read with: windows cut off at the length limit."""
+    cut = [w for w in result.windows or () if w.get("finish_reason") == "length"]
+    if not cut:
+        return []
+    total = len(result.windows)
+    return [f"{len(cut)} of {total} windows were cut off at the length limit (their answers may be missing)"]
+
+
 def ask_record(request: Request, result: Result, *, hide_reasoning: bool = False) -> dict:
     names = [a.name for a in request.audios]
     return to_record(
+        warnings=[w for a in request.audios for w in a.warnings],
         file=names[0] if len(names) == 1 else names,
         prompt=request.question,
         model=result.model,
@@ -141,9 +181,14 @@ CSV_FIELDS = [
     "reasoning_tokens",
     "time_to_first_token",
     "total_seconds",
+    "windows",
+    "warnings",
     "params",
     "key",
 ]
+#: The columns of CSV files written before ``windows`` and ``warnings``: still read back, and
+#: appended to in their own layout.
+CSV_FIELDS_V1 = [k for k in CSV_FIELDS if k not in ("windows", "warnings")]
 _USAGE = ("prompt_tokens", "completion_tokens", "reasoning_tokens")
 # A spreadsheet runs a cell starting with one of these as a formula (OWASP "CSV injection"):
 # such text gets a leading quote, which spreadsheets hide. Text that starts with a quote gets
@@ -167,6 +212,9 @@ def to_csv_row(record: dict) -> dict:
     row["time_to_first_token"] = timings.get("time_to_first_token")
     row["total_seconds"] = timings.get("total")
     row["params"] = json.dumps(record.get("params"), sort_keys=True)
+    windows = record.get("windows")
+    row["windows"] = len(windows) if windows else None  # CSV keeps how many; JSONL keeps each
+    row["warnings"] = json.dumps(record["warnings"]) if record.get("warnings") else None
     return {k: _cell(v) for k, v in row.items()}
 
 
@@ -181,7 +229,20 @@ def from_csv_row(row: dict) -> dict:
         v = row.get(k)
         if v in (None, ""):
             return None
-        return float(v) if "." in v or "e" in v else int(v)
+        return finite_float(v) if "." in v or "e" in v.lower() or not v.lstrip("-").isdigit() else int(v)
+
+    def strings(k):
+        v = row.get(k)
+        if not v:
+            return None
+        value = json.loads(v)
+        if not (isinstance(value, list) and all(isinstance(w, str) for w in value)):
+            raise ValueError(f"{k} is not a JSON list of strings")
+        return value
+
+    windows = num("windows")
+    if windows is not None and (not isinstance(windows, int) or not 0 < windows <= 100_000):
+        raise ValueError("windows is not a count")
 
     record = {k: text(k) for k in FIELDS if k in CSV_FIELDS}
     record.update(
@@ -190,6 +251,8 @@ def from_csv_row(row: dict) -> dict:
         audio_seconds=num("audio_seconds"),
         usage={k: num(k) for k in _USAGE},
         timings={"time_to_first_token": num("time_to_first_token"), "total": num("total_seconds")},
-        params=json.loads(row["params"]) if row.get("params") else None,
+        params=json.loads(row["params"], parse_constant=finite_float) if row.get("params") else None,
+        windows=[{} for _ in range(windows)] if windows else None,  # how many; what each said is in JSONL only
+        warnings=strings("warnings"),
     )
     return {k: record.get(k) for k in FIELDS}

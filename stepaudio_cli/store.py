@@ -3,19 +3,25 @@
 The contract that keeps a user's data safe:
 
 - **Ours and whole before anything changes.** ``open`` takes the run's lock, then reads and
-  parses the whole file: every line must be one of our records (``records.check_record``).
-  Only a torn last line (a crash mid-write) of a file that is otherwise all records is cut
-  off. Anything else (an audio file, notes, the other format) is refused with one line naming
-  the file and what it is, and its bytes are left as they are.
-- **One writer.** An exclusive POSIX lock (``lockf``) on ``.NAME.lock`` beside the file, held
-  for the whole run, through compaction; the file holds the holder's pid and start time for
-  the message a second run gets (``ResultsBusyError``, exit 73). The kernel drops the lock when
-  the process dies, however it dies, and forked children (engine workers) never hold it.
+  parses the whole file (``store_format``): every line must be one of our records. A whole
+  last record without its newline gets the newline; only a torn last line (a crash mid-write)
+  of a file shown to be ours is cut off. Anything else (an audio file, notes, another tool's
+  JSON, the other format) is refused with one line naming the file and what it is, and its
+  bytes are left as they are.
+- **One writer per file, whatever its name.** An exclusive POSIX lock (``lockf``) on the
+  results file itself (its device and inode), held for the whole run through one descriptor
+  that every read and write goes through (closing any other descriptor of the file would drop
+  a POSIX lock), so hard links and symlinks to it are one writer. A second run gets
+  ``ResultsBusyError`` (exit 73) naming the holder's pid and start time. The kernel drops the
+  lock when the process dies, however it dies, and forked children (engine workers) never hold it.
 - **Durable records.** Each record is one ``write`` of a complete line, fsynced before
   ``append`` returns: a crash loses at most the line being written.
 - **Compaction** reads the file as it is on disk at that moment, writes the result to a temp
-  file created exclusively (``mkstemp``) beside it, fsyncs it and renames it over the file: at
-  every moment the file is the old whole or the new whole.
+  file created exclusively (``mkstemp``) beside it, fsyncs it, locks it and renames it over the
+  file: at every moment the file is the old whole or the new whole. A file with other hard
+  links is left uncompacted (a rename would split its names).
+- **Starting over** (``open(replace=True)``) copies the file to ``NAME.previous`` first and
+  empties it in place; the copy goes when the run completes (``close(finished=True)``).
 - **A symlinked path** is resolved once, when the store is made; every read and write goes to
   the target.
 """
@@ -23,27 +29,29 @@ The contract that keeps a user's data safe:
 from __future__ import annotations
 
 import contextlib
-import csv
 import errno
 import fcntl
-import io
-import json
 import os
 import re
 import stat
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from stepaudio_cli.errors import ResultsBusyError, StoreError, UserError
-from stepaudio_cli.records import CSV_FIELDS, check_record, from_csv_row, to_csv_row
+from stepaudio_cli.errors import StoreError, UserError
+from stepaudio_cli.records import CSV_FIELDS
+from stepaudio_cli.results_lock import HELD, ident, lock
+from stepaudio_cli.store_format import NotOurs, other_format, parse, serialize, sniff
 
-_JSONL_START = b'{"file": '  # how every JSONL record we write begins
-_CSV_HEADER = (",".join(CSV_FIELDS) + "\n").encode()
-_LOCK_TEXT = re.compile(rb"\A(pid \d+ started [^\n]*\n)?\Z")
-_HELD: set[str] = set()  # lock files this process holds (closing a second descriptor would drop a POSIX lock)
+FORMATS = ("jsonl", "csv")
+
+
+def infer_format(output: str | None, fmt: str | None) -> str:
+    """``--format`` when given, else CSV for an ``-o`` named ``*.csv``, else JSONL."""
+    if fmt is not None:
+        return fmt
+    return "csv" if output and output.lower().endswith(".csv") else "jsonl"
 
 
 class Store:
@@ -51,7 +59,7 @@ class Store:
     does a path that is not a regular file (``/dev/stdout``, a pipe)."""
 
     def __init__(self, path: Path | None, fmt: str = "jsonl", stdout=None) -> None:
-        if fmt not in ("jsonl", "csv"):
+        if fmt not in FORMATS:
             raise UserError(f"--format must be jsonl or csv, not {fmt!r}")
         self.path = path  # as the user named it: messages
         self.target = _resolve(path) if path is not None else None  # every read and write
@@ -61,12 +69,14 @@ class Store:
         self._sync_lock = threading.Lock()  # one fsync at a time
         self.written = 0  # records written by this run
         self._synced = 0  # lines known to be on disk
-        self._fd: int | None = None
-        self._wrote_header = False
+        self._fd: int | None = None  # the results file (locked), or the device named by -o
+        self._locked: tuple[int, int] | None = None  # (st_dev, st_ino) of the file this run holds locked
+        self._created = False  # this run made the file (removed again if nothing is written)
+        self._columns: list[str] | None = None  # CSV: the file's layout, once it has a header
         self._end = 0  # size of the file up to its last complete record
         self._records: list[dict] | None = None  # what open() read
-        self._ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the file read or written
-        self._run_lock: _RunLock | None = None
+        #: Where ``open(replace=True)`` kept the file's earlier content until the run completes.
+        self.previous: Path | None = None
 
     @property
     def resumable(self) -> bool:
@@ -81,9 +91,10 @@ class Store:
             return False
 
     # --- opening: lock, read, check -----------------------------------------------------------
-    def open(self, inputs: Sequence[Path] = ()) -> list[dict]:
-        """Lock the file for this run, read it and check that it is ours and whole; cut a
-        torn last line off. Returns the records. Refuses a file that is one of ``inputs``."""
+    def open(self, inputs: Sequence[Path] = (), replace: bool = False) -> list[dict]:
+        """Lock the file for this run, read it and check that it is ours and whole (a torn last
+        line is cut, a missing last newline added). Returns the records. Refuses a file that is
+        one of ``inputs``. ``replace``: start over, keeping the earlier content beside it."""
         if self._records is not None:
             return self._records
         if not self.resumable:
@@ -96,15 +107,18 @@ class Store:
             self.target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(f"{self.path}: cannot create its folder ({e.strerror or e})") from None
-        self._run_lock = _RunLock(self.target, self.path)
-        self._run_lock.acquire()
+        self._fd, self._created = lock(self.target, self.path)
+        self._locked = ident(os.fstat(self._fd))
         try:
-            self._records = self._read_and_check()
+            records = self._read_and_check()
+            if replace:
+                records = self._set_aside()
             self._remove_stale_temp_files()
         except BaseException:
             self.close()
             raise
-        return self._records
+        self._records = records
+        return records
 
     def load(self) -> list[dict]:
         """The records in the file (opening it first if needed)."""
@@ -124,27 +138,87 @@ class Store:
 
     def _read_and_check(self) -> list[dict]:
         try:
-            with open(self.target, "rb") as f:
-                info = os.fstat(f.fileno())
-                data = f.read()
-        except FileNotFoundError:
-            return []
+            data = _read_all(self._fd)
         except OSError as e:
             raise UserError(f"{self.path}: cannot read ({e.strerror or e})") from None
-        records, end = self._parse(data)
-        if end != len(data):  # a torn last record (a crash mid-write): ours to cut
+        try:
+            parsed = parse(self.fmt, data)
+        except NotOurs as e:
+            raise self._not_ours(data, e) from None
+        try:
+            if parsed.end < len(data):  # a torn last record (a crash mid-write): ours to cut
+                os.ftruncate(self._fd, parsed.end)
+                os.fsync(self._fd)
+            elif parsed.add_newline:  # a whole last record without its newline: ours to end
+                os.write(self._fd, b"\n")
+                os.fsync(self._fd)
+        except OSError as e:
+            raise StoreError(f"{self.path}: cannot mend its last line ({e.strerror or e})") from None
+        self._end = os.fstat(self._fd).st_size
+        self._columns = parsed.header
+        return parsed.records
+
+    def _not_ours(self, data: bytes, problem: NotOurs) -> UserError:
+        kind = sniff(data)
+        if kind:
+            return UserError(
+                f"{self.path}: is {kind}, not a stepaudio results file; it was left unchanged (give another -o)"
+            )
+        other = other_format(self.fmt, data)
+        if other:
+            return UserError(
+                f"{self.path}: is a stepaudio {other.upper()} results file, not {self.fmt.upper()}: "
+                f"give --format {other}; it was left unchanged"
+            )
+        return UserError(
+            f"{self.path}:{problem.line}: {problem.reason}; not a stepaudio {self.fmt.upper()} results file? "
+            "It was left unchanged"
+        )
+
+    def _set_aside(self) -> list[dict]:
+        """``--replace``: the file's content goes to ``NAME.previous`` (kept until the run
+        completes), then the file is emptied in place (its other names, its mode stay)."""
+        previous = self.target.with_name(self.target.name + ".previous")
+        try:
+            info = os.lstat(previous)
+        except FileNotFoundError:
+            info = None
+        if info is not None:  # an earlier --replace that did not complete kept it: it stays as it is
             try:
-                with open(self.target, "r+b") as f:
-                    if not os.path.samestat(os.fstat(f.fileno()), info) or os.fstat(f.fileno()).st_size != len(data):
-                        raise UserError(f"{self.path}: changed while it was being read; rerun")
-                    f.truncate(end)
-                    f.flush()
-                    os.fsync(f.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise NotOurs(1, "not a regular file")
+                parse(self.fmt, previous.read_bytes())
+            except (NotOurs, OSError):
+                raise UserError(
+                    f"{previous}: exists and is not earlier results kept by --replace; it was left unchanged "
+                    "(move it away, then rerun)"
+                ) from None
+        elif not self._end:
+            return []  # nothing to keep
+        else:
+            try:
+                data = _read_all(self._fd)
+                fd = os.open(previous, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                try:
+                    os.fchmod(fd, stat.S_IMODE(os.fstat(self._fd).st_mode))
+                    _write_all(fd, data)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                _fsync_dir(previous.parent)
             except OSError as e:
-                raise StoreError(f"{self.path}: cannot cut its torn last line ({e.strerror or e})") from None
-        self._ident = (info.st_dev, info.st_ino)
-        self._wrote_header = self.fmt == "csv" and end > 0
-        return records
+                with contextlib.suppress(OSError):
+                    os.unlink(previous)
+                raise StoreError(f"{self.path}: cannot keep a copy in {previous} ({e.strerror or e})") from None
+        try:
+            os.ftruncate(self._fd, 0)
+            os.fsync(self._fd)
+        except OSError as e:
+            raise StoreError(f"{self.path}: cannot empty it ({e.strerror or e}); {previous} holds it") from None
+        self.previous = previous
+        self._end = 0
+        self._columns = None
+        return []
 
     def _remove_stale_temp_files(self) -> None:
         """Temp files of a compaction that was killed (kill -9) before its rename: only this
@@ -156,42 +230,13 @@ class Store:
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
 
-    def _parse(self, data: bytes) -> tuple[list[dict], int]:
-        """Records, and the length up to the end of the last whole one; UserError naming the
-        file and what it is when it is not ours."""
-        parsers = {"jsonl": _parse_jsonl, "csv": _parse_csv}
-        try:
-            return parsers[self.fmt](data)
-        except _NotOurs as e:
-            problem = e
-        kind = _sniff(data)
-        if kind:
-            raise UserError(
-                f"{self.path}: is {kind}, not a stepaudio results file; it was left unchanged (give another -o)"
-            )
-        other = "csv" if self.fmt == "jsonl" else "jsonl"
-        with contextlib.suppress(_NotOurs):
-            parsers[other](data)
-            raise UserError(
-                f"{self.path}: is a stepaudio {other.upper()} results file, not {self.fmt.upper()}: "
-                f"give --format {other}; it was left unchanged"
-            )
-        raise UserError(
-            f"{self.path}:{problem.line}: {problem.reason}; not a stepaudio {self.fmt.upper()} results file? "
-            "It was left unchanged"
-        )
-
     # --- writing ----------------------------------------------------------------------
-    def _serialize(self, records: Iterable[dict], header: bool) -> bytes:
+    def _line(self, record: dict) -> bytes:
+        """One record as the file wants it: CSV rows in the file's own layout, after the header
+        when the file has none yet."""
         if self.fmt == "jsonl":
-            return b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in records)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-        if header:
-            writer.writeheader()
-        for r in records:
-            writer.writerow(to_csv_row(r))
-        return buf.getvalue().encode()
+            return serialize("jsonl", [record])
+        return serialize("csv", [record], self._columns or CSV_FIELDS, header=self._columns is None)
 
     def append(self, record: dict) -> None:
         """Write one record durably: on disk when this returns (thread-safe).
@@ -204,18 +249,18 @@ class Store:
         the file as it was before it: every record already there stays whole.
         """
         with self._lock:
-            data = self._serialize([record], header=not self._wrote_header)
+            data = self._line(record)
             if self.target is None:
                 self._stdout.write(data.decode())
                 self._stdout.flush()
-                self._wrote_header = True
+                self._columns = self._columns or CSV_FIELDS
                 return
             try:
                 self._write(data)
             except OSError as e:
                 self._undo()
                 raise self._error(e) from None
-            self._wrote_header = True
+            self._columns = self._columns or CSV_FIELDS
             self.written += 1
             mine = self.written
         with self._sync_lock:
@@ -231,42 +276,30 @@ class Store:
 
     def _write(self, data: bytes) -> None:
         if self._fd is None:
-            self._fd = self._open_for_append()
-            self._end = os.fstat(self._fd).st_size
+            if self.resumable:  # library use: opened (locked, checked) on the first record
+                self.open()
+            else:  # a device or pipe named by -o (/dev/stdout, /dev/full)
+                self._fd = os.open(self.target, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         info = os.fstat(self._fd)
-        if stat.S_ISREG(info.st_mode) and info.st_nlink == 0:
-            raise FileNotFoundError(2, "the file (or its folder) was removed during the run")
-        view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-        self._end += len(data)
-
-    def _open_for_append(self) -> int:
-        """The file read at the start (or a new one where there was none): never another."""
-        if self._records is None or not self.resumable:  # not opened (a pipe, a device, library use)
-            self.target.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(self.target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        if self._ident is None:
-            fd = os.open(self.target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        else:
-            fd = os.open(self.target, os.O_WRONLY | os.O_APPEND)
-            info = os.fstat(fd)
-            if (info.st_dev, info.st_ino) != self._ident:
-                os.close(fd)
+        if self._locked and stat.S_ISREG(info.st_mode):
+            if info.st_nlink == 0:
+                raise FileNotFoundError(errno.ENOENT, "the file (or its folder) was removed during the run")
+            try:
+                same = os.path.samestat(info, os.stat(self.target))
+            except OSError:
+                same = False
+            if not same:
                 raise FileExistsError(errno.EEXIST, "it was replaced by another file during the run")
-        info = os.fstat(fd)
-        self._ident = (info.st_dev, info.st_ino)
-        return fd
+            os.lseek(self._fd, 0, os.SEEK_END)
+        _write_all(self._fd, data)
+        self._end += len(data)
 
     def _undo(self) -> None:
         """Cut a partly written record off (needs no free space)."""
         if self._fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 if stat.S_ISREG(os.fstat(self._fd).st_mode):
                     os.ftruncate(self._fd, self._end)
-            except OSError:
-                pass
 
     def _error(self, e: OSError) -> StoreError:
         kept = f"the {self.written} result(s) written before are safe; " if self.written else ""
@@ -278,81 +311,80 @@ class Store:
     def rewrite(self, select: Callable[[list[dict]], list[dict]]) -> bool:
         """Compaction: replace the file, atomically, with ``select(records)`` of the records
         on disk now. False (and the file as it is) when there is nothing to compact, or the
-        file is no longer the one this run checked and wrote; StoreError when writing fails
-        (the file is left as it was)."""
-        if not self.resumable:
+        file is no longer the one this run checked and wrote (or has other hard links);
+        StoreError when writing fails (the file is left as it was)."""
+        if not self._locked:
             return False
         with self._lock:
-            self._close_fd()
             try:
-                with open(self.target, "rb") as f:
-                    info = os.fstat(f.fileno())
-                    data = f.read()
+                info = os.fstat(self._fd)
+                if info.st_nlink == 0 or not os.path.samestat(info, os.stat(self.target)):
+                    return False  # removed or replaced by someone else: not ours to overwrite
+                data = _read_all(self._fd)
             except FileNotFoundError:
                 return False
             except OSError as e:
                 raise self._error(e) from None
-            if self._ident is not None and (info.st_dev, info.st_ino) != self._ident:
-                return False  # replaced by someone else: not ours to overwrite
             try:
-                records, end = (_parse_jsonl if self.fmt == "jsonl" else _parse_csv)(data)
-            except _NotOurs:
+                parsed = parse(self.fmt, data)
+            except NotOurs:
                 return False  # changed by someone else: every record we wrote is there, uncompacted
-            if end != len(data):
+            if parsed.end != len(data) or parsed.add_newline:
                 return False
-            chosen = select(records)
+            chosen = select(parsed.records)
             if info.st_nlink > 1:  # a rename would leave its other names on the old content: two files
-                if chosen:
-                    return False  # left uncompacted: every record is there, and resume reads the last
-                try:  # nothing kept (--overwrite): emptied in place
-                    os.truncate(self.target, 0)
-                except OSError as e:
-                    raise self._error(e) from None
-                self._wrote_header = False
-                return True
-            new = self._serialize(chosen, header=True)
-            if new == data:
-                return True
-            self._replace(new, stat.S_IMODE(info.st_mode))
+                return False  # left uncompacted: every record is there, and resume reads them all
+            new = serialize(self.fmt, chosen, CSV_FIELDS, header=True) if chosen or data else b""
+            if new != data:
+                self._replace(new, stat.S_IMODE(info.st_mode))
             return True
 
     def _replace(self, data: bytes, mode: int) -> None:
+        """``data`` in place of the file, through a locked temp file renamed over it; this
+        run's descriptor (and lock) moves to the new file."""
         target = self.target
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
-            try:
-                os.fchmod(fd, mode)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            os.fchmod(fd, mode)
+            _write_all(fd, data)
+            os.fsync(fd)
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.replace(tmp, target)
-            dir_fd = os.open(target.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
         except OSError as e:
+            os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise self._error(e) from None
-        info = os.stat(target)
-        self._ident = (info.st_dev, info.st_ino)
-        self._wrote_header = True
+        old, self._fd = self._fd, fd
+        HELD.discard(self._locked)
+        self._locked = ident(os.fstat(fd))
+        HELD.add(self._locked)
+        os.close(old)  # the old file's lock goes with it; a run that opened it sees the name moved on
+        self._end = len(data)
+        self._columns = CSV_FIELDS if self.fmt == "csv" and data else None
+        try:
+            _fsync_dir(target.parent)
+        except OSError as e:
+            raise self._error(e) from None
 
-    def _close_fd(self) -> None:
+    def close(self, finished: bool = False) -> None:
+        """Close the file and give the run's lock back; a file this run created and left empty
+        goes. ``finished`` (every input has its record): the copy ``replace`` kept goes too."""
         if self._fd is not None:
-            os.close(self._fd)
+            if self._locked:
+                HELD.discard(self._locked)
+                with contextlib.suppress(OSError):
+                    info = os.fstat(self._fd)
+                    if self._created and info.st_size == 0 and os.path.samestat(info, os.stat(self.target)):
+                        os.unlink(self.target)
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
             self._fd = None
-
-    def close(self) -> None:
-        """Close the file and give the run's lock back."""
-        self._close_fd()
-        if self._run_lock is not None:
-            self._run_lock.release()
-            self._run_lock = None
+            self._locked = None
+        if finished and self.previous is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.previous)
+            self.previous = None
 
 
 def _resolve(path: Path) -> Path:
@@ -365,183 +397,26 @@ def _resolve(path: Path) -> Path:
     return Path(os.path.realpath(path)) if regular else path
 
 
-# --- reading a results file -------------------------------------------------------------------
+def _read_all(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    parts, pos = [], 0
+    while True:
+        block = os.pread(fd, max(size - pos, 1 << 16), pos)
+        if not block:
+            return b"".join(parts)
+        parts.append(block)
+        pos += len(block)
 
 
-class _NotOurs(Exception):
-    def __init__(self, line: int, reason: str) -> None:
-        super().__init__(reason)
-        self.line = line
-        self.reason = reason
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
-def _parse_jsonl(data: bytes) -> tuple[list[dict], int]:
-    end = data.rfind(b"\n") + 1
-    lines = data[:end].split(b"\n")[:-1]
-    records = []
-    for n, line in enumerate(lines, 1):
-        try:
-            value = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise _NotOurs(n, "not UTF-8 text") from None
-        except (ValueError, RecursionError):
-            raise _NotOurs(n, "not a JSON line") from None
-        records.append(_checked(value, n))
-    tail = data[end:]
-    if tail and not (tail.startswith(_JSONL_START) or _JSONL_START.startswith(tail)):
-        raise _NotOurs(len(lines) + 1, "not a stepaudio record")
-    return records, end
-
-
-def _parse_csv(data: bytes) -> tuple[list[dict], int]:
-    end = _csv_complete_prefix(data)
-    body, tail = data[:end], data[end:]
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise _NotOurs(body[: e.start].count(b"\n") + 1, "not UTF-8 text") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    records = []
-    try:
-        header = next(reader, None)
-        if header is None:  # no whole line: at most the start of our header, torn
-            if tail and not _CSV_HEADER.startswith(tail):
-                raise _NotOurs(1, "not the header of a stepaudio CSV results file")
-            return [], 0
-        if header != CSV_FIELDS:
-            raise _NotOurs(1, "not the header of a stepaudio CSV results file")
-        for row in reader:
-            if len(row) != len(CSV_FIELDS):
-                raise _NotOurs(reader.line_num, f"{len(row)} cells, not {len(CSV_FIELDS)}")
-            try:
-                record = from_csv_row(dict(zip(CSV_FIELDS, row)))
-            except (ValueError, RecursionError) as e:
-                raise _NotOurs(reader.line_num, f"not a stepaudio record ({e})") from None
-            records.append(_checked(record, reader.line_num))
-        torn = next(csv.reader(io.StringIO(tail.decode("utf-8", errors="replace"), newline="")), [])
-    except csv.Error as e:
-        raise _NotOurs(reader.line_num, f"not CSV ({e})") from None
-    if len(torn) > len(CSV_FIELDS):
-        raise _NotOurs(reader.line_num + 1, "not a stepaudio record")
-    return records, end
-
-
-def _checked(value: object, line: int) -> dict:
-    try:
-        check_record(value)
-    except ValueError as e:
-        raise _NotOurs(line, f"not a stepaudio record ({e})") from None
-    return value
-
-
-def _csv_complete_prefix(data: bytes) -> int:
-    """Length of ``data`` up to the end of its last complete CSV record (a newline outside
-    quotes; escaped quotes come in pairs, so parity works)."""
-    end = pos = 0
-    in_quotes = False
-    for piece in data.split(b"\n")[:-1]:
-        pos += len(piece) + 1
-        in_quotes ^= piece.count(b'"') % 2 == 1
-        if not in_quotes:
-            end = pos
-    return end
-
-
-_MAGIC = (
-    (b"fLaC", "a FLAC audio file"),
-    (b"OggS", "an Ogg audio file"),
-    (b"ID3", "an MP3 audio file"),
-    (b"\x1a\x45\xdf\xa3", "a Matroska/WebM file"),
-    (b"FORM", "an AIFF audio file"),
-    (b"caff", "a CAF audio file"),
-    (b"PK\x03\x04", "a zip archive"),
-    (b"%PDF", "a PDF document"),
-    (b"\x7fELF", "a program"),
-)
-
-
-def _sniff(data: bytes) -> str | None:
-    """What a file that is plainly not a results file is (audio, an archive, binary data)."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
-        return "a WAV audio file"
-    if data[4:8] == b"ftyp":
-        return "an MP4/M4A file"
-    for magic, kind in _MAGIC:
-        if data.startswith(magic):
-            return kind
-    if b"\0" in data[:4096]:
-        return "binary data"
-    return None
-
-
-# --- the run's lock ------------------------------------------------------------------------------
-
-
-class _RunLock:
-    """An exclusive POSIX lock on ``.NAME.lock`` beside the results file, for one run.
-
-    POSIX (``lockf``) locks belong to the process: the kernel drops them when it dies (kill -9
-    included) and a forked child (an engine worker that outlives us for a moment) never holds
-    them. The lock file is removed at the end; a run that locked a file just removed (its
-    holder finished) sees that the name points elsewhere and tries again."""
-
-    def __init__(self, results: Path, shown: Path) -> None:
-        self.path = results.with_name(f".{results.name}.lock")
-        self.shown = shown
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        key = str(self.path)
-        if key in _HELD:
-            raise ResultsBusyError(f"{self.shown}: this process is already writing to it")
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-            except OSError as e:
-                raise StoreError(f"{self.shown}: cannot create the lock file {self.path} ({e.strerror or e})") from None
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                holder = _holder(fd)
-                os.close(fd)
-                if e.errno not in (errno.EACCES, errno.EAGAIN):
-                    raise StoreError(f"{self.shown}: cannot lock {self.path} ({e.strerror or e})") from None
-                raise ResultsBusyError(
-                    f"{self.shown}: another stepaudio batch is writing to it ({holder}); "
-                    "wait for it to finish or stop it, then rerun"
-                ) from None
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)  # its holder finished and removed it: lock the one the name points to now
-        content = os.pread(fd, 4096, 0)
-        if not _LOCK_TEXT.match(content):
-            os.close(fd)
-            raise StoreError(
-                f"{self.shown}: {self.path} exists and is not a stepaudio lock file; it was left unchanged"
-            )
-        started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} started {started}\n".encode(), 0)
-        self._fd = fd
-        _HELD.add(key)
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)  # while still locked: a run that opened it sees the name gone
-        os.close(self._fd)
-        self._fd = None
-        _HELD.discard(str(self.path))
-
-
-def _holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 200, 0).decode("utf-8", errors="replace").strip()
-    except OSError:
-        text = ""
-    return text if text.startswith("pid ") else "its process id is unknown"
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -297,7 +297,9 @@ async def answer_in_windows(
         model=reduced.model,
         usage=usage,
         timings=Timings(total=time.perf_counter() - started),
-        finish_reason=reduced.finish_reason,
+        # Cut off anywhere (a window or the combining answer) is cut off: records and counts say so.
+        finish_reason="length" if any(r.finish_reason == "length" for r in results) else reduced.finish_reason,
+        combined_finish_reason=reduced.finish_reason,
         windows=[
             {
                 "start": round(w.start_s, 3),

@@ -4,7 +4,8 @@
 ``models`` and ``tokenize`` are the raw bodies of GET /v1/models and POST /tokenize, ``chat`` a
 function of the request's audio length in tenths of a second (so each file of a batch can get
 its own reply) that returns the raw body of POST /v1/chat/completions, or HANG (never answer)
-or KEEPALIVE (an SSE comment every 0.2 s, forever).
+or KEEPALIVE (an SSE comment every 0.2 s, forever), or DROP (some text, then the connection
+closes mid-body, as a server that dies mid-answer leaves it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import soundfile as sf
 
 HANG = "hang"
 KEEPALIVE = "keepalive"
+DROP = "drop"
 MODEL = "hostile"
 MODELS_OK = json.dumps({"object": "list", "data": [{"id": MODEL, "max_model_len": 16384}]}).encode()
 TOKENS_OK = json.dumps({"tokens": [7]}).encode()
@@ -105,6 +107,16 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.flush()
                 except OSError:
                     break
+            self.close_connection = True
+            return
+        if reply == DROP:
+            part = sse(chunk({"reasoning": "I hear"}))[: -len(b"data: [DONE]\n\n")]
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Content-Length", str(len(part) + 1000))
+            self.end_headers()
+            self.wfile.write(part)
+            self.wfile.flush()
             self.close_connection = True
             return
         status, reply = reply if isinstance(reply, tuple) else (200, reply)

@@ -197,3 +197,59 @@ def test_ask_and_batch_give_the_same_message_for_an_empty_file(tmp_path):
     with pytest.raises(AudioError) as from_bytes:  # what batch calls on the bytes it read and hashed
         decode_bytes(empty.read_bytes(), str(empty))
     assert from_file.value.message == from_bytes.value.message == f"{empty}: file is empty"
+
+
+# --- audio shorter than its header says; lengths before decoding ---------------------------------
+
+
+def _cut(path, keep: float):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+@pytest.mark.parametrize("fmt, suffix", [("WAV", "wav"), ("FLAC", "flac")])
+def test_audio_cut_short_is_decoded_as_far_as_it_goes_with_a_warning(tmp_path, fmt, suffix):
+    from stepaudio_cli.audio import load_file
+
+    whole = write_wav(tmp_path / f"whole.{suffix}", noise(10.0), format=fmt)
+    assert load_file(whole, "whole").warnings == ()
+    cut = _cut(write_wav(tmp_path / f"cut.{suffix}", noise(10.0), format=fmt), 0.5)
+    audio = load_file(cut, "cut")
+    assert 3.0 < audio.duration < 6.0
+    (warning,) = audio.warnings
+    assert (
+        warning.startswith("cut: truncated: its header says 10.0s of audio, it holds ")
+        and "as far as it goes" in warning
+    )
+
+
+@needs_ffmpeg
+def test_a_container_s_length_is_known_before_decoding(tmp_path, monkeypatch):
+    """The memory a decode takes comes from the stream's duration (container metadata), not
+    the file's size: an hour of Opus is 2 MB on disk and ~0.7 GB while ffmpeg decodes it."""
+    import stepaudio_cli.audio as audio
+
+    path = tmp_path / "a.mka"
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:duration=30:sample_rate=48000", "-ac", "2", "-c:a", "libopus",
+           str(path))  # fmt: skip
+    for probe in ("av", "ffprobe"):
+        if probe == "ffprobe":
+            monkeypatch.setattr(audio, "_probe_av", lambda p: None)
+        length = audio.header_length(path, "a.mka")
+        assert length.duration == pytest.approx(30.0, abs=0.1)
+        assert length.source_samples == pytest.approx(30 * 48000 * 2, rel=0.01)
+        assert length.decode_bytes >= 12 * length.source_samples > 20 * path.stat().st_size
+    long = audio.AudioLength("x", 5 * 3600 * SAMPLE_RATE)
+    with pytest.raises(AudioError, match="x: 5h00m of audio is more than the 4h00m"):
+        audio.check_length(long, None)
+
+
+def test_durations_out_of_range_are_refused():
+    from stepaudio_cli.audio import parse_duration
+    from stepaudio_cli.errors import UserError
+
+    for text in ("9" * 400, "1e999", "99999999999h"):
+        with pytest.raises(UserError, match="--window"):
+            parse_duration(text, "--window", "20m")
+    assert parse_duration("20m", "--window", "20m") == 1200

@@ -151,16 +151,17 @@ def test_prompt_file_system_prompt_and_overwrite(vllm_server, tmp_path):
     assert [r["prompt"] for r in records(out)] == ["What is in this clip?"] * 2
     keys = [r["key"] for r in records(out)]
 
-    # Another system prompt is another question: computed again, not "already done".
+    # Another system prompt is another question: computed again, not "already done", and the
+    # first question's records stay.
     system = batch(*base, "--system", "Be brief.")
     assert system.exit_code == 0 and "already done" not in system.stderr
     recs = records(out)
-    assert [r["params"]["system"] for r in recs] == ["Be brief."] * 2
-    assert len(recs) == 2 and not set(keys) & {r["key"] for r in recs}
+    assert [r["params"]["system"] for r in recs] == [None, None, "Be brief.", "Be brief."]
+    assert [r["key"] for r in recs[:2]] == keys and not set(keys) & {r["key"] for r in recs[2:]}
 
-    # --overwrite starts over: records of other runs are dropped, each file computed once.
+    # --replace starts over: records of other runs are dropped, each file computed once.
     out.write_text(out.read_text() + json.dumps(dict.fromkeys(FIELDS) | {"file": "gone.wav", "key": "k"}) + "\n")
-    again = batch(*base, "--overwrite")
+    again = batch(*base, "--replace")
     assert again.exit_code == 0 and "already done" not in again.stderr
     recs = records(out)
     assert [Path(r["file"]).name for r in recs] == ["0.wav", "1.wav"] and [r["key"] for r in recs] == keys

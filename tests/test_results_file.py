@@ -25,6 +25,7 @@ from stepaudio_cli.cli import app
 from stepaudio_cli.errors import AudioError
 from stepaudio_cli.records import CSV_FIELDS, FIELDS, from_csv_row, to_csv_row
 from stepaudio_cli.store import Store
+from stepaudio_cli.store_format import serialize
 
 runner = CliRunner()
 NOWHERE = "http://127.0.0.1:9"  # never contacted: these runs stop before any engine starts
@@ -103,7 +104,7 @@ def _jsonl(*recs) -> bytes:
 
 
 def _csv_file(*recs) -> bytes:
-    return Store(None, "csv")._serialize(recs, header=True)
+    return serialize("csv", recs, header=True)
 
 
 def _csv_line(**cells) -> bytes:
@@ -143,7 +144,7 @@ NOT_OURS = {
         "csv",
         ":3: not a stepaudio record",
     ),
-    "csv-short-row": ("r.csv", _csv_file(a_record()) + b"y.wav,,\n", "csv", ":3: 3 cells, not 16"),
+    "csv-short-row": ("r.csv", _csv_file(a_record()) + b"y.wav,,\n", "csv", ":3: 3 cells, not 18"),
     "csv-other-header": ("r.csv", b"file,answer\na.wav,yes\n", "csv", ":1: not the header of a stepaudio CSV"),
 }
 
@@ -274,10 +275,12 @@ def test_a_symlinked_results_file_stays_one_file(scripted, tmp_path):
     args = [str(inputs), "-p", "Q", "-s", url, "-o", str(link)]
     assert batch(*args).exit_code == 0
     os.chmod(target, 0o640)
-    assert batch(*args, "--system", "Be brief.").exit_code == 0  # recomputed: compaction replaces the file
+    with target.open("a") as f:  # a stale copy of a record: compaction replaces the file without it
+        f.write(target.read_text().splitlines()[0] + "\n")
+    assert batch(*args, "--system", "Be brief.").exit_code == 0  # another question: its records are added
     assert link.is_symlink() and os.readlink(link) == str(target)
     recs = [json.loads(ln) for ln in target.read_text().splitlines()]
-    assert len(recs) == 3 and all(r["params"]["system"] == "Be brief." for r in recs)
+    assert [r["params"]["system"] for r in recs] == [None] * 3 + ["Be brief."] * 3
     assert oct(target.stat().st_mode & 0o777) == oct(0o640)  # the file's mode survives compaction
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "in", "r.jsonl"]
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["r.jsonl"]  # no temp or lock file left
@@ -428,3 +431,286 @@ def test_a_second_store_in_one_process_is_refused(tmp_path):
     second = Store(out)
     second.open()
     second.close()
+
+
+# --- a results file holds many questions ------------------------------------------------------------
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(ln) for ln in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_second_question_adds_its_records_and_keeps_the_first_s(scripted, tmp_path, fmt):
+    url, _ = scripted()
+    inputs = audio_dir(tmp_path / "in", 3)
+    out = tmp_path / f"r.{fmt}"
+    args = [str(inputs), "-s", url, "-o", str(out)]
+    assert batch(*args, "-p", "Q1").exit_code == 0
+    second = batch(*args, "-p", "Q2")
+    assert second.exit_code == 0, second.stderr
+    assert "2 in the results file (records: 'Q1': 3, 'Q2': 3)" in second.stderr
+    read = Store(out, fmt)
+    try:
+        prompts = [r["prompt"] for r in read.open()]
+    finally:
+        read.close()
+    assert prompts == ["Q1"] * 3 + ["Q2"] * 3
+    again = batch(*args, "-p", "Q1")  # each question resumes on its own
+    assert again.exit_code == 0 and "already done" in again.stderr
+    assert out.read_bytes().count(b"\n") == (6 if fmt == "jsonl" else 7)
+
+
+def test_replace_keeps_the_earlier_results_beside_until_the_run_completes(scripted, tmp_path):
+    url, _ = scripted()
+    inputs = audio_dir(tmp_path / "in", 2)
+    out = tmp_path / "r.jsonl"
+    args = [str(inputs), "-s", url, "-o", str(out)]
+    assert batch(*args, "-p", "Q1").exit_code == 0
+    before = out.read_bytes()
+    store = Store(out)
+    assert store.open(replace=True) == []  # a run that starts over: the earlier file is beside it
+    previous = tmp_path / "r.jsonl.previous"
+    assert previous.read_bytes() == before and out.read_bytes() == b""
+    store.close()  # the run did not complete (killed, interrupted): the copy stays
+    assert previous.read_bytes() == before
+    replaced = batch(*args, "-p", "Q2", "--replace")  # the kept copy is ours: a --replace reuses it
+    assert replaced.exit_code == 0, replaced.stderr
+    assert [r["prompt"] for r in _records(out)] == ["Q2", "Q2"]
+    assert not previous.exists()  # the run completed
+    previous.write_text("my notes\n")  # a file of that name that is not ours stops --replace
+    refused = batch(*args, "-p", "Q3", "--replace")
+    assert refused.exit_code == 2 and error_lines(refused) == [
+        f"error: {previous}: exists and is not earlier results kept by --replace; it was left unchanged "
+        "(move it away, then rerun)"
+    ]
+    assert previous.read_text() == "my notes\n" and [r["prompt"] for r in _records(out)] == ["Q2", "Q2"]
+
+
+# --- the contract at its edges ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_whole_last_record_without_its_newline_is_kept(tmp_path, fmt):
+    recs = [a_record(file="a.wav", key="a" * 32), a_record(file="b.wav", key="b" * 32)]
+    out = tmp_path / f"r.{fmt}"
+    whole = _jsonl(*recs) if fmt == "jsonl" else _csv_file(*recs)
+    out.write_bytes(whole[:-1])
+    store = Store(out, fmt)
+    try:
+        assert [r["file"] for r in store.open()] == ["a.wav", "b.wav"]
+    finally:
+        store.close()
+    assert out.read_bytes() == whole  # the newline is added, nothing cut
+
+
+FOREIGN = {
+    "json.dump of a record-like object": json.dumps({"file": "x.wav", "score": 3}).encode(),
+    "json.dump of a whole record": json.dumps(a_record() | {"audio_seconds": "long"}).encode(),
+    "only the start of a record": b'{"file": "x.wav", "sha2',
+    "only the start of our CSV header": b"file,sha256,prompt",
+    "Infinity in a record": _jsonl(a_record(audio_seconds=1.0)).replace(b"1.0", b"Infinity"),
+    "NaN in usage": _jsonl(a_record(usage={"prompt_tokens": 1})).replace(b"1}", b"NaN}"),
+    "a number past a float": _jsonl(a_record(timings={"total": 1.0})).replace(b"1.0", b"1e999"),
+}
+
+
+@pytest.mark.parametrize("case", list(FOREIGN))
+def test_a_foreign_file_is_refused_whatever_it_starts_with(tmp_path, case):
+    out = tmp_path / ("r.csv" if "CSV" in case else "r.jsonl")
+    out.write_bytes(FOREIGN[case])
+    result = batch(str(audio_dir(tmp_path / "in", 1)), "-p", "Q", "-s", NOWHERE, "-o", str(out))
+    assert result.exit_code == 2, result.stderr
+    (line,) = error_lines(result)
+    assert line.startswith(f"error: {out}") and "left unchanged" in line, line
+    assert out.read_bytes() == FOREIGN[case]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", out.name]
+
+
+def test_a_csv_in_the_layout_before_the_windows_column_reads_back_and_grows_in_it(scripted, tmp_path):
+    url, _ = scripted()
+    old_columns = [k for k in CSV_FIELDS if k not in ("windows", "warnings")]
+    out = tmp_path / "r.csv"
+    row = to_csv_row(a_record(file="old.wav", key="c" * 32, params={"temperature": 0.7}))
+    out.write_text(",".join(old_columns) + "\n" + ",".join(str(row[k] or "") for k in old_columns) + "\n")
+    hard = tmp_path / "link.csv"
+    os.link(out, hard)  # not compacted (hard link): rows are appended in the file's own layout
+    result = batch(str(audio_dir(tmp_path / "in", 1)), "-p", "Q", "-s", url, "-o", str(out))
+    assert result.exit_code == 0, result.stderr
+    rows = list(csv.reader(out.open(newline="")))
+    assert rows[0] == old_columns and all(len(r) == len(old_columns) for r in rows)
+    os.unlink(hard)
+    assert batch(str(audio_dir(tmp_path / "in2", 1)), "-p", "Q", "-s", url, "-o", str(out)).exit_code == 0
+    rows = list(csv.DictReader(out.open(newline="")))  # compacted: the current layout, every row kept
+    assert list(rows[0]) == CSV_FIELDS and [Path(r["file"]).name for r in rows] == ["old.wav", "00.wav", "00.wav"]
+
+
+def test_dash_o_csv_writes_csv_unless_format_says_otherwise(scripted, tmp_path):
+    url, _ = scripted()
+    inputs = audio_dir(tmp_path / "in", 1)
+    out = tmp_path / "r.csv"
+    assert batch(str(inputs), "-p", "Q", "-s", url, "-o", str(out)).exit_code == 0
+    assert out.read_text().splitlines()[0] == ",".join(CSV_FIELDS)
+    again = batch(str(inputs), "-p", "Q", "-s", url, "-o", str(out), "-f", "csv")
+    assert again.exit_code == 0 and "already done" in again.stderr
+    forced = tmp_path / "j.csv"
+    assert batch(str(inputs), "-p", "Q", "-s", url, "-o", str(forced), "-f", "jsonl").exit_code == 0
+    assert json.loads(forced.read_text())["answer"] == "A tone."
+
+
+def test_one_folder_named_three_ways_is_one_set_of_files(scripted, tmp_path, monkeypatch):
+    url, server = scripted()
+    work = tmp_path / "w"
+    work.mkdir()
+    audio_dir(work / "three", 3)
+    (tmp_path / "alias").symlink_to(work / "three")
+    (tmp_path / "elsewhere").mkdir()
+    out = tmp_path / "r.jsonl"
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert batch(str(work / "three"), "-p", "Q", "-s", url, "-o", str(out)).exit_code == 0
+    for typed in ("../w/three", "../alias", str(tmp_path / "w" / ".." / "w" / "three")):
+        server.asked.clear()
+        again = batch(typed, "-p", "Q", "-s", url, "-o", str(out))
+        assert again.exit_code == 0 and "already done" in again.stderr, again.stderr
+        assert not server.asked.is_set()
+    assert [r["file"] for r in _records(out)] == [str(work / "three" / f"{i:02d}.wav") for i in range(3)]
+
+
+@pytest.mark.parametrize("name", ["hardlink", "symlink"])
+def test_other_names_of_a_results_file_are_one_writer(scripted, tmp_path, name):
+    url, server = scripted()
+    server.gate.clear()
+    inputs = audio_dir(tmp_path / "in", 2)
+    out, other = tmp_path / "r.jsonl", tmp_path / "other.jsonl"
+    out.write_bytes(b"")
+    os.link(out, other) if name == "hardlink" else other.symlink_to(out)
+    first = _spawn([str(inputs), "-p", "Q", "-s", url, "-o", str(out), "-c", "1"], tmp_path / "first.log")
+    try:
+        assert server.asked.wait(60), (tmp_path / "first.log").read_text()
+        second = batch(str(inputs), "-p", "Q", "-s", url, "-o", str(other))
+        assert second.exit_code == 73, second.stderr
+        assert f"another stepaudio batch is writing to it (pid {first.pid} started 20" in error_lines(second)[0]
+    finally:
+        server.gate.set()
+        assert first.wait(60) == 0, (tmp_path / "first.log").read_text()
+    assert len(_records(out)) == 2
+
+
+def test_a_dangling_symlink_in_a_folder_is_a_failure_record(scripted, tmp_path):
+    url, _ = scripted()
+    inputs = audio_dir(tmp_path / "in", 1)
+    (inputs / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    out = tmp_path / "r.jsonl"
+    result = batch(str(inputs), "-p", "Q", "-s", url, "-o", str(out))
+    assert result.exit_code == 1, result.stderr
+    recs = {Path(r["file"]).name: r for r in _records(out)}
+    assert recs["gone.wav"]["error"] == f"cannot read (a symlink to {tmp_path / 'nowhere.wav'}, which does not exist)"
+    assert recs["00.wav"]["answer"] == "A tone."
+
+
+def test_nothing_to_do_ends_at_once_without_a_server(scripted, tmp_path):
+    url, _ = scripted()
+    inputs = audio_dir(tmp_path / "in", 2)
+    out = tmp_path / "r.jsonl"
+    assert batch(str(inputs), "-p", "Q", "-s", url, "-o", str(out)).exit_code == 0
+    before = out.read_bytes()
+    done = batch(str(inputs), "-p", "Q", "-s", NOWHERE, "-o", str(out), "--wait-server", "600")
+    assert done.exit_code == 0 and "already done" in done.stderr and not error_lines(done), done.stderr
+    assert out.read_bytes() == before
+    more = batch(str(inputs), "-p", "Q2", "-s", NOWHERE, "-o", str(out), "--wait-server", "0")
+    assert more.exit_code == 1 and "cannot connect" in error_lines(more)[0]  # work to do: a server is needed
+
+
+def test_sigterm_ends_a_batch_with_143_and_nothing_lost(scripted, tmp_path):
+    url, server = scripted()
+    server.gate.clear()
+    inputs = audio_dir(tmp_path / "in", 3)
+    out = tmp_path / "r.jsonl"
+    proc = _spawn([str(inputs), "-p", "Q", "-s", url, "-o", str(out), "-c", "1"], tmp_path / "log")
+    try:
+        assert server.asked.wait(60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 143, (tmp_path / "log").read_text()
+    finally:
+        server.gate.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert "interrupted" in (tmp_path / "log").read_text()
+    assert batch(str(inputs), "-p", "Q", "-s", url, "-o", str(out)).exit_code == 0
+    assert len(_records(out)) == 3
+
+
+def test_a_header_too_long_is_refused_before_the_file_is_hashed(scripted, tmp_path, monkeypatch):
+    import stepaudio_cli.batch_inputs as inputs_module
+
+    url, _ = scripted()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _sparse_wav(folder / "5h.wav", 5 * 3600)
+    hashed = []
+    real = inputs_module.sha256_file
+    monkeypatch.setattr(inputs_module, "sha256_file", lambda p: hashed.append(p) or real(p))
+    out = tmp_path / "r.jsonl"
+    args = [str(folder), "-p", "Q", "-s", url, "-o", str(out)]
+    result = batch(*args)
+    assert result.exit_code == 1 and not hashed
+    (rec,) = _records(out)
+    assert rec["error"].startswith("5h00m of audio is more than the 4h00m") and rec["sha256"] is None
+    again = batch(*args)  # refused the same way: counted as failed before, not written again
+    assert again.exit_code == 1 and not hashed and len(_records(out)) == 1
+
+
+def test_a_memory_error_is_that_file_s_failure(scripted, tmp_path, monkeypatch):
+    import stepaudio_cli.batch as core
+
+    url, _ = scripted()
+    inputs = audio_dir(tmp_path / "in", 2)
+    real = core.load_file
+
+    def tight(path, name, context):
+        if name.endswith("01.wav"):
+            raise MemoryError
+        return real(path, name, context)
+
+    monkeypatch.setattr(core, "load_file", tight)
+    out = tmp_path / "r.jsonl"
+    result = batch(str(inputs), "-p", "Q", "-s", url, "-o", str(out))
+    assert result.exit_code == 1 and not error_lines(result), result.stderr
+    recs = {Path(r["file"]).name: r for r in _records(out)}
+    assert recs["01.wav"]["error"] == "not enough memory to decode it" and recs["00.wav"]["answer"] == "A tone."
+
+
+# --- whatever a results file holds: opened, or refused untouched ---------------------------------------
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_VALUES = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6)
+_LINE = st.one_of(
+    st.builds(lambda r: json.dumps(r).encode(), st.just(a_record())),
+    st.builds(lambda k, v: json.dumps(a_record() | {k: v}).encode(), st.sampled_from(FIELDS), _VALUES),
+    st.binary(max_size=20),
+    st.builds(lambda r, n: json.dumps(r).encode()[:n], st.just(a_record()), st.integers(0, 60)),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(_LINE, max_size=4), newline=st.booleans(), fmt=st.sampled_from(["jsonl", "csv"]))
+def test_any_results_file_is_opened_or_refused_untouched(tmp_path_factory, lines, newline, fmt):
+    from stepaudio_cli.errors import UserError
+
+    out = tmp_path_factory.mktemp("any") / "r.out"
+    data = b"\n".join(lines) + (b"\n" if newline and lines else b"")
+    out.write_bytes(data)
+    store = Store(out, fmt)
+    try:
+        records = store.open()
+    except UserError as e:
+        assert str(out) in e.message and "Traceback" not in e.message
+        assert out.read_bytes() == data
+        return
+    finally:
+        store.close()
+    after = out.read_bytes()  # ours: at most its torn last line cut, or its last newline added
+    assert after == data or (data.startswith(after) and records) or after == data + b"\n"

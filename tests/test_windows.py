@@ -7,6 +7,7 @@ in-process and once against vLLM's own server with the tiny checkpoint."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -177,13 +178,16 @@ PART = re.compile(r"This audio is part (\d+) of (\d+) of a longer recording, fro
 class Scripted(ScriptedBase):
     """A window's request is answered ``answer for part N`` after a short wait (so they
     overlap: in flight counts the most at once); the combining request ``the whole story``.
-    ``hold`` keeps window requests until set; ``fail_part`` answers that part with a 400."""
+    ``hold`` keeps window requests until set; ``fail_part`` answers that part with a 400,
+    ``flaky_part`` with a 500 the first time; ``cut_part`` stops that part at the length limit."""
 
     lock: threading.Lock
     in_flight = 0
     most = 0
     hold: threading.Event
     fail_part = 0
+    flaky_part = 0
+    cut_part = 0
     short_delay = 0.0  # seconds a file that fits one request waits for its answer
 
     def do_POST(self):
@@ -209,6 +213,12 @@ class Scripted(ScriptedBase):
                 time.sleep(0.3)
                 if part == cls.fail_part:
                     return reply_json(self, {"error": {"message": "bad part"}}, status=400)
+                if part == cls.flaky_part:
+                    cls.flaky_part = 0
+                    return reply_json(self, {"error": {"message": "busy"}}, status=500)
+                if part == cls.cut_part:
+                    pieces = [{"reasoning": f"listening {part} and on and"}]
+                    return reply_stream(self, pieces, "length", {"prompt_tokens": 100, "completion_tokens": 64})
                 pieces, usage = [{"reasoning": f"listening {part}"}, {"content": f"answer for part {part}"}], part
             else:
                 pieces, usage = [{"reasoning": "combining"}, {"content": "the whole story"}], 9
@@ -294,6 +304,41 @@ def test_a_failed_window_fails_the_file_with_its_reason_and_a_rerun_retries_it(s
     assert rec["error"] is None and rec["answer"] == "the whole story" and len(rec["windows"]) == 3
     # The progress counts windows too: one recording is minutes of work.
     assert "1/1 files" in retried.stderr and "3/3 windows" in retried.stderr, retried.stderr
+
+
+def test_a_window_cut_at_the_limit_makes_the_recording_cut_off(scripted, tmp_path):
+    handler, url = scripted
+    handler.cut_part = 2
+    path = write_wav(tmp_path / "long.wav", recording(120.0))
+    out = tmp_path / "r.csv"
+    result = runner.invoke(app, ["batch", str(path), "-p", "Q", "-s", url, "-o", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert "cut off" in result.stderr and "1 answer(s) stopped at the length limit" in result.stderr
+    (row,) = list(csv.DictReader(out.open(newline="")))
+    assert (row["finish_reason"], row["windows"]) == ("length", "3")
+    assert json.loads(row["warnings"]) == [
+        "1 of 3 windows were cut off at the length limit (their answers may be missing)"
+    ]
+    asked = runner.invoke(app, ["ask", "-s", url, "--max-tokens", "64", "--window", "50s", str(path), "Q"])
+    assert asked.exit_code == 0, asked.stderr
+    assert "1 of 3 windows were cut off at the length limit (64 tokens per request" in asked.stderr
+    record = json.loads(runner.invoke(app, ["ask", "-s", url, str(path), "Q", "--json"]).stdout)
+    assert (
+        record["finish_reason"] == "length" and record["warnings"] and record["windows"][1]["finish_reason"] == "length"
+    )
+
+
+def test_ask_retries_a_window_that_failed_once(scripted, tmp_path):
+    handler, url = scripted
+    handler.flaky_part = 2
+    path = write_wav(tmp_path / "long.wav", recording(120.0))
+    result = runner.invoke(app, ["ask", "-s", url, str(path), "Q", "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["windows"][1]["answer"] == "answer for part 2"
+    assert handler.flaky_part == 0  # it did fail once
+    handler.fail_part = 2  # a failure a server repeats (400) is not retried: the recording fails
+    failed = runner.invoke(app, ["ask", "-s", url, str(path), "Q"])
+    assert failed.exit_code == 1 and "part 2 of 3" in failed.stderr and "bad part" in failed.stderr
 
 
 def test_a_batch_holds_no_more_decoded_audio_than_its_room(scripted, tmp_path):
@@ -417,8 +462,9 @@ def test_batch_against_a_server_answers_long_files_in_windows(vllm_server, tmp_p
     result = runner.invoke(app, [*args, "--window", "50s"])
     assert result.exit_code == 0, result.stderr
     recs = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(recs) == 1  # one record per file: the windowed run replaced the first
-    (rec,) = recs
+    # --window shapes the answer: another question, whose record joins the first one's.
+    assert [r["params"].get("window") for r in recs] == [None, 50.0] and recs[0]["windows"] is None
+    rec = recs[1]
     assert len(rec["windows"]) == 3 and all(w["answer"] == SCRIPT[1] for w in rec["windows"])
     assert rec["answer"] == SCRIPT[1] and rec["error"] is None
 

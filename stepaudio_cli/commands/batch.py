@@ -61,7 +61,12 @@ def batch(
             rich_help_panel=IO,
         ),
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="jsonl or csv.", rich_help_panel=IO)] = "jsonl",
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format", "-f", help="jsonl or csv (default: csv for -o *.csv, else jsonl).", rich_help_panel=IO
+        ),
+    ] = None,
     concurrency: Annotated[
         int | None,
         typer.Option(
@@ -75,8 +80,14 @@ def batch(
     retry_failed: Annotated[
         bool, typer.Option(help="On resume, try files that failed before again.", rich_help_panel=IO)
     ] = False,
-    overwrite: Annotated[
-        bool, typer.Option(help="Start over: discard earlier results in the output file.", rich_help_panel=IO)
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            "--overwrite",
+            help="Start over: earlier results in the output file are kept in FILE.previous until the run completes.",
+            rich_help_panel=IO,
+        ),
     ] = False,
     retries: Annotated[int, typer.Option(min=0, help="Retries per file for server errors (with backoff).")] = 3,
     wait_server: Annotated[
@@ -102,9 +113,10 @@ def batch(
 ) -> None:
     """Ask the same question about every audio file in directories; resumable JSONL/CSV results."""
     from stepaudio_cli import batch as core
+    from stepaudio_cli.batch_settle import settle
     from stepaudio_cli.batch_view import BatchView
     from stepaudio_cli.resident import session
-    from stepaudio_cli.store import Store
+    from stepaudio_cli.store import Store, infer_format
 
     term = options.terminal(ctx)
     question = _question(prompt, prompt_file)
@@ -113,9 +125,9 @@ def batch(
         if sys.stdout.isatty():
             raise UserError("give --output FILE for the results (or pipe stdout: -o -)")
         output = "-"
-    store = Store(None if output == "-" else Path(output), fmt, stdout=sys.stdout)
-    if not store.resumable and (overwrite or retry_failed):
-        raise UserError("--overwrite and --retry-failed need an output file (-o FILE)")
+    store = Store(None if output == "-" else Path(output), infer_format(output, fmt), stdout=sys.stdout)
+    if not store.resumable and (replace or retry_failed):
+        raise UserError("--replace and --retry-failed need an output file (-o FILE)")
     files = core.discover(inputs, glob or (), recursive, urls)
     if not files:
         raise UserError(f"no audio files found in {', '.join(inputs)}" + ("" if recursive else " (try --recursive)"))
@@ -127,34 +139,36 @@ def batch(
         concurrency=concurrency or settings.default_concurrency(),
         retries=retries,
         retry_failed=retry_failed,
-        overwrite=overwrite,
         hide_reasoning=hide_reasoning,
         windowing=windowing,
     )
-    store.open(files)  # locked, and checked to be ours and whole, before any engine starts
+    store.open(files, replace=replace)  # locked, and checked to be ours and whole, before any engine starts
     view = BatchView(term, len(files))
+    summary, hashes = None, {}
     try:
-        with session(settings, keep_alive, view.status, warn=term.warn, sleep_for=sleep_for) as settings:
-            summary = asyncio.run(
-                core.execute(
-                    settings,
-                    job,
-                    store,
-                    files,
-                    on_status=view.status,
-                    on_start=view.started,
-                    on_progress=view.update,
+        if store.resumable:  # every file already has its record: no engine, no server to wait for
+            summary = asyncio.run(settle(settings, job, store, files, hashes))
+        if summary is None:
+            with session(settings, keep_alive, view.status, warn=term.warn, sleep_for=sleep_for) as settings:
+                summary = asyncio.run(
+                    core.execute(
+                        settings,
+                        job,
+                        store,
+                        files,
+                        on_status=view.status,
+                        on_start=view.started,
+                        on_progress=view.update,
+                        hashes=hashes,
+                    )
                 )
-            )
     finally:
         view.close()
-        store.close()
-    view.summary(summary, output if output != "-" else "stdout")
+        store.close(finished=summary is not None and summary.complete)
+    view.summary(summary, output if output != "-" else "stdout", kept=store.previous)
     if summary.stopped:
         raise summary.stopped
-    if summary.interrupted:
-        raise typer.Exit(130)
-    raise typer.Exit(1 if summary.failed else 0)
+    raise typer.Exit(summary.exit_code)
 
 
 def _question(prompt: str | None, prompt_file: Path | None) -> str:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 
+from stepaudio_cli.errors import EngineError, NoServerError
 from stepaudio_cli.request import Request
 from stepaudio_cli.splitter import Delta
 
@@ -50,8 +54,11 @@ class Result:
     timings: Timings
     finish_reason: str | None = None
     #: A recording answered in windows (windows.py): each window's start, end, answer, usage
-    #: and finish_reason; the fields above are then the reduce step's, with the total usage.
+    #: and finish_reason; the fields above are then the reduce step's, with the total usage,
+    #: and ``finish_reason`` "length" when any request was cut off (the reduce step's own:
+    #: ``combined_finish_reason``).
     windows: list[dict] | None = None
+    combined_finish_reason: str | None = None
 
 
 class Clock:
@@ -84,6 +91,9 @@ class Engine(abc.ABC):
     model: str = ""
     #: Context length, when known (used to refuse audio that cannot fit).
     max_model_len: int | None = None
+    #: Sends of one request before its failure goes to the caller (a pool of servers may send
+    #: a request again while it waits for one); None: the engine's own bound.
+    max_sends: int | None = None
 
     async def start(self) -> None:  # noqa: B027
         """Connect or load; raises UserError with a one-line reason."""
@@ -119,4 +129,29 @@ async def collect(engine: Engine, request: Request, on_delta: Callable[[Delta], 
     )
 
 
-__all__ = ["Clock", "Engine", "Final", "Result", "Timings", "Usage", "collect"]
+async def send_with_retries(
+    engine: Engine,
+    request: Request,
+    retries: int,
+    on_delta: Callable[[Delta], None] | None = None,
+    hold: asyncio.Semaphore | None = None,
+) -> Result:
+    """One request to the end, sent again (with backoff) after a failure a server may not
+    repeat (a 5xx, a dropped connection), at most ``retries`` times, every send a pool made
+    counted; ``hold``: a place taken while in flight. The last failure says how many tries."""
+    attempt = 0
+    while True:
+        try:
+            async with hold or contextlib.nullcontext():
+                return await collect(engine, request, on_delta)
+        except NoServerError:
+            raise
+        except EngineError as e:
+            attempt += e.attempts
+            if not e.retryable or attempt > retries:
+                tries = f" (after {attempt} tries)" if attempt > 1 else ""
+                raise EngineError(e.message + tries) from None
+        await asyncio.sleep(min(30.0, 0.5 * 2**attempt) * (0.5 + random.random()))
+
+
+__all__ = ["Clock", "Engine", "Final", "Result", "Timings", "Usage", "collect", "send_with_retries"]

@@ -85,7 +85,7 @@ class ServerPool(Engine):
                     raise
                 self._down(member, e)
                 failed_on.append(member)
-                if sent or not self.wait or sends >= MAX_SENDS:
+                if sent or not self.wait or sends >= min(MAX_SENDS, self.max_sends or MAX_SENDS):
                     raise  # text already went out, or sent enough: the caller decides (batch retries the file)
                 continue  # nothing sent yet: another server, or wait for one
             member.strikes = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -32,6 +33,14 @@ MAX_LINE_BYTES = 1 << 20
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
+_USERINFO = re.compile(r"(?<=//)[^/@\s]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of any URL in it (``http://user:pass@host``) hidden."""
+    return _USERINFO.sub("***@", text)
+
+
 def api_base(url: str) -> str:
     """``http://host:port`` or ``http://host:port/v1`` -> ``http://host:port/v1``; a URL that
     cannot be one (a bad port, no host, another scheme) is a UserError naming it."""
@@ -44,9 +53,9 @@ def api_base(url: str) -> str:
         parts.port  # noqa: B018 - raises ValueError when out of range or not a number
         httpx.URL(url)
     except (ValueError, httpx.InvalidURL) as e:
-        raise UserError(f"--server {given}: not a valid URL ({e})") from None
+        raise UserError(redact(f"--server {given}: not a valid URL ({e})")) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UserError(f"--server {given}: not a valid URL (want http://HOST:PORT)")
+        raise UserError(f"--server {redact(given)}: not a valid URL (want http://HOST:PORT)")
     return url if url.endswith("/v1") else url + "/v1"
 
 
@@ -163,12 +172,13 @@ class RemoteEngine(Engine):
         timeout: float = DEFAULT_TIMEOUT,
         server_thinking: bool = False,
     ) -> None:
-        self.url = url
+        self.url = redact(url)  # what messages and records show: never its credentials
         self.server_thinking = server_thinking  # the server limits reasoning itself (vllm_xargs)
         self.base = api_base(url)
         uds = url.removeprefix(UDS_SCHEME) if url.startswith(UDS_SCHEME) else None
         if uds:  # a Unix socket (a resident engine's)
             self.base = "http://localhost/v1"
+        self.shown_base = redact(self.base)
         self.api_key = api_key
         self.wanted_model = model
         self.model = model or ""
@@ -193,7 +203,8 @@ class RemoteEngine(Engine):
             raise self._transport_error(e) from None
         if response.status_code >= 400:
             raise self._http_error(response)
-        models = parse_model_list(_reply_json(response, f"{self.base}/models"), f"{self.base}/models")
+        where = f"{self.shown_base}/models"
+        models = parse_model_list(_reply_json(response, where), where)
         if not models:
             raise EngineError(f"{self.url}: the server lists no models")
         wanted = self.wanted_model
@@ -266,6 +277,7 @@ class RemoteEngine(Engine):
         except httpx.HTTPError as e:
             raise self._transport_error(e) from None
         tokens = None
+        url = redact(url)
         if response.status_code == 200:
             with contextlib.suppress(EngineError):
                 body = _reply_json(response, url)
@@ -350,7 +362,9 @@ class RemoteEngine(Engine):
                 server_down=True,
             )
         if mid_stream or isinstance(e, httpx.RemoteProtocolError | httpx.ReadError):
-            return EngineError(f"{self.url}: the connection dropped mid-stream ({_reason(e)})", server_down=True)
+            # One plain line; what the connection library said only for those who ask.
+            why = f" ({_reason(e)})" if os.environ.get("STEPAUDIO_DEBUG") else " (the server stopped or restarted?)"
+            return EngineError(f"{self.url}: the connection dropped mid-stream{why}", server_down=True)
         return EngineError(f"{self.url}: {_reason(e)}", server_down=True)
 
     def _http_error(self, response: httpx.Response, text: str | None = None) -> EngineError:
@@ -389,7 +403,7 @@ def _reason(e: BaseException) -> str:
         if isinstance(seen, ConnectionRefusedError) or "Connection refused" in str(seen):
             return "connection refused"
         seen = seen.__cause__ or seen.__context__
-    text = str(e) or type(e).__name__
+    text = redact(str(e)) or type(e).__name__
     return " ".join(text.split())[:200]
 
 

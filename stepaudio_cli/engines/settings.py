@@ -88,7 +88,11 @@ class EngineSettings:
 
     def starting_message(self) -> str:
         """What a spinner says while this engine starts."""
-        return f"Connecting to {', '.join(self.servers)}" if self.servers else f"Loading {self.model}"
+        if not self.servers:
+            return f"Loading {self.model}"
+        from stepaudio_cli.engines.remote import redact
+
+        return redact(f"Connecting to {', '.join(self.servers)}")
 
 
 def vllm_args(settings: EngineSettings, model_path: Path, n_gpus: int) -> dict[str, object]:

@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from stepaudio_cli import processes
+from stepaudio_cli.checkpoint import absolute_model, same_model
 from stepaudio_cli.engines.settings import EngineSettings
 from stepaudio_cli.errors import UserError
 from stepaudio_cli.resident import registry
@@ -40,16 +41,6 @@ def identity(settings: EngineSettings) -> str:
     values["model"] = absolute_model(settings.model)
     values["gpus"] = os.environ.get("CUDA_VISIBLE_DEVICES")  # the engine keeps the GPUs it started on
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def absolute_model(model: str) -> str:
-    """A local model folder as an absolute path; a repo id as it is."""
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.exists() else model.rstrip("/")
-
-
-def same_model(a: str, b: str) -> bool:
-    return absolute_model(a) == absolute_model(b)
 
 
 # --- using an engine --------------------------------------------------------------------------
