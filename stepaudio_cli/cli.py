@@ -30,6 +30,7 @@ from stepaudio_cli.commands.bench import bench
 from stepaudio_cli.commands.config import config_app
 from stepaudio_cli.commands.doctor import doctor
 from stepaudio_cli.commands.download import download
+from stepaudio_cli.commands.logs import logs
 from stepaudio_cli.commands.options import terminal
 from stepaudio_cli.commands.ps import ps, stop
 from stepaudio_cli.commands.serve import serve
@@ -207,6 +208,14 @@ app.command(
         "stepaudio bench --model /data/sar1 --json",
     )
 )(command(bench))
+app.command(
+    epilog=examples(
+        "stepaudio logs",
+        "stepaudio logs -n 3 --json",
+        'stepaudio logs -q "budget NOT forecast"',
+        "stepaudio logs --conversation 3f2a9c1d07be",
+    )
+)(command(logs))
 app.command(epilog=examples("stepaudio ps"))(command(ps))
 app.command(epilog=examples("stepaudio stop", "stepaudio stop --all"))(command(stop))
 app.add_typer(config_app, name="config")

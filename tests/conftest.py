@@ -208,6 +208,7 @@ def _isolated_home(tmp_path, tmp_path_factory, monkeypatch):
     """No test reads or writes the real user's config, cache or hub token."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # the log of answers (logs.db)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # In-process unless a test asks for a resident engine; those register in a private folder.
     monkeypatch.setenv("STEPAUDIO_KEEP_ALIVE", "0")
