@@ -5,26 +5,42 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from stepaudio_cli import conversation
 from stepaudio_cli.audio import Audio, load_audio
+from stepaudio_cli.conversation import Conversation
 from stepaudio_cli.engines import EngineSettings, Result, collect, open_engine
 from stepaudio_cli.errors import UserError
-from stepaudio_cli.request import Request, Sampling, Thinking
+from stepaudio_cli.logbook import Logbook
+from stepaudio_cli.request import Request, Sampling, Thinking, Turn
 from stepaudio_cli.splitter import Delta
 from stepaudio_cli.windows import MapProgress, Windowing, answer_in_windows, plan
 
-__all__ = ["ask", "check_fits", "prepare"]
+__all__ = ["ask", "check_fits", "log_turn", "prepare"]
 
 
 def prepare(
-    sources: Sequence[str], question: str, system: str | None, sampling: Sampling, thinking: Thinking = Thinking()
+    sources: Sequence[str],
+    question: str,
+    system: str | None,
+    sampling: Sampling,
+    thinking: Thinking = Thinking(),
+    history: Sequence[Turn] = (),
 ) -> Request:
-    """Decode every input up front, so bad audio fails before any engine starts."""
+    """Decode every input up front, so bad audio fails before any engine starts. ``history``:
+    a follow-up's earlier turns (it may then bring no audio of its own)."""
     if not question.strip():
         raise UserError("the question is empty")
     if sum(1 for s in sources if s == "-") > 1:
         raise UserError("`-` (stdin) can be given only once")
     audios: list[Audio] = [load_audio(s) for s in sources]
-    return Request(audios=tuple(audios), question=question, system=system, sampling=sampling, thinking=thinking)
+    return Request(
+        audios=tuple(audios),
+        question=question,
+        system=system,
+        sampling=sampling,
+        thinking=thinking,
+        history=tuple(history),
+    )
 
 
 def check_fits(settings: EngineSettings, request: Request, windowing: Windowing = Windowing()) -> list | None:
@@ -59,3 +75,18 @@ async def ask(
             on_progress=on_windows,
             on_delta=on_delta,
         )
+
+
+def log_turn(
+    log: Logbook | None,
+    convo: Conversation,
+    request: Request,
+    result: Result,
+    settings: EngineSettings,
+    *,
+    command: str = "ask",
+    on_warning: Callable[[str], None],
+) -> None:
+    """Log an answered turn (nothing when ``log`` is None: logging is off); a log that cannot
+    be written is one ``on_warning`` line, never a failed answer."""
+    conversation.save(log, conversation.entry(convo, command, request, result, settings), on_warning)

@@ -16,6 +16,8 @@ row. One builder, one field list, one CSV mapping.
     error          why the file failed, else None
     windows        a recording answered in windows: [{start, end, answer, usage, finish_reason}]
                    (seconds; usage above is then the total of every request), else None
+    conversation   ``ask`` only: the conversation's id (``ask -c`` / ``--conversation`` continue it)
+    turn           ``ask`` only: the turn's number in its conversation, from 1
 
 ``check_record`` is the shape a stored record must have (a results file is read back only
 when every line has it); the CSV mapping neutralises formula cells for spreadsheets.
@@ -111,9 +113,16 @@ def to_record(
     return record
 
 
-def ask_record(request: Request, result: Result, *, hide_reasoning: bool = False) -> dict:
+def ask_record(
+    request: Request,
+    result: Result,
+    *,
+    hide_reasoning: bool = False,
+    conversation: str | None = None,
+    turn: int | None = None,
+) -> dict:
     names = [a.name for a in request.audios]
-    return to_record(
+    record = to_record(
         file=names[0] if len(names) == 1 else names,
         prompt=request.question,
         model=result.model,
@@ -122,6 +131,7 @@ def ask_record(request: Request, result: Result, *, hide_reasoning: bool = False
         audio_seconds=request.audio_seconds,
         hide_reasoning=hide_reasoning,
     )
+    return {**record, "conversation": conversation, "turn": turn}
 
 
 # --- CSV: the same record, flattened --------------------------------------------------------

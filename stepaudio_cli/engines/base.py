@@ -39,6 +39,8 @@ class Final:
     usage: Usage
     timings: Timings
     finish_reason: str | None = None
+    #: The text as generated after the assistant prefix (see Result.raw).
+    raw: str | None = None
 
 
 @dataclass
@@ -52,6 +54,12 @@ class Result:
     #: A recording answered in windows (windows.py): each window's start, end, answer, usage
     #: and finish_reason; the fields above are then the reduce step's, with the total usage.
     windows: list[dict] | None = None
+    #: The text as generated after the assistant prefix: reasoning, ``</think>`` and answer
+    #: with their whitespace (what a follow-up sends back as this turn's reply).
+    raw: str | None = None
+    #: A recording answered in windows: the combining request's text-only question, which a
+    #: follow-up sends again in place of the recording.
+    combined_question: str | None = None
 
 
 class Clock:
@@ -116,6 +124,7 @@ async def collect(engine: Engine, request: Request, on_delta: Callable[[Delta], 
         usage=done.usage,
         timings=done.timings,
         finish_reason=done.finish_reason,
+        raw=done.raw,
     )
 
 
