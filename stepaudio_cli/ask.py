@@ -8,14 +8,14 @@ from collections.abc import Callable, Sequence
 from stepaudio_cli import conversation
 from stepaudio_cli.audio import Audio, load_audio
 from stepaudio_cli.conversation import Conversation
-from stepaudio_cli.engines import EngineSettings, Result, collect, open_engine
+from stepaudio_cli.engines import Engine, EngineSettings, Result, collect, open_engine
 from stepaudio_cli.errors import UserError
 from stepaudio_cli.logbook import Logbook
 from stepaudio_cli.request import Request, Sampling, Thinking, Turn
 from stepaudio_cli.splitter import Delta
 from stepaudio_cli.windows import MapProgress, Windowing, answer_in_windows, plan
 
-__all__ = ["ask", "check_fits", "log_turn", "prepare"]
+__all__ = ["answer", "ask", "check_fits", "log_turn", "prepare"]
 
 
 def prepare(
@@ -61,20 +61,32 @@ async def ask(
 ) -> Result:
     """Run ``request``; ``on_delta`` gets the text as it comes, ``on_status`` what is being waited
     for, ``on_windows`` how the windows of a long recording are getting on."""
-    windows = check_fits(settings, request, windowing)
+    check_fits(settings, request, windowing)
     async with open_engine(settings, on_status) as engine:
-        if settings.remote:
-            windows = plan(request, engine.max_model_len, windowing)
-        if windows is None:
-            return await collect(engine, request, on_delta)
-        return await answer_in_windows(
-            request,
-            windows,
-            lambda r, d: collect(engine, r, d),
-            max_model_len=engine.max_model_len,
-            on_progress=on_windows,
-            on_delta=on_delta,
-        )
+        return await answer(engine, request, windowing=windowing, on_delta=on_delta, on_windows=on_windows)
+
+
+async def answer(
+    engine: Engine,
+    request: Request,
+    *,
+    windowing: Windowing = Windowing(),
+    on_delta: Callable[[Delta], None] | None = None,
+    on_windows: Callable[[MapProgress], None] | None = None,
+) -> Result:
+    """Answer ``request`` on a started engine: one request, or windows and then one answer
+    when the recording is longer than the engine's context holds."""
+    windows = plan(request, engine.max_model_len, windowing)
+    if windows is None:
+        return await collect(engine, request, on_delta)
+    return await answer_in_windows(
+        request,
+        windows,
+        lambda r, d: collect(engine, r, d),
+        max_model_len=engine.max_model_len,
+        on_progress=on_windows,
+        on_delta=on_delta,
+    )
 
 
 def log_turn(

@@ -15,7 +15,9 @@ from stepaudio_cli.windows import MapProgress
 def stats_line(request: Request, result: Result) -> str:
     u, t = result.usage, result.timings
     parts = [f"audio {format_duration(request.audio_seconds)}", f"{u.completion_tokens} tokens"]
-    if request.history:
+    if request.history:  # a follow-up: its number, and its own audio only if it added some
+        if not request.audios:
+            parts.pop(0)
         parts.insert(0, f"turn {len(request.history) + 1}")
     if result.windows:
         parts.insert(1, f"{len(result.windows)} windows + 1 combining request")

@@ -27,6 +27,7 @@ from stepaudio_cli import __version__
 from stepaudio_cli.commands.ask import ask
 from stepaudio_cli.commands.batch import batch
 from stepaudio_cli.commands.bench import bench
+from stepaudio_cli.commands.chat import chat
 from stepaudio_cli.commands.config import config_app
 from stepaudio_cli.commands.doctor import doctor
 from stepaudio_cli.commands.download import download
@@ -183,6 +184,13 @@ app.command(
         'stepaudio ask --server http://127.0.0.1:9999 clip.wav "Who is speaking?"',
     ),
 )(command(ask))
+app.command(
+    epilog=examples(
+        "stepaudio chat meeting.m4a",
+        "stepaudio chat --server http://127.0.0.1:9999",
+        "stepaudio chat -c   # go on with the latest conversation",
+    )
+)(command(chat))
 app.command(
     no_args_is_help=True,
     epilog=examples(
