@@ -34,7 +34,7 @@ HISTORY_LINES = 1000
 def chat(
     ctx: typer.Context,
     audio: Annotated[
-        list[str] | None, typer.Argument(help="Audio files to ask about (more with /audio FILE).", metavar="[AUDIO]...")
+        list[str] | None, typer.Argument(help="Audio files to ask about (more with /audio FILE).", metavar="AUDIO")
     ] = None,
     hide_reasoning: Annotated[
         bool, typer.Option("--hide-reasoning", envvar="STEPAUDIO_HIDE_REASONING", help="Do not show the reasoning.")
