@@ -15,6 +15,10 @@ from stepaudio_cli.windows import MapProgress
 def stats_line(request: Request, result: Result) -> str:
     u, t = result.usage, result.timings
     parts = [f"audio {format_duration(request.audio_seconds)}", f"{u.completion_tokens} tokens"]
+    if request.history:  # a follow-up: its number, and its own audio only if it added some
+        if not request.audios:
+            parts.pop(0)
+        parts.insert(0, f"turn {len(request.history) + 1}")
     if result.windows:
         parts.insert(1, f"{len(result.windows)} windows + 1 combining request")
     if u.reasoning_tokens:
@@ -55,10 +59,15 @@ class AskView:
         elif not self.hide_reasoning:
             self.term.stream_reasoning(delta.text)
 
-    def finish(self, request: Request, result: Result) -> None:
+    def finish(
+        self, request: Request, result: Result, *, conversation: str | None = None, turn: int | None = None
+    ) -> None:
         self.status(None)
         if self.json_output:
-            self.term.print_json(ask_record(request, result, hide_reasoning=self.hide_reasoning))
+            record = ask_record(
+                request, result, hide_reasoning=self.hide_reasoning, conversation=conversation, turn=turn
+            )
+            self.term.print_json(record)
             return
         self.term.end_streams()
         for audio in request.audios:

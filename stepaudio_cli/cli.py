@@ -27,9 +27,11 @@ from stepaudio_cli import __version__
 from stepaudio_cli.commands.ask import ask
 from stepaudio_cli.commands.batch import batch
 from stepaudio_cli.commands.bench import bench
+from stepaudio_cli.commands.chat import chat
 from stepaudio_cli.commands.config import config_app
 from stepaudio_cli.commands.doctor import doctor
 from stepaudio_cli.commands.download import download
+from stepaudio_cli.commands.logs import logs
 from stepaudio_cli.commands.mcp import mcp
 from stepaudio_cli.commands.options import terminal
 from stepaudio_cli.commands.ps import ps, stop
@@ -190,6 +192,13 @@ app.command(
     ),
 )(command(ask))
 app.command(
+    epilog=examples(
+        "stepaudio chat meeting.m4a",
+        "stepaudio chat --server http://127.0.0.1:9999",
+        "stepaudio chat -c   # go on with the latest conversation",
+    )
+)(command(chat))
+app.command(
     no_args_is_help=True,
     epilog=examples(
         'stepaudio batch recordings/ -r --prompt "Is the speaker angry?" -o results.jsonl',
@@ -215,6 +224,14 @@ app.command(
     )
 )(command(bench))
 app.command(epilog=examples("stepaudio mcp", "stepaudio mcp --server http://gpu1:9999"))(command(mcp))
+app.command(
+    epilog=examples(
+        "stepaudio logs",
+        "stepaudio logs -n 3 --json",
+        'stepaudio logs -q "budget NOT forecast"',
+        "stepaudio logs --conversation 3f2a9c1d07be",
+    )
+)(command(logs))
 app.command(epilog=examples("stepaudio ps"))(command(ps))
 app.command(epilog=examples("stepaudio stop", "stepaudio stop --all"))(command(stop))
 app.add_typer(config_app, name="config")

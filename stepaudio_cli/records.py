@@ -18,6 +18,8 @@ row. One builder, one field list, one CSV mapping.
                    (seconds; usage above is then the total of every request), else None
     warnings       what the answer should be read with (audio shorter than its header says,
                    windows cut off at the length limit), else None
+    conversation   ``ask`` only: the conversation's id (``ask -c`` / ``--conversation`` continue it)
+    turn           ``ask`` only: the turn's number in its conversation, from 1
 
 ``check_record`` is the shape a stored record must have (a results file is read back only
 when every line has it; numbers are finite); ``same_question`` tells records of one question
@@ -150,9 +152,16 @@ def result_warnings(result: Result) -> list[str]:
     return [f"{len(cut)} of {total} windows were cut off at the length limit (their answers may be missing)"]
 
 
-def ask_record(request: Request, result: Result, *, hide_reasoning: bool = False) -> dict:
+def ask_record(
+    request: Request,
+    result: Result,
+    *,
+    hide_reasoning: bool = False,
+    conversation: str | None = None,
+    turn: int | None = None,
+) -> dict:
     names = [a.name for a in request.audios]
-    return to_record(
+    record = to_record(
         warnings=[w for a in request.audios for w in a.warnings],
         file=names[0] if len(names) == 1 else names,
         prompt=request.question,
@@ -162,6 +171,7 @@ def ask_record(request: Request, result: Result, *, hide_reasoning: bool = False
         audio_seconds=request.audio_seconds,
         hide_reasoning=hide_reasoning,
     )
+    return {**record, "conversation": conversation, "turn": turn}
 
 
 # --- CSV: the same record, flattened --------------------------------------------------------

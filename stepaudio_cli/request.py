@@ -75,6 +75,25 @@ class Thinking:
 
 
 @dataclass(frozen=True)
+class Turn:
+    """An earlier turn of a conversation, as a follow-up sends it again: the human text and
+    audio as they were sent, and the assistant's text (its prefix and all it generated:
+    reasoning, ``</think>``, answer)."""
+
+    question: str
+    audios: tuple[Audio, ...] = ()
+    reply: str = ""
+    #: Tokens the reply took (its completion tokens), for the room a follow-up has left.
+    reply_tokens: int = 0
+
+    @property
+    def text_tokens(self) -> int:
+        """The reply's tokens and a generous guess at the question's (a token is rarely under
+        2 bytes) with its chat scaffolding."""
+        return self.reply_tokens + len(self.question.encode()) // 2 + 16
+
+
+@dataclass(frozen=True)
 class Request:
     audios: tuple[Audio, ...]
     question: str
@@ -86,26 +105,44 @@ class Request:
     stream: bool = True
     #: Generate exactly max_tokens, ignoring stop tokens (benchmarks; in-process only).
     fixed_length: bool = False
+    #: The earlier turns of a conversation, sent before this question (``ask -c``, ``chat``).
+    history: tuple[Turn, ...] = ()
 
     @property
     def audio_seconds(self) -> float:
         return sum(a.duration for a in self.audios)
 
+    @property
+    def all_audios(self) -> tuple[Audio, ...]:
+        """Every audio the request carries, in prompt order: the earlier turns', then its own."""
+        return tuple(a for t in self.history for a in t.audios) + self.audios
+
 
 def generation_room(
-    audios: Sequence[Audio | AudioLength], sampling: Sampling, max_model_len: int | None, text_tokens: int = 64
+    audios: Sequence[Audio | AudioLength],
+    sampling: Sampling,
+    max_model_len: int | None,
+    text_tokens: int = 64,
+    history_tokens: int = 0,
 ) -> int:
     """max_tokens that fits in the model length next to the audio, or an AudioError.
     Without a cap (``sampling.max_tokens`` None) it is all the room the context leaves;
     None when the context length is unknown too (the server then decides).
 
-    ``text_tokens`` is a generous allowance for the question and the chat scaffolding.
+    ``text_tokens`` is a generous allowance for the question and the chat scaffolding;
+    ``history_tokens`` the text of a conversation's earlier turns (their audio is in ``audios``).
     """
-    if not max_model_len or not audios:  # a text-only request (windows' reduce step) sizes itself
+    if not max_model_len or not (audios or history_tokens):  # text-only (windows' reduce step) sizes itself
         return sampling.max_tokens
     audio_tokens = sum(a.prompt_tokens for a in audios)
-    room = max_model_len - audio_tokens - text_tokens
+    room = max_model_len - audio_tokens - text_tokens - history_tokens
     need = min(sampling.max_tokens or MIN_GENERATION_TOKENS, MIN_GENERATION_TOKENS)
+    if room < need and history_tokens:
+        raise AudioError(
+            f"this conversation no longer fits max model length {max_model_len}: its earlier turns take about "
+            f"{history_tokens} tokens of text and {audio_tokens} of audio, which leaves {max(room, 0)} for reasoning "
+            f"and answer (need {need}); start a new conversation (ask without -c) or raise --max-model-len"
+        )
     if room < need:
         longest = max(audios, key=lambda a: a.prompt_tokens)
         total = sum(a.duration for a in audios)
@@ -124,5 +161,6 @@ def max_tokens_to_send(request: Request, max_model_len: int | None) -> int | Non
     """What an engine asks for: the audio is checked against the context first; without a
     cap, None, and vLLM gives exactly what the context leaves after the real prompt (our
     estimate of the text tokens could be short for a long question or system prompt)."""
-    fitted = generation_room(request.audios, request.sampling, max_model_len)
+    history = sum(t.text_tokens for t in request.history)
+    fitted = generation_room(request.all_audios, request.sampling, max_model_len, history_tokens=history)
     return None if request.sampling.max_tokens is None else fitted

@@ -37,6 +37,13 @@ class ReasoningSplitter:
         self._reasoning_ws = ""  # trailing whitespace of reasoning, held until more text comes
         self.reasoning_parts: list[str] = []
         self.answer_parts: list[str] = []
+        self._raw: list[str] = []  # the text as it came, tag and whitespace kept
+
+    @property
+    def raw(self) -> str:
+        """The text as generated, whitespace and ``</think>`` kept (when a server split it,
+        rejoined with the tag): what a follow-up sends back as the assistant's turn."""
+        return "".join(self._raw)
 
     @property
     def reasoning(self) -> str:
@@ -47,6 +54,7 @@ class ReasoningSplitter:
         return "".join(self.answer_parts)
 
     def feed(self, text: str) -> list[Delta]:
+        self._raw.append(text)
         if self.in_answer:
             return self._emit_answer(text)
         text = self._pending + text
@@ -64,12 +72,15 @@ class ReasoningSplitter:
 
     def feed_reasoning(self, text: str) -> list[Delta]:
         # A server that splits for us: reasoning may still carry a stray tag at its edges.
+        self._raw.append(text)
         return self._emit_reasoning(text.replace(THINK_START, "", 1) if not self.reasoning_parts else text)
 
     def feed_answer(self, text: str) -> list[Delta]:
         if not self.in_answer:
             self.in_answer = True
+            self._raw.append(THINK_END)
             self._emit_reasoning("", final=True)
+        self._raw.append(text)
         return self._emit_answer(text)
 
     def finish(self) -> list[Delta]:

@@ -151,11 +151,13 @@ def cut_windows(
 def plan(request: Request, max_model_len: int | None, windowing: Windowing) -> list[Window] | None:
     """The windows for ``request``, or None when it goes as one request (it fits, windows are
     off, or the context is unknown: the server then decides). Refusals are AudioErrors."""
-    windowed = windowing.enabled and len(request.audios) == 1  # several files are never windowed
+    # Several files are never windowed, nor a follow-up (its earlier turns are in the prompt).
+    windowed = windowing.enabled and len(request.audios) == 1 and not request.history
     fits = True
     if max_model_len:
         try:
-            generation_room(request.audios, request.sampling, max_model_len)
+            history = sum(t.text_tokens for t in request.history)
+            generation_room(request.all_audios, request.sampling, max_model_len, history_tokens=history)
         except AudioError:
             if not windowed:
                 raise  # today's refusal
@@ -300,6 +302,8 @@ async def answer_in_windows(
         # Cut off anywhere (a window or the combining answer) is cut off: records and counts say so.
         finish_reason="length" if any(r.finish_reason == "length" for r in results) else reduced.finish_reason,
         combined_finish_reason=reduced.finish_reason,
+        raw=reduced.raw,
+        combined_question=question,
         windows=[
             {
                 "start": round(w.start_s, 3),

@@ -71,7 +71,7 @@ def test_remote_ask_json(vllm_server, scripted_ckpt, clip, tmp_path):
     result = ask("--server", vllm_server.url, "--api-key", "sekret", "--json", str(clip), str(other), "Compare them.")
     assert result.exit_code == 0, result.stderr
     obj = json.loads(result.stdout)  # exactly one JSON document
-    assert list(obj) == FIELDS  # the record batch writes too
+    assert list(obj) == [*FIELDS, "conversation", "turn"]  # the record batch writes, and its conversation
     assert (obj["reasoning"], obj["answer"], obj["prompt"], obj["error"]) == (REASONING, ANSWER, "Compare them.", None)
     assert obj["file"] == [str(clip), str(other)]
     assert obj["audio_seconds"] == pytest.approx(34.0)
@@ -245,7 +245,7 @@ def test_ask_plans_once_for_the_engine_it_starts(http_servers, monkeypatch, plan
     held = []
 
     @contextlib.contextmanager
-    def session(settings, keep_alive, on_status):
+    def session(settings, keep_alive, on_status, **_):
         held.append((settings.max_model_len, keep_alive, list(planned)))
         yield dataclasses.replace(settings, servers=(url,))
 

@@ -45,7 +45,8 @@ DERIVED = {
 TAKERS = ("ask", "batch", "serve", "bench", "doctor")
 # Options a command declares itself under a shared option's flag, with its own meaning: serve's
 # --keep-alive stops an idle server; bench's --model and --quantization say what it measures.
-OWN_FLAGS = {"serve": {"idle_stop"}, "bench": {"checkpoint", "forms"}}
+# batch and bench: -c is their --concurrency (neither takes the conversation options; in ask and chat -c continues).
+OWN_FLAGS = {"serve": {"idle_stop"}, "bench": {"checkpoint", "forms", "concurrency"}, "batch": {"concurrency"}}
 
 
 def test_every_engine_field_has_a_value_here():

@@ -13,6 +13,7 @@ from stepaudio_cli.defaults import ASK_MAX_NUM_SEQS
 from stepaudio_cli.errors import UserError
 
 if TYPE_CHECKING:
+    from stepaudio_cli.commands.conversations import ConversationChoice
     from stepaudio_cli.engines.settings import EngineSettings
     from stepaudio_cli.request import Sampling, Thinking
     from stepaudio_cli.url_audio import UrlFetching
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     options.VIEW,
     options.JSON,
     options.URLS,
+    options.CONVERSATION,
     leave_out=("max_num_seqs",),  # derived: a small batch in-process, see below
 )
 def ask(
@@ -46,6 +48,7 @@ def ask(
     thinking: Thinking,
     windowing: Windowing,
     urls: UrlFetching,
+    conversation: ConversationChoice,
     keep_alive: float | None,
     sleep_for: float | None,
     hide_reasoning: bool,
@@ -59,12 +62,14 @@ def ask(
 
     term = options.terminal(ctx)
     term.quiet = term.quiet or json_output  # stderr stays empty unless something fails
-    if len(inputs) < 2:
+    if len(inputs) < (1 if conversation.continuing else 2):
         raise UserError('give at least one audio file and a question, e.g. stepaudio ask clip.wav "What is this?"')
     *sources, question = inputs
+    log, convo = conversation.begin()
     if keep_alive == 0:  # in-process for this one question: a small batch; a resident engine's is shared
         engine = dataclasses.replace(engine, max_num_seqs=ASK_MAX_NUM_SEQS)
-    request = core.prepare(sources, question, system, sampling, thinking, urls)
+    system = system if system is not None else convo.system
+    request = core.prepare(sources, question, system, sampling, thinking, urls, convo.history)
     if not engine.remote:
         offer_download(term, engine.model)
     view = AskView(term, json_output=json_output, hide_reasoning=hide_reasoning)
@@ -73,4 +78,5 @@ def ask(
         result = asyncio.run(
             core.ask(settings, request, plan, on_status=view.status, on_delta=view.on_delta, on_windows=view.on_windows)
         )
-    view.finish(request, result)
+    view.finish(request, result, conversation=convo.id, turn=convo.turn)
+    core.log_turn(log, convo, request, result, engine, on_warning=term.warn)

@@ -17,6 +17,7 @@ import typer
 
 from stepaudio_cli.commands.shared_options import (
     BY_NAME,
+    CONVERSATION,
     ENGINE,
     ENGINE_PANEL,
     JSON,
@@ -34,6 +35,7 @@ from stepaudio_cli.terminal import Terminal
 
 __all__ = [
     "BY_NAME",
+    "CONVERSATION",
     "ENGINE",
     "ENGINE_PANEL",
     "JSON",
@@ -90,6 +92,12 @@ def _thinking(values: dict):
     return Thinking.from_options(values["think_budget"], values["min_think"], values["effort"], values["no_think"])
 
 
+def _conversation(values: dict):
+    from stepaudio_cli.commands.conversations import ConversationChoice
+
+    return ConversationChoice(values["log"], values["continue_conversation"], values["conversation"])
+
+
 def _url_fetching(values: dict):
     from stepaudio_cli.url_audio import UrlFetching
 
@@ -138,6 +146,7 @@ TYPED = {
     "thinking": Typed(_names(REASONING), _thinking),
     "windowing": Typed(_names(LONG_RECORDINGS), _windowing),
     "urls": Typed(_names(URLS), _url_fetching),
+    "conversation": Typed(_names(CONVERSATION), _conversation),
     "keep_alive": Typed(frozenset({"keep_alive"}), _keep_alive),
     "sleep_for": Typed(frozenset({"sleep_for"}), _sleep_for),
     **{

@@ -1,8 +1,8 @@
 """Every option several commands share, declared once: a :class:`Shared` record each, made by
 :func:`shared` (its env var is ``STEPAUDIO_`` + its name), in groups (:data:`SAMPLING`,
 :data:`REASONING`, :data:`REMOTE`, :data:`ENGINE`, :data:`LONG_RECORDINGS`, :data:`JSON`,
-:data:`VIEW`, :data:`URLS`) that a command takes with ``options.takes``; a command may take a few in its own
-variant (:meth:`Shared.vary`)."""
+:data:`VIEW`, :data:`URLS`, :data:`CONVERSATION`) that a command takes with ``options.takes``; a
+command may take a few in its own variant (:meth:`Shared.vary`)."""
 
 from __future__ import annotations
 
@@ -289,7 +289,39 @@ URLS = (
         "--no-cache",
     ),
 )
-GROUPS = (SAMPLING, REASONING, REMOTE, ENGINE, LONG_RECORDINGS, JSON, VIEW, URLS)
+CONVERSATION_PANEL = "Conversations"
+CONVERSATION = (
+    shared(
+        "continue_conversation",
+        bool,
+        False,
+        "Continue the latest conversation: a follow-up question (audio optional; the earlier turns are sent again).",
+        "--continue",
+        "-c",
+        panel=CONVERSATION_PANEL,
+        env=False,
+    ),
+    shared(
+        "conversation",
+        str | None,
+        None,
+        "Continue this conversation (its id; `stepaudio logs` lists them).",
+        "--conversation",
+        panel=CONVERSATION_PANEL,
+        env=False,
+        metavar="ID",
+    ),
+    shared(
+        "log",
+        bool,
+        True,
+        "Log the question and answer to logs.db in the XDG data folder (`stepaudio logs`); "
+        "conversations live there, so -c needs it.",
+        "--log/--no-log",
+        panel=CONVERSATION_PANEL,
+    ),
+)
+GROUPS = (SAMPLING, REASONING, REMOTE, ENGINE, LONG_RECORDINGS, JSON, VIEW, URLS, CONVERSATION)
 #: Every shared option by its parameter name.
 BY_NAME = {o.name: o for group in GROUPS for o in group}
 MODEL = BY_NAME["model"]  # commands whose own argument is a model read its env var too

@@ -43,6 +43,8 @@ class Final:
     usage: Usage
     timings: Timings
     finish_reason: str | None = None
+    #: The text as generated after the assistant prefix (see Result.raw).
+    raw: str | None = None
 
 
 @dataclass
@@ -59,6 +61,12 @@ class Result:
     #: ``combined_finish_reason``).
     windows: list[dict] | None = None
     combined_finish_reason: str | None = None
+    #: The text as generated after the assistant prefix: reasoning, ``</think>`` and answer
+    #: with their whitespace (what a follow-up sends back as this turn's reply).
+    raw: str | None = None
+    #: A recording answered in windows: the combining request's text-only question, which a
+    #: follow-up sends again in place of the recording.
+    combined_question: str | None = None
 
 
 class Clock:
@@ -126,6 +134,7 @@ async def collect(engine: Engine, request: Request, on_delta: Callable[[Delta], 
         usage=done.usage,
         timings=done.timings,
         finish_reason=done.finish_reason,
+        raw=done.raw,
     )
 
 

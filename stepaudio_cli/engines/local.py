@@ -137,9 +137,10 @@ class LocalEngine(Engine):
             ignore_eos=request.fixed_length,
             extra_args=extra,
         )
-        prompt = {"prompt": build_prompt(request.question, request.audios, request.system, t.prefix)}
-        if request.audios:  # a text-only request (windows' reduce step) has no multimodal data
-            prompt["multi_modal_data"] = {"audio": [(c, SAMPLE_RATE) for a in request.audios for c in a.chunks()]}
+        prompt = {"prompt": build_prompt(request.question, request.audios, request.system, t.prefix, request.history)}
+        audios = request.all_audios
+        if audios:  # a text-only request (windows' reduce step) has no multimodal data
+            prompt["multi_modal_data"] = {"audio": [(c, SAMPLE_RATE) for a in audios for c in a.chunks()]}
         request_id = uuid.uuid4().hex
         clock = Clock()
         splitter = ReasoningSplitter(in_answer=not t.enabled)
@@ -184,6 +185,7 @@ class LocalEngine(Engine):
             ),
             timings=clock.timings(completion, streamed=request.stream),
             finish_reason=finish_reason,
+            raw=splitter.raw,
         )
 
     def kv_cache_tokens(self) -> int | None:

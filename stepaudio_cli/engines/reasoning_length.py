@@ -171,4 +171,5 @@ class Run:
             usage=self.usage,
             timings=self.clock.timings(self.usage.completion_tokens),
             finish_reason=self.finish_reason,
+            raw=self.splitter.raw,
         )

@@ -224,7 +224,9 @@ class RemoteEngine(Engine):
         s = request.sampling
         payload = {
             "model": self.model,
-            "messages": build_messages(request.question, request.audios, request.system, assistant_prefix),
+            "messages": build_messages(
+                request.question, request.audios, request.system, assistant_prefix, request.history
+            ),
             "stream": True,
             "stream_options": {"include_usage": True},
             "temperature": s.temperature,

@@ -118,6 +118,10 @@ def vllm_args(settings: EngineSettings, model_path: Path, n_gpus: int) -> dict[s
         "kv_cache_dtype": s.kv_cache_dtype,
         "max_num_seqs": s.max_num_seqs,
         "limit_mm_per_prompt": {"audio": MAX_AUDIO_ITEMS},
+        # A follow-up's prompt starts with the previous turn's prompt and reply: the cache serves
+        # them again, audio included (its block hashes cover the audio's content). vLLM's
+        # default for this model, said outright so that every path (in-process, serve) has it.
+        "enable_prefix_caching": True,
         "enforce_eager": not n_gpus,  # no CUDA graphs / compilation on the CPU backend
         "load_format": s.load_format,
         "logits_processors": [THINKING_PROCESSOR] if s.thinking_processor else None,
