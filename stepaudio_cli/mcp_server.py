@@ -5,8 +5,11 @@ command, so ``--help`` stays instant. Tools:
 
 - ``ask``: ``audio`` (paths or http(s) URLs), ``question``, optionally ``conversation``,
   ``think_budget`` and ``max_tokens``; answers as text, with the whole result record
-  (records.py: reasoning, usage, timings, ...) as structured content. A long recording's windows
-  are reported as progress (to a client that asked for it). The engine is chosen as `ask` does:
+  (records.py: reasoning, usage, timings, ``conversation`` and ``turn``) as structured content.
+  Every call is a turn logged in the local log (logbook.py), as `ask` logs it (this server takes
+  no ``--no-log``); ``conversation: ID`` continues that conversation (conversation.py), and
+  then ``audio`` may be left out. A long recording's windows are reported as progress (to a
+  client that asked for it). The engine is chosen as `ask` does:
   ``--server``/``STEPAUDIO_SERVER``, else the resident engine (``resident.session``), started by
   the first call and kept for ``--keep-alive``.
 - ``loaded_engines``: the engines kept loaded, as `stepaudio ps` lists them.
@@ -19,6 +22,7 @@ URLs and waiting for an engine block), with its own event loop for the engine se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from typing import Annotated
@@ -70,14 +74,25 @@ def build(config: McpConfig) -> MCPServer:
         title="Ask about audio",
         description="Ask one question about one or more audio recordings (files or URLs). The model reasons "
         "first, then answers; the answer is the text result, and the whole record (reasoning, token usage, "
-        "timings) is the structured result. Recordings longer than about 15 minutes are answered in windows "
-        "(progress is reported) and take minutes.",
+        "timings, the conversation's id and the turn) is the structured result. To ask a follow-up, pass that "
+        "`conversation` id: the earlier questions, audio and answers are sent again, and new audio is optional. "
+        "Recordings longer than about 15 minutes are answered in windows (progress is reported) and take minutes.",
     )
     async def ask(
-        audio: Annotated[list[str], Field(description="Audio files (paths) or http(s) URLs, in order.", min_length=1)],
+        # Optional without a Python default (the SDK passes every argument), so it stays first.
+        audio: Annotated[
+            list[str],
+            Field(
+                default_factory=list,
+                description="Audio files (paths) or http(s) URLs, in order; a follow-up in a conversation may "
+                "give none.",
+            ),
+        ],
         question: Annotated[str, Field(description="The question about the audio.")],
         context: Context,
-        conversation: Annotated[str | None, Field(description="Continue this conversation (its id).")] = None,
+        conversation: Annotated[
+            str | None, Field(description="Continue this conversation (the `conversation` of an earlier answer).")
+        ] = None,
         think_budget: Annotated[int | None, Field(description="Most reasoning tokens.", ge=0)] = None,
         max_tokens: Annotated[int | None, Field(description="Most tokens to generate.", ge=1)] = None,
     ) -> CallToolResult:
@@ -154,22 +169,33 @@ class Call:
 
     def run(self, on_windows: Callable[[MapProgress], None]) -> dict:
         from stepaudio_cli import ask as core
+        from stepaudio_cli import conversation
+        from stepaudio_cli.logbook import Logbook
         from stepaudio_cli.records import ask_record
         from stepaudio_cli.resident import session
 
-        if self.conversation is not None:
-            raise UserError("conversations are not supported yet by this stepaudio: ask without `conversation`")
         if "-" in self.audio:
             raise UserError("`-` (standard input) carries the MCP messages here: give a path or an http(s) URL")
+        if not self.audio and self.conversation is None:
+            raise UserError(
+                "give `audio` (paths or http(s) URLs); only a follow-up in a `conversation` may leave it out"
+            )
         config = self.config
-        request = core.prepare(
-            self.audio, self.question, config.system, self._sampling(), self._thinking(), config.urls
-        )
-        plan = core.plan(config.settings, request, config.windowing)  # before a resident engine loads
-        with session(config.settings, config.keep_alive, config.on_status, sleep_for=config.sleep_for) as settings:
-            result = asyncio.run(self._ask(settings, request, plan, on_windows))
-        config.on_status(None)
-        return ask_record(request, result)
+        log = Logbook()  # always on here; each call its own (sqlite3 connections stay in their thread)
+        with contextlib.closing(log):
+            convo = conversation.start(log, conversation_id=self.conversation)
+            system = config.system if config.system is not None else convo.system
+            request = core.prepare(
+                self.audio, self.question, system, self._sampling(), self._thinking(), config.urls, convo.history
+            )
+            plan = core.plan(config.settings, request, config.windowing)  # before a resident engine loads
+            with session(config.settings, config.keep_alive, config.on_status, sleep_for=config.sleep_for) as settings:
+                result = asyncio.run(self._ask(settings, request, plan, on_windows))
+            config.on_status(None)
+            core.log_turn(
+                log, convo, request, result, config.settings, on_warning=lambda m: config.on_status(f"warning: {m}")
+            )
+        return ask_record(request, result, conversation=convo.id, turn=convo.turn)
 
     async def _ask(self, settings: EngineSettings, request: Request, plan, on_windows) -> Result:
         from stepaudio_cli import ask as core

@@ -5,6 +5,7 @@ checkpoint's `stepaudio serve` (the session's vllm_server)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -21,12 +22,14 @@ from stepaudio_cli.cli import app
 from stepaudio_cli.records import FIELDS
 
 ROOT = Path(__file__).resolve().parent.parent
+runner = CliRunner()
 
 
 class Model(BaseHTTPRequestHandler):
     """A scripted OpenAI-compatible server: every chat request gets the same short stream."""
 
     wav = b""  # GET of any other path: this audio, as a media URL
+    bodies: list[dict] = []  # the chat requests (a test gives its subclass its own list)
 
     def log_message(self, *args):
         pass
@@ -40,7 +43,9 @@ class Model(BaseHTTPRequestHandler):
         self.wfile.write(self.wav)
 
     def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path.endswith("/chat/completions"):
+            self.bodies.append(body)
         reply_stream(self, [{"reasoning": "A tone."}, {"content": "A beep."}], "stop", {"prompt_tokens": 30})
 
 
@@ -84,6 +89,7 @@ def test_the_ask_tool_answers_with_text_and_the_whole_record(http_servers, clip)
         "think_budget",
         "max_tokens",
     }
+    assert tools["ask"].input_schema["required"] == ["question"]  # audio: optional in a follow-up
     assert not answer.is_error and text(answer) == "A beep."
     record = answer.structured_content
     assert set(FIELDS) <= set(record) and record["file"] == str(clip) and record["reasoning"] == "A tone."
@@ -99,6 +105,7 @@ def test_failures_are_tool_errors_and_the_server_goes_on(http_servers, clip, tmp
         results = [
             await client.call_tool("ask", {"audio": [str(tmp_path / "nope.wav")], "question": "Q?"}),
             await client.call_tool("ask", {"audio": [str(clip)], "question": "Q?", "conversation": "c1"}),
+            await client.call_tool("ask", {"question": "Q?"}),  # no audio outside a conversation
             await client.call_tool("ask", {"audio": [closed + "/a.wav"], "question": "Q?"}),
             await client.call_tool("ask", {"audio": ["-"], "question": "Q?"}),
             await client.call_tool("ask", {"audio": [str(clip)], "question": "Q?"}),  # still answers
@@ -106,14 +113,41 @@ def test_failures_are_tool_errors_and_the_server_goes_on(http_servers, clip, tmp
         return results
 
     *failures, last = session("--server", model, calls=calls)
-    assert [f.is_error for f in failures] == [True] * 4
+    assert [f.is_error for f in failures] == [True] * 5
     messages = [text(f) for f in failures]
     assert messages[0] == f"{tmp_path / 'nope.wav'}: no such file"
-    assert messages[1].startswith("conversations are not supported yet")
-    assert messages[2].startswith(closed + "/a.wav: cannot connect")
-    assert "standard input" in messages[3]
+    assert messages[1].startswith("--conversation c1: no such conversation in ")
+    assert messages[2].startswith("give `audio`")
+    assert messages[3].startswith(closed + "/a.wav: cannot connect")
+    assert "standard input" in messages[4]
     assert all("\n" not in m for m in messages)
     assert not last.is_error and text(last) == "A beep."
+
+
+def test_a_conversation_id_continues_that_conversation_without_new_audio(http_servers, clip):
+    bodies = []
+    model = http_servers(type("M", (Model,), {"bodies": bodies}))
+
+    async def calls(client):
+        first = await client.call_tool("ask", {"audio": [str(clip)], "question": "What is it?"})
+        cid = first.structured_content["conversation"]
+        return first, await client.call_tool("ask", {"question": "Does it change?", "conversation": cid})
+
+    first, second = session("--server", model, calls=calls)
+    assert not first.is_error and not second.is_error, text(second)
+    one, two = first.structured_content, second.structured_content
+    assert one["turn"] == 1 and one["conversation"]
+    assert (two["conversation"], two["turn"]) == (one["conversation"], 2) and two["file"] == []
+    asked, followed = (b["messages"] for b in bodies)
+    assert [m["role"] for m in followed] == ["human", "assistant", "human", "assistant"]
+    assert followed[0] == asked[0]  # the first question, with its audio
+    assert followed[1] == {"role": "assistant", "content": "<think>\nA tone.</think>A beep."}
+    assert followed[2]["content"] == [{"type": "text", "text": "Does it change?"}]
+    logged = json.loads(runner.invoke(app, ["logs", "--json"]).stdout)  # the server's log, this test's XDG
+    assert [(r["conversation"], r["turn"], r["command"]) for r in logged] == [
+        (one["conversation"], 1, "ask"),
+        (one["conversation"], 2, "ask"),
+    ]
 
 
 def test_a_long_recording_reports_its_windows_as_progress(http_servers, tmp_path):
@@ -143,9 +177,6 @@ def test_loaded_engines_lists_none(own_registry):
     result = session("--server", "http://127.0.0.1:9", calls=calls)
     assert not result.is_error and result.structured_content == {"engines": []}
     assert text(result).startswith("No model is loaded")
-
-
-runner = CliRunner()
 
 
 def test_without_the_sdk_one_line_says_what_to_install():
