@@ -6,10 +6,10 @@ command, so ``--help`` stays instant. Tools:
 - ``ask``: ``audio`` (paths or http(s) URLs), ``question``, optionally ``conversation``,
   ``think_budget`` and ``max_tokens``; answers as text, with the whole result record
   (records.py: reasoning, usage, timings, ``conversation`` and ``turn``) as structured content.
-  Every call is a turn logged in the local log (logbook.py), as `ask` logs it (this server takes
-  no ``--no-log``); ``conversation: ID`` continues that conversation (conversation.py), and
-  then ``audio`` may be left out. A long recording's windows are reported as progress (to a
-  client that asked for it). The engine is chosen as `ask` does:
+  Every call is a turn logged in the local log (logbook.py), as `ask` logs it (``--no-log``,
+  ``STEPAUDIO_LOG=0``: none, and then no conversations); ``conversation: ID`` continues that
+  conversation (conversation.py), and then ``audio`` may be left out. A long recording's windows
+  are reported as progress (to a client that asked for it). The engine is chosen as `ask` does:
   ``--server``/``STEPAUDIO_SERVER``, else the resident engine (``resident.session``), started by
   the first call and kept for ``--keep-alive``.
 - ``loaded_engines``: the engines kept loaded, as `stepaudio ps` lists them.
@@ -57,6 +57,7 @@ class McpConfig:
     settings: EngineSettings
     keep_alive: float | None
     sleep_for: float | None = 0.0  # --sleep-for: an engine it starts sleeps this long when idle (None: forever)
+    log: bool = True  # log every call (logs.db): conversations live there
     system: str | None = None
     sampling: Sampling = Sampling()
     thinking: Thinking = Thinking()  # a call's think_budget takes the place of its budget
@@ -181,8 +182,9 @@ class Call:
                 "give `audio` (paths or http(s) URLs); only a follow-up in a `conversation` may leave it out"
             )
         config = self.config
-        log = Logbook()  # always on here; each call its own (sqlite3 connections stay in their thread)
-        with contextlib.closing(log):
+        # Each call its own log (sqlite3 connections stay in their thread); none with --no-log.
+        log = Logbook() if config.log else None
+        with contextlib.closing(log) if log else contextlib.nullcontext():
             convo = conversation.start(log, conversation_id=self.conversation)
             system = config.system if config.system is not None else convo.system
             request = core.prepare(

@@ -150,6 +150,21 @@ def test_a_conversation_id_continues_that_conversation_without_new_audio(http_se
     ]
 
 
+def test_no_log_logs_nothing_and_then_a_conversation_cannot_be_continued(http_servers, clip, monkeypatch):
+    model = http_servers(Model)
+    monkeypatch.setenv("STEPAUDIO_LOG", "0")  # as a user who turned the log off in their environment
+
+    async def calls(client):
+        first = await client.call_tool("ask", {"audio": [str(clip)], "question": "What is it?"})
+        cid = first.structured_content["conversation"]
+        return first, await client.call_tool("ask", {"question": "And then?", "conversation": cid})
+
+    first, second = session("--server", model, calls=calls)
+    assert not first.is_error and second.is_error
+    assert "the log" in text(second) and "off" in text(second)
+    assert json.loads(runner.invoke(app, ["logs", "--json"]).stdout) == []
+
+
 def test_a_long_recording_reports_its_windows_as_progress(http_servers, tmp_path):
     model = http_servers(Model)
     long = write_wav(tmp_path / "long.wav", tone(70.0))

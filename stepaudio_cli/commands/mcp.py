@@ -10,6 +10,7 @@ from stepaudio_cli.commands import options
 from stepaudio_cli.errors import UserError
 
 if TYPE_CHECKING:
+    from stepaudio_cli.commands.conversations import ConversationChoice
     from stepaudio_cli.engines.settings import EngineSettings
     from stepaudio_cli.request import Sampling, Thinking
     from stepaudio_cli.url_audio import UrlFetching
@@ -25,7 +26,9 @@ MCP_EXTRA = "pip install 'stepaudio[mcp]'"
     options.ENGINE,
     options.LONG_RECORDINGS,
     options.URLS,
-    leave_out=("max_num_seqs",),  # a resident engine's, as ask's
+    options.CONVERSATION,
+    # max_num_seqs: a resident engine's, as ask's; a call names its conversation, the server takes --no-log only
+    leave_out=("max_num_seqs", "continue_conversation", "conversation"),
 )
 def mcp(
     ctx: typer.Context,
@@ -36,6 +39,7 @@ def mcp(
     thinking: Thinking,
     windowing: Windowing,
     urls: UrlFetching,
+    conversation: ConversationChoice,
     keep_alive: float | None,
     sleep_for: float | None,
 ) -> None:
@@ -58,6 +62,7 @@ def mcp(
         thinking=thinking,
         windowing=windowing,
         urls=urls,
+        log=conversation.log,
         on_status=lambda message: message and term.info(message),
     )
     term.info(f"stepaudio MCP server on stdio ({', '.join(engine.servers) if engine.remote else engine.model})")

@@ -95,7 +95,7 @@ def _thinking(values: dict):
 def _conversation(values: dict):
     from stepaudio_cli.commands.conversations import ConversationChoice
 
-    return ConversationChoice(values["log"], values["continue_conversation"], values["conversation"])
+    return ConversationChoice(values["log"], values.get("continue_conversation", False), values.get("conversation"))
 
 
 def _url_fetching(values: dict):
@@ -146,7 +146,7 @@ TYPED = {
     "thinking": Typed(_names(REASONING), _thinking),
     "windowing": Typed(_names(LONG_RECORDINGS), _windowing),
     "urls": Typed(_names(URLS), _url_fetching),
-    "conversation": Typed(_names(CONVERSATION), _conversation),
+    "conversation": Typed(_names(CONVERSATION), _conversation, partial=True),  # mcp: --no-log alone
     "keep_alive": Typed(frozenset({"keep_alive"}), _keep_alive),
     "sleep_for": Typed(frozenset({"sleep_for"}), _sleep_for),
     **{
