@@ -14,6 +14,8 @@
 #   bash scripts/gpu-check.sh faults    a context the KV cache cannot hold; kill -9 of ask and of serve
 #   bash scripts/gpu-check.sh long      benchmarks/long_recording.py: a 2-hour recording in windows vs one request
 #   bash scripts/gpu-check.sh resident  3 asks (2,650 tokens each) on a resident engine, then in-process (today)
+#   bash scripts/gpu-check.sh followup  benchmarks/follow_up_and_sleep.py: a 10-minute recording's first question,
+#                                       a follow-up (ask -c), sleep and wake; a 2-hour recording and a follow-up
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD:/tmp/site VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1 STEPAUDIO_LOAD_FORMAT=dummy
@@ -120,5 +122,8 @@ case ${1:-} in
     python3 benchmarks/resident_ask.py --model "$R1" --keep-alive 5m --asks 3 --budget 300
     python3 benchmarks/resident_ask.py --model "$R1" --keep-alive 0 --asks 2 --budget 220
     ;;
-  *) echo "usage: $0 bench|single|serve|compare|multi-tp|multi-pp|faults|long|resident"; exit 2 ;;
+  followup)  # ~5 min on one H100: one engine start, then seconds a question
+    python3 benchmarks/follow_up_and_sleep.py --model "$R1" --minutes 10 --long --out "$OUT"
+    ;;
+  *) echo "usage: $0 bench|single|serve|compare|multi-tp|multi-pp|faults|long|resident|followup"; exit 2 ;;
 esac
