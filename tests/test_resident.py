@@ -12,12 +12,11 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import SCRIPT
+from conftest import SCRIPT, wait_until
 
 from stepaudio_cli import processes
 from stepaudio_cli.resident import registry
@@ -67,15 +66,6 @@ def marked(entry: Entry) -> list[int]:
     return processes.left_behind(registry.MARKER_ENV, entry.token, entry.pid_started)
 
 
-def wait_until(condition, timeout: float = 90.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.25)
-    return condition()
-
-
 def test_two_first_asks_share_one_engine_and_the_next_reuses_it(rckpt, clip):
     first = [ask(rckpt, clip), ask(rckpt, clip)]
     for proc in first:
@@ -116,7 +106,7 @@ def test_a_serve_section_in_the_config_does_not_shape_the_engine_ask_starts(rckp
 
 def test_sigterm_to_the_only_client_starting_an_engine_stops_it(rckpt, clip):
     starting = ask(rckpt, clip, "--gpu-memory-utilization", "0.2")  # other settings: engine B
-    assert wait_until(lambda: any(e.state == "starting" for e in engines(rckpt))), "ps never saw it starting"
+    assert wait_until(lambda: any(e.state == "starting" for e in engines(rckpt)), 90), "ps never saw it starting"
     listed = cli("ps")
     out, _ = listed.communicate(timeout=60)
     assert "starting" in out
@@ -124,14 +114,14 @@ def test_sigterm_to_the_only_client_starting_an_engine_stops_it(rckpt, clip):
     starting.send_signal(signal.SIGTERM)
     starting.communicate(timeout=120)
     assert starting.returncode != 0
-    assert wait_until(lambda: not b.is_ours() and not marked(b)), "the engine outlived the client that started it"
+    assert wait_until(lambda: not b.is_ours() and not marked(b), 90), "the engine outlived the client that started it"
     assert not (registry.folder() / f"{b.id}.json").exists()
 
 
 def test_a_killed_server_leaves_no_vllm_and_keep_alive_2s_frees_everything(rckpt, clip):
     (a,) = engines(rckpt)
     os.kill(a.pid, signal.SIGKILL)
-    assert wait_until(lambda: not marked(a)), "vLLM outlived its server (kill -9)"
+    assert wait_until(lambda: not marked(a), 90), "vLLM outlived its server (kill -9)"
     finish(ask(rckpt, clip, keep="2s"))
     (c,) = engines(rckpt)
     assert c.pid != a.pid and c.id == a.id

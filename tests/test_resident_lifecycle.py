@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, SCRIPT, free_port
+from conftest import ROOT, SCRIPT, free_port, wait_until
 
 from stepaudio_cli import processes
 from stepaudio_cli.resident import registry
@@ -50,15 +50,6 @@ def ask(ckpt: Path, clip: Path, env: dict, keep: str = "10m", **extra) -> subpro
 def starts(env: dict) -> int:
     path = Path(env["FAKE_VLLM_STARTS"])
     return len(path.read_text().splitlines()) if path.exists() else 0
-
-
-def wait_until(condition, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 def gone(entry: registry.Entry) -> bool:
