@@ -42,6 +42,9 @@ def main() -> int:
     common += ["-m", args.model, "--max-model-len", str(args.max_model_len)]
     rows: dict[str, dict] = {}
 
+    def save() -> None:
+        (args.out / "follow-up-sleep.json").write_text(json.dumps(rows, indent=1))
+
     def ask(name: str, *extra: str) -> dict:
         t0 = time.monotonic()
         done = subprocess.run([*SA, "ask", *common, *extra], capture_output=True, text=True)
@@ -60,6 +63,7 @@ def main() -> int:
         }
         rows[name] = row
         print(f"{name}: {row}", flush=True)
+        save()  # after every step: a run cut short keeps what it measured
         return record
 
     try:
@@ -69,6 +73,7 @@ def main() -> int:
         asleep_after = _wait_for_state("asleep", timeout=180)
         rows["asleep"] = {"after_s": asleep_after, "gpu_mib_used_asleep": _gpu_mib()}
         print(f"asleep: {rows['asleep']}", flush=True)
+        save()
         ask("question after sleep (wakes it)", str(clip), "What is happening in this recording?")
         rows["awake"] = {"gpu_mib_used": _gpu_mib()}
         if args.long:
@@ -79,7 +84,7 @@ def main() -> int:
     finally:
         subprocess.run([*SA, "ps"])
         subprocess.run([*SA, "stop", "--all"])
-        (args.out / "follow-up-sleep.json").write_text(json.dumps(rows, indent=1))
+        save()
     return 0
 
 
