@@ -75,7 +75,7 @@ def test_dummy_weights_need_only_the_config(weightless, monkeypatch):
     monkeypatch.setattr(local, "import_vllm", reached)
     monkeypatch.setenv("STEPAUDIO_LOAD_FORMAT", "dummy")
     clip = write_wav(weightless.parent / "a.wav", tone(1.0))
-    result = runner.invoke(app, ["ask", "--model", str(weightless), str(clip), "Q?"])
+    result = runner.invoke(app, ["ask", "--keep-alive", "0", "--model", str(weightless), str(clip), "Q?"])
     assert "reached vLLM" in result.stderr, result.stderr
     # serve: `-- --load-format dummy` goes to vLLM, so the check asks for no weights either.
     opts = serve.ServeOptions(engine=EngineSettings(model=str(weightless)), port=1, extra=["--load-format", "dummy"])
