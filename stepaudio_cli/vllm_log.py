@@ -158,6 +158,32 @@ _START_PHASES = {
 }
 
 
+#: What an engine start is doing, from the line of vLLM's log that begins each step (INFO, as
+#: serve's log has it): the start's spinner names the last step begun.
+_LOADING_STEPS = (
+    (r"non-default args|vLLM API server version", "reading the model's config"),
+    (r"Initializing a V1 LLM engine", "starting the engine process"),
+    (r"Starting to load model|Loading model weights", "loading the weights"),
+    (r"Loading weights took|Model loading took", "profiling memory"),
+    (r"Dynamo bytecode transform|Compiling a graph", "compiling (torch.compile; cached for later starts)"),
+    (r"[Dd]irectly load the compiled graph", "loading the compiled graphs (cache hit)"),
+    (r"KV cache size|Available KV cache memory", "warming up"),
+    (r"Capturing CUDA graph", "capturing CUDA graphs"),
+    (r"Graph capturing finished", "warming up"),
+    (r"init engine \(profile, create kv cache, warmup model\) took", "starting the server"),
+)
+
+
+def loading_step(log_text: str) -> str | None:
+    """The step an engine start is in, from its log so far (None before the first one)."""
+    found, where = None, -1
+    for pattern, step in _LOADING_STEPS:
+        for m in re.finditer(pattern, log_text):
+            if m.start() > where:
+                found, where = step, m.start()
+    return found
+
+
 @contextlib.contextmanager
 def vllm_info_logs(path: Path | None):
     """vLLM's INFO lines while an engine starts, written to the real stderr, which

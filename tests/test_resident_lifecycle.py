@@ -58,11 +58,14 @@ def gone(entry: registry.Entry) -> bool:
 
 def test_two_asks_at_once_share_one_start_and_it_stops_after_its_keep_alive(ckpt, clip, env):
     procs = [ask(ckpt, clip, env, keep="2s", FAKE_VLLM_DELAY="1") for _ in range(2)]
+    errs = []
     for proc in procs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         assert out.strip() == ANSWER and REASONING in err
+        errs.append(err)
     assert starts(env) == 1
+    assert any(": loading the weights" in err for err in errs), errs  # the spinner names the start's step
     (entry,) = registry.read_entries()
     assert entry.state == "ready" and entry.socket_path.exists()
     assert wait_until(lambda: gone(entry)), "the engine outlived its keep-alive"
@@ -175,3 +178,27 @@ def test_stop_stops_an_engine_in_its_sleep(ckpt, clip, env):
     _, err = stopped.communicate(timeout=60)
     assert stopped.returncode == 0, err
     assert gone(entry) and registry.read_entries() == []
+
+
+def test_the_start_step_is_read_from_vllms_log():
+    from stepaudio_cli.vllm_log import loading_step
+
+    log = [
+        "INFO [api_utils.py:286] non-default args: {'compilation_config': {'mode': 'torch.compile'}}",
+        "INFO [core.py:133] Initializing a V1 LLM engine (v0.26.0) with config: ... torch.compile ...",
+        "INFO [gpu_model_runner.py:1] Starting to load model /tmp/r1...",
+        "INFO [default_loader.py:501] Loading weights took 2.90 seconds",
+        "INFO [backends.py:1] Directly load the compiled graph(s) for compile range (1, 8192) from the cache",
+        "INFO [gpu_model_runner.py:2] Graph capturing finished in 2 secs",
+        "INFO [core.py:402] init engine (profile, create kv cache, warmup model) took 22.6 s",
+    ]
+    steps = [loading_step("\n".join(log[: i + 1])) for i in range(len(log))]
+    assert steps == [
+        "reading the model's config",
+        "starting the engine process",
+        "loading the weights",
+        "profiling memory",
+        "loading the compiled graphs (cache hit)",
+        "warming up",
+        "starting the server",
+    ]

@@ -123,9 +123,10 @@ def _start(
             registry.remove(entry_id)  # a dead engine's leftovers
             check_room(settings)
             entry, log = _spawn(settings, entry_id, keep_alive, sleep_for)
-        on_status(f"Loading {settings.model} (it stays loaded {describe_keep_alive(keep_alive)} after use)")
+        loading = f"Loading {settings.model} (it stays loaded {describe_keep_alive(keep_alive)} after use)"
+        on_status(loading)
         try:
-            return _wait_ready(entry, log, held, on_status)
+            return _wait_ready(entry, log, held, on_status, loading)
         finally:
             on_status(None)
     finally:
@@ -181,12 +182,19 @@ def _spawn(
     return entry, (log, offset)
 
 
-def _wait_ready(starting: Entry, log: tuple[Path, int] | None, held: _Hold, on_status: StatusCallback) -> Entry:
-    """Wait until the server ``starting`` names is ready. Ctrl-C or SIGTERM stop it, unless
-    another command waits for it too."""
+def _wait_ready(
+    starting: Entry, log: tuple[Path, int] | None, held: _Hold, on_status: StatusCallback, loading: str = "Loading"
+) -> Entry:
+    """Wait until the server ``starting`` names is ready, ``on_status`` naming the step its start
+    is in (from its log). Ctrl-C or SIGTERM stop it, unless another command waits for it too."""
+    from stepaudio_cli.vllm_log import loading_step, read_since
+
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         while True:
+            step = loading_step(read_since(*log)) if log else None
+            if step:
+                on_status(f"{loading}: {step}")
             entry = registry.find(starting.id)
             if entry and entry.pid == starting.pid and entry.state != "starting":
                 return entry

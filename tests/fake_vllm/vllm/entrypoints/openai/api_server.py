@@ -25,7 +25,9 @@ SLEEP_ROUTES = args.enable_sleep_mode and os.environ.get("VLLM_SERVER_DEV_MODE")
 if os.environ.get("FAKE_VLLM_STARTS"):
     with open(os.environ["FAKE_VLLM_STARTS"], "a") as f:
         f.write(f"{os.getpid()}\n")
+print(f"INFO [cpu_model_runner.py:68] Starting to load model {args.served_model_name}...", flush=True)
 time.sleep(float(os.environ.get("FAKE_VLLM_DELAY", "0")))
+print("INFO [default_loader.py:501] Loading weights took 0.01 seconds", flush=True)
 if os.environ.get("FAKE_VLLM_FAIL"):
     print(f"ValueError: {os.environ['FAKE_VLLM_FAIL']}", flush=True)
     sys.exit(1)
