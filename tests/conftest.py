@@ -67,24 +67,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: The console script, as users run it (`python -m` would put the current folder on the path).
+STEPAUDIO = str(Path(sys.executable).with_name("stepaudio"))
+#: Scripts a user keeps beside their audio, named like standard-library modules: a server started
+#: among them must not import them (each one fails loudly if imported).
+USER_SCRIPTS = ("timeit.py", "json.py", "typing.py")
+
+
 def serve_command(ckpt: Path, port: int, max_model_len: int = 4096) -> list[str]:
     """`stepaudio serve` of ``ckpt`` on loopback ``port``, as a user would type it."""
-    return [
-        sys.executable, "-m", "stepaudio_cli", "serve", str(ckpt), "--port", str(port),
-        "--max-model-len", str(max_model_len),
-    ]  # fmt: skip
+    return [STEPAUDIO, "serve", str(ckpt), "--port", str(port), "--max-model-len", str(max_model_len)]
+
+
+def scripts_folder(path: Path) -> Path:
+    """A folder holding :data:`USER_SCRIPTS`."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name in USER_SCRIPTS:
+        (path / name).write_text(f"raise SystemExit('the user's {name} was imported')\n")
+    return path
 
 
 class ServerProcess:
     """A real server process on 127.0.0.1, stopped (with its children) at the end."""
 
-    def __init__(self, cmd: list[str], port: int, log: Path, env: dict | None = None) -> None:
+    def __init__(self, cmd: list[str], port: int, log: Path, env: dict | None = None, cwd: Path | None = None) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
+        self.cwd = cwd
         self._log = open(log, "wb")
         self.proc = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+            cwd=cwd,
         )
 
     def wait_healthy(self, timeout: float = 180.0, path: str = "/health") -> None:
@@ -200,12 +218,18 @@ def clip(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def vllm_server(scripted_ckpt, tmp_path_factory):
-    """vLLM's own OpenAI server on CPU with this project's plugin, template and parser."""
+    """vLLM's own OpenAI server on CPU with this project's plugin, template and parser, started
+    from a folder of the user's scripts named like standard-library modules (:data:`USER_SCRIPTS`)."""
     port = free_port()
     cmd = serve_command(scripted_ckpt, port)
+    folder = tmp_path_factory.mktemp("server")
     # The key from the environment, as users are told to pass it: it never shows in argv.
     server = ServerProcess(
-        cmd, port, tmp_path_factory.mktemp("server") / "server.log", env={"STEPAUDIO_API_KEY": "sekret"}
+        cmd,
+        port,
+        folder / "server.log",
+        env={"STEPAUDIO_API_KEY": "sekret"},
+        cwd=scripts_folder(folder / "scripts"),
     )
     try:
         server.wait_healthy()

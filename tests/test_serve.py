@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import SCRIPT, ServerProcess, free_port, serve_command
+from conftest import SCRIPT, USER_SCRIPTS, ServerProcess, free_port, serve_command
 from typer.testing import CliRunner
 
 from stepaudio_cli import serve as core
@@ -183,3 +183,12 @@ def test_chat_template_renders_what_build_prompt_writes(vllm_server, scripted_ck
     ]
     assert served.json()["tokens"] == expanded
     assert ours.count(patch) == 2  # 30 s: two chunks
+
+
+def test_serve_runs_in_a_folder_of_scripts_named_like_the_standard_library(vllm_server):
+    """The session's server was started, as a user would, from a folder holding timeit.py, json.py
+    and typing.py that fail when imported: neither `stepaudio serve` nor vLLM's processes (its
+    engine core included) put that folder on their import path."""
+    assert {p.name for p in vllm_server.cwd.iterdir()} >= set(USER_SCRIPTS)
+    assert httpx.get(vllm_server.url + "/health", timeout=10).status_code == 200
+    assert "was imported" not in vllm_server.tail(200_000)
