@@ -233,7 +233,9 @@ app.command(
     )
 )(command(logs))
 app.command(epilog=examples("stepaudio ps"))(command(ps))
-app.command(epilog=examples("stepaudio stop", "stepaudio stop --all"))(command(stop))
+app.command(
+    epilog=examples("stepaudio stop --all", "stepaudio stop stepfun-ai/Step-Audio-R1", "stepaudio stop serve-9999")
+)(command(stop))
 app.add_typer(config_app, name="config")
 app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},

@@ -245,3 +245,15 @@ def test_in_process_start_short_of_memory_names_the_resident_engine_holding_it(c
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_examples_in_ps_and_stop_help_are_valid_commands():
+    import shlex
+
+    for command in ("ps", "stop"):
+        shown = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}).stdout
+        examples = [line.split("$ ", 1)[1] for line in shown.splitlines() if "$ stepaudio" in line]
+        assert examples, command
+        for example in examples:
+            result = runner.invoke(app, shlex.split(example)[1:])
+            assert result.exit_code in (0, 1) and "Usage" not in result.stderr, (example, result.stderr)
