@@ -100,8 +100,9 @@ def test_command_carries_the_model_settings(gpus, tp, pp, expect_tp, tmp_path):
     )
     opts = core.ServeOptions(engine=engine, api_key="k", extra=["--enable-prefix-caching"], raw_reasoning=tp == 2)
     cmd = core.build_command(opts, tmp_path, gpus)
-    args = {cmd[i]: cmd[i + 1] for i in range(3, len(cmd) - 1)}
-    assert cmd[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+    args = {cmd[i]: cmd[i + 1] for i in range(4, len(cmd) - 1)}
+    # -P: the current folder stays off the server's import path
+    assert cmd[:4] == [sys.executable, "-P", "-m", "vllm.entrypoints.openai.api_server"]
     assert args["--tensor-parallel-size"] == str(expect_tp) and args["--pipeline-parallel-size"] == str(pp)
     assert args["--reasoning-parser"] == ("step_audio_r1_raw" if tp == 2 else "step_audio_r1")
     assert Path(args["--chat-template"]).read_text().count("<|BOT|>") >= 2
@@ -114,6 +115,8 @@ def test_command_carries_the_model_settings(gpus, tp, pp, expect_tp, tmp_path):
     assert args["--kv-cache-dtype"] == ("fp8" if gpus == 4 else "auto")
     assert cmd[-1] == "--enable-prefix-caching"
     assert ("--enforce-eager" in cmd) == (gpus == 0)
+    # Every server of ours runs the reasoning-length processor (same tokens as in-process).
+    assert args["--logits-processors"] == "stepaudio_cli.vllm_plugin.logits_processor:ThinkingLogitsProcessor"
     assert (args.get("--distributed-executor-backend") == "ray") == (pp > 1)
 
 
