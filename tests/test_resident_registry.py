@@ -257,3 +257,15 @@ def test_the_examples_in_ps_and_stop_help_are_valid_commands():
         for example in examples:
             result = runner.invoke(app, shlex.split(example)[1:])
             assert result.exit_code in (0, 1) and "Usage" not in result.stderr, (example, result.stderr)
+
+
+def test_an_engine_asleep_leaves_the_gpu_to_a_new_one(monkeypatch):
+    holder = subprocess.Popen(["sleep", "60"], env={**os.environ, registry.MARKER_ENV: TOKEN})
+    try:
+        time.sleep(0.2)
+        write("0123456789ab.json", entry_data(holder.pid, state="asleep", settings={"gpu_memory_utilization": 0.9}))
+        monkeypatch.setattr("stepaudio_cli.gpus.count_cheap", lambda: 1)
+        client.check_room(EngineSettings(model="other/model"))  # no error: its weights are in host memory
+    finally:
+        holder.kill()
+        holder.wait()

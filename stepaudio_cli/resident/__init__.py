@@ -66,7 +66,7 @@ def _naming_resident_holders(warn) -> Iterator[None]:
     try:
         yield
     except EngineError as e:
-        held = registry.read_entries(warn)
+        held = [e for e in registry.read_entries(warn) if e.state != "asleep"]
         if not held or "memory" not in e.message.lower():
             raise
         holders = "; ".join(client.holder_words(h) for h in held)

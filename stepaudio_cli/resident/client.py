@@ -244,7 +244,7 @@ def check_room(settings: EngineSettings, warn: registry.Warn | None = None) -> N
     from stepaudio_cli.defaults import GPU_MEMORY_FRACTION
     from stepaudio_cli.resident.status import memory_fraction
 
-    others = registry.read_entries(warn)
+    others = [e for e in registry.read_entries(warn) if e.state != "asleep"]  # asleep: its GPU memory is free
     if not others or not gpus.count_cheap():
         return
     if sum(map(memory_fraction, others)) + (settings.gpu_memory_utilization or GPU_MEMORY_FRACTION) > 1.0:
