@@ -23,6 +23,10 @@ BOT = "<|BOT|>"
 EOT = "<|EOT|>"
 THINK_START = "<think>"
 THINK_END = "</think>"
+#: The assistant turn's start: reasoning opened (what a request continues).
+ASSISTANT_PREFIX = THINK_START + "\n"
+#: The format the model was trained on for direct answers: an empty reasoning block.
+NO_THINK_PREFIX = THINK_START + "\n\n" + THINK_END + "\n"
 AUDIO_START = "<audio_start>"
 AUDIO_PATCH = "<audio_patch>"
 AUDIO_END = "<audio_end>"

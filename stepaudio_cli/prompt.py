@@ -22,11 +22,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from stepaudio_cli.audio import Audio
-from stepaudio_cli.checkpoint import AUDIO_PATCH, BOT, EOT, THINK_END, THINK_START
+from stepaudio_cli.checkpoint import ASSISTANT_PREFIX, AUDIO_PATCH, BOT, EOT, NO_THINK_PREFIX
 
-ASSISTANT_PREFIX = THINK_START + "\n"
-# The format the model was trained on for direct answers: an empty reasoning block.
-NO_THINK_PREFIX = THINK_START + "\n\n" + THINK_END + "\n"
+__all__ = ["ASSISTANT_PREFIX", "NO_THINK_PREFIX", "build_messages", "build_prompt"]
 
 if TYPE_CHECKING:
     from stepaudio_cli.request import Turn

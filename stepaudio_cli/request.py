@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from stepaudio_cli.audio import SAMPLE_RATE, Audio, AudioLength, format_duration, max_audio_samples
+from stepaudio_cli.checkpoint import ASSISTANT_PREFIX, NO_THINK_PREFIX
 from stepaudio_cli.defaults import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from stepaudio_cli.errors import AudioError, UserError
-from stepaudio_cli.prompt import ASSISTANT_PREFIX, NO_THINK_PREFIX
 
 # Below this many tokens of room for generation a request is refused up front.
 MIN_GENERATION_TOKENS = 3072

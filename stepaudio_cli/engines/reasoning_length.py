@@ -13,10 +13,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from stepaudio_cli.checkpoint import EOT, THINK_END
+from stepaudio_cli.checkpoint import ASSISTANT_PREFIX, EOT, THINK_END
 from stepaudio_cli.engines.base import Clock, Final, Usage
 from stepaudio_cli.errors import EngineError
-from stepaudio_cli.prompt import ASSISTANT_PREFIX
 from stepaudio_cli.request import Request
 from stepaudio_cli.splitter import Delta, ReasoningSplitter
 
