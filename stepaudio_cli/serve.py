@@ -29,7 +29,7 @@ from stepaudio_cli.checkpoint import check_checkpoint, looks_like_repo_id, resol
 from stepaudio_cli.defaults import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from stepaudio_cli.engines.settings import EngineSettings, command_line_flags, vllm_args
 from stepaudio_cli.errors import UserError
-from stepaudio_cli.server_activity import RequestActivity
+from stepaudio_cli.server_activity import RequestActivity, server_client
 from stepaudio_cli.vllm_log import explain, log_size, read_since
 from stepaudio_cli.vllm_plugin import RAW_REASONING_PARSER, REASONING_PARSER
 from stepaudio_cli.vllm_plugin.route_guard import MIDDLEWARE as ROUTE_GUARD
@@ -222,18 +222,18 @@ class VllmServerProcess:
     def wait_ready(self, url: str, timeout: float, uds: str | None = None) -> None:
         import httpx
 
-        client = httpx.Client(transport=httpx.HTTPTransport(uds=uds)) if uds else httpx
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            code = self.proc.poll()
-            if code is not None:
-                raise UserError(f"vLLM exited with code {code} while starting: {self.last_error()}", exit_code=1)
-            try:
-                if client.get(url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        with server_client(url, uds, timeout=2) as client:
+            while time.monotonic() < deadline:
+                code = self.proc.poll()
+                if code is not None:
+                    raise UserError(f"vLLM exited with code {code} while starting: {self.last_error()}", exit_code=1)
+                try:
+                    if client.get("/health").status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.5)
         raise UserError(f"vLLM was not ready after {timeout:.0f}s (log: {self.log_path})", exit_code=1)
 
     def last_error(self) -> str:
@@ -308,10 +308,9 @@ def served_context(url: str, api_key: str | None, uds: str | None = None) -> str
     from stepaudio_cli.engines.remote import parse_model_list
     from stepaudio_cli.errors import EngineError
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    client = httpx.Client(transport=httpx.HTTPTransport(uds=uds)) if uds else httpx
     try:
-        body = client.get(url + "/v1/models", headers=headers, timeout=10).json()
+        with server_client(url, uds, api_key, timeout=10) as client:
+            body = client.get("/v1/models").json()
         models = parse_model_list(body, url)
     except (httpx.HTTPError, ValueError, RecursionError, EngineError):
         return "?"

@@ -1,4 +1,5 @@
-"""Whether a running vLLM server is being used, by any client: read from its own /metrics.
+"""Whether a running vLLM server is being used, by any client: read from its own /metrics; and
+the one way to talk to a server of ours on its own address (:func:`server_client`).
 
 vLLM counts what it serves (requests running and waiting, requests finished); a server is busy
 while any request runs or waits, and its last activity is the last time it was seen busy or its
@@ -41,18 +42,24 @@ def parse_metrics(text: str) -> tuple[float, float] | None:
     return (busy, done) if seen else None
 
 
+def server_client(url: str, uds: str | None = None, api_key: str | None = None, timeout: float = 5.0):
+    """An httpx client for a server of ours: on its Unix socket ``uds`` (``url`` then only names
+    it), else at ``url``; with its key on every request."""
+    import httpx
+
+    return httpx.Client(
+        base_url="http://localhost" if uds else url,
+        transport=httpx.HTTPTransport(uds=uds) if uds else None,
+        headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+        timeout=timeout,
+    )
+
+
 class RequestActivity:
     """Polls a server's /metrics; ``idle_for()`` is how long no request has run there."""
 
     def __init__(self, url: str, api_key: str | None = None, uds: str | None = None) -> None:
-        import httpx
-
-        self._client = httpx.Client(
-            base_url=url,
-            transport=httpx.HTTPTransport(uds=uds) if uds else None,
-            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
-            timeout=5.0,
-        )
+        self._client = server_client(url, uds, api_key)
         self._done: float | None = None
         self.last_active = time.time()  # wall clock: comparable with files' mtimes
 

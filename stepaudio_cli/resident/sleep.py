@@ -57,15 +57,10 @@ class EngineControl:
     """Sleep, wake and ask a server of ours (its socket or loopback port, with its key)."""
 
     def __init__(self, url: str, uds: str | None = None, api_key: str | None = None) -> None:
-        import httpx
+        from stepaudio_cli.server_activity import server_client
 
         self.url = url
-        self._client = httpx.Client(
-            base_url="http://localhost" if uds else url,
-            transport=httpx.HTTPTransport(uds=uds) if uds else None,
-            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
-            timeout=SLEEP_TIMEOUT_S,
-        )
+        self._client = server_client(url, uds, api_key, timeout=SLEEP_TIMEOUT_S)
 
     def sleep(self) -> None:
         self._post("/sleep", params={"level": 1})
