@@ -14,6 +14,10 @@
 #   bash scripts/gpu-check.sh faults    a context the KV cache cannot hold; kill -9 of ask and of serve
 #   bash scripts/gpu-check.sh long      benchmarks/long_recording.py: a 2-hour recording in windows vs one request
 #   bash scripts/gpu-check.sh resident  3 asks (2,650 tokens each) on a resident engine, then in-process (today)
+#   bash scripts/gpu-check.sh timeline  benchmarks/start_timeline.py: serve's start, cold then with warm caches (sleep and
+#                                       wake it), each log line timed; then the first resident ask with warm caches
+#   bash scripts/gpu-check.sh loaders   benchmarks/weight_loading.py: a 20 GB W4A16 checkpoint read by each loader
+#                                       (carry .whl with fastsafetensors, runai-model-streamer, humanize)
 #   bash scripts/gpu-check.sh followup  benchmarks/follow_up_and_sleep.py: a 10-minute recording's first question,
 #                                       a follow-up (ask -c), sleep and wake; a 2-hour recording and a follow-up
 set -uo pipefail
@@ -122,8 +126,20 @@ case ${1:-} in
     python3 benchmarks/resident_ask.py --model "$R1" --keep-alive 5m --asks 3 --budget 300
     python3 benchmarks/resident_ask.py --model "$R1" --keep-alive 0 --asks 2 --budget 220
     ;;
+  timeline)  # ~5 min on one H100: two serve starts (the first compiles), one resident start
+    python3 benchmarks/start_timeline.py --model "$R1" --label cold --out "$OUT" -- --load-format dummy --enable-sleep-mode
+    ls -la ~/.cache/vllm; du -sh ~/.cache/vllm/* 2>/dev/null
+    python3 benchmarks/start_timeline.py --model "$R1" --label warm --sleep-wake --out "$OUT" -- --load-format dummy
+    python3 benchmarks/resident_ask.py --model "$R1" --keep-alive 5m --asks 2 --max-tokens 64 --budget 240 --out /tmp/res
+    cp /tmp/res/resident-5m.json "$OUT/" 2>/dev/null; tail -n 30 ~/.cache/stepaudio/resident-*.log > "$OUT/resident-log-tail.txt" 2>/dev/null
+    ;;
+  loaders)  # ~6 min on one H100: write 20 GB, then one eager start per loader
+    ls .whl/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+    df -h /tmp | tail -n 1
+    python3 benchmarks/weight_loading.py --dir /tmp/r1-w4a16 --out "$OUT"
+    ;;
   followup)  # ~5 min on one H100: one engine start, then seconds a question
     python3 benchmarks/follow_up_and_sleep.py --model "$R1" --minutes 10 --long --out "$OUT"
     ;;
-  *) echo "usage: $0 bench|single|serve|compare|multi-tp|multi-pp|faults|long|resident|followup"; exit 2 ;;
+  *) echo "usage: $0 bench|single|serve|compare|multi-tp|multi-pp|faults|long|resident|timeline|loaders|followup"; exit 2 ;;
 esac

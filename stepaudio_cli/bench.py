@@ -44,7 +44,7 @@ from stepaudio_cli.checkpoint import checkpoint_quantization, make_config, resol
 from stepaudio_cli.defaults import DEFAULT_MAX_NUM_SEQS, TYPICAL_ANSWER_TOKENS, TYPICAL_REQUEST_TOKENS
 from stepaudio_cli.engines.settings import EngineSettings
 from stepaudio_cli.request import Request, Sampling
-from stepaudio_cli.vllm_log import engine_log_path, log_size, read_since, start_phases, vllm_info_logs
+from stepaudio_cli.vllm_log import engine_log_path, log_size, read_since, stamped_lines, start_timeline, vllm_info_logs
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ class BenchResult:
     typical_answer_s: float  # first token + TYPICAL_ANSWER_TOKENS x decode, one request
     batch_slots: int  # requests in flight for batch at typical length: max_num_seqs, or what the KV cache holds
     clips_per_device_hour: float  # batch at typical length, per GPU (on a machine without one: the CPU)
-    start_phases_s: dict[str, float]  # what vLLM's log says the start spent its time on
+    start_phases_s: dict[str, float]  # the start's seconds by phase (vllm_log.START_PHASES), all of them
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -278,12 +278,12 @@ async def run(settings: BenchSettings, on_status: Callable[[str], None] = lambda
             on_status(f"{label}: starting the engine")
             log = None if os.environ.get("STEPAUDIO_DEBUG") else engine_log_path()  # as the engine writes it
             offset = log_size(log)
-            start = time.perf_counter()
+            launched, start = time.time(), time.perf_counter()
             try:
                 with vllm_info_logs(log):
                     await engine.start()
                 started = time.perf_counter() - start
-                phases = start_phases(read_since(log, offset))
+                phases = start_timeline(stamped_lines(read_since(log, offset), launched), started)
                 kv = engine.kv_cache_tokens()
                 greedy = Sampling(temperature=0.0, top_p=1.0, max_tokens=1)
                 on_status(f"{label}: time to first token ({settings.seconds:g} s clip)")

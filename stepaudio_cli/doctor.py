@@ -128,6 +128,7 @@ def run(model: str, max_model_len: int, util: float, quantization: str | None = 
         plugin,
     )
     _resident_engines(r)
+    _start_caches(r)
 
     from stepaudio_cli.checkpoint import resolve_model
 
@@ -178,6 +179,28 @@ def run(model: str, max_model_len: int, util: float, quantization: str | None = 
     else:
         r.next_steps.append("no GPU here: run `stepaudio serve` on a GPU machine and use --server URL")
     return r
+
+
+def _start_caches(r: Report) -> None:
+    """vLLM's caches that make a later start faster: the compiled model (torch.compile) and the
+    KV-cache size it profiled (startup plans), by configuration."""
+    from stepaudio_cli.engines.settings import vllm_cache_root
+
+    root = vllm_cache_root()
+    compiled, plans = root / "torch_compile_cache", root / "startup_plan"
+    try:
+        configs = [p for p in compiled.iterdir() if p.is_dir()] if compiled.is_dir() else []
+        size = sum(f.stat().st_size for f in compiled.rglob("*") if f.is_file()) if configs else 0
+        n_plans = len(list(plans.glob("startup_plan_*.json"))) if plans.is_dir() else 0
+    except OSError as e:
+        r.add("start caches", f"{compiled}: cannot read ({e.strerror or e})", False)
+        return
+    if not configs:
+        r.add("compile cache", f"{compiled}: empty (an engine's first start compiles the model; later starts load it)")
+    else:
+        amount = f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
+        r.add("compile cache", f"{compiled}: {len(configs)} configuration(s), {amount}")
+    r.add("startup plans", f"{plans}: {n_plans} (the KV-cache size profiled per card and settings)")
 
 
 def _resident_engines(r: Report) -> None:

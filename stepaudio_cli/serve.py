@@ -27,7 +27,7 @@ from pathlib import Path
 from stepaudio_cli import gpus
 from stepaudio_cli.checkpoint import check_checkpoint, looks_like_repo_id, resolve_model
 from stepaudio_cli.defaults import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
-from stepaudio_cli.engines.settings import EngineSettings, command_line_flags, vllm_args
+from stepaudio_cli.engines.settings import EngineSettings, command_line_flags, vllm_args, vllm_environment
 from stepaudio_cli.errors import UserError
 from stepaudio_cli.server_activity import RequestActivity, server_client
 from stepaudio_cli.vllm_log import explain, log_size, read_since
@@ -198,7 +198,7 @@ class VllmServerProcess:
     ) -> None:
         self.cmd = cmd
         self.log_path = log_path
-        env = dict(os.environ)
+        env = vllm_environment(dict(os.environ))
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env["PYTHONSAFEPATH"] = "1"  # vLLM's own Python children keep the caller's folder off their path too
         if api_key:

@@ -143,45 +143,119 @@ def _round_down(tokens: int) -> int:
     return max(16, tokens // step * step)
 
 
-# Wording differs across vLLM versions ("took 33.27 seconds" before 0.3x, "took 200.69 s (compilation: 1.48 s)"
-# after); each phase takes the first pattern that matches.
-_REST = "profile, KV cache, warm-up"
-_INIT = r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s"
-_START_PHASES = {
-    "load weights": (
-        r"Model loading took [\d.]+ GiB(?: memory)? and ([\d.]+) seconds",
-        r"Loading weights took ([\d.]+) s",
-    ),
-    "compile": (r"warmup model\) took [\d.]+ s \(compilation: ([\d.]+) s", r"torch.compile takes ([\d.]+) s in total"),
-    "capture CUDA graphs": (r"Graph capturing finished in ([\d.]+) secs",),
-    _REST: (_INIT,),
+#: What an engine start does, in the order vLLM does it: what the start's spinner says meanwhile.
+START_PHASES = {
+    "process start and imports": "starting vLLM",
+    "config and tokenizer": "reading the model's config and tokenizer",
+    "engine process start": "starting the engine process",
+    "device init": "setting up the GPU",
+    "weight loading": "loading the weights",
+    "memory profiling": "profiling memory",
+    "torch.compile": "compiling (torch.compile; cached for later starts)",
+    "KV cache": "allocating the KV cache",
+    "CUDA graph capture": "capturing CUDA graphs",
+    "warm-up": "warming up",
+    "server start": "starting the server",
 }
-
-
-#: What an engine start is doing, from the line of vLLM's log that begins each step (INFO, as
-#: serve's log has it): the start's spinner names the last step begun.
-_LOADING_STEPS = (
-    (r"non-default args|vLLM API server version", "reading the model's config"),
-    (r"Initializing a V1 LLM engine", "starting the engine process"),
-    (r"Starting to load model|Loading model weights", "loading the weights"),
-    (r"Loading weights took|Model loading took", "profiling memory"),
-    (r"Dynamo bytecode transform|Compiling a graph", "compiling (torch.compile; cached for later starts)"),
-    (r"[Dd]irectly load the compiled graph", "loading the compiled graphs (cache hit)"),
-    (r"KV cache size|Available KV cache memory", "warming up"),
-    (r"Capturing CUDA graph", "capturing CUDA graphs"),
-    (r"Graph capturing finished", "warming up"),
-    (r"init engine \(profile, create kv cache, warmup model\) took", "starting the server"),
+_COMPILED = (
+    r"torch\.compile (?:takes|took) ([\d.]+) s in total"
+    r"|torch\.compile and initial profiling/warmup run together took ([\d.]+) s"
 )
+#: The lines of vLLM's log (0.26-0.32 wording) where a phase begins: (phase, pattern, backdated).
+#: A backdated line reports the phase's seconds when it ends: the phase began that long before.
+_MARKS = (
+    ("config and tokenizer", r"vLLM API server version|non-default args|Resolved architecture", False),
+    ("engine process start", r"Initializing a V1 LLM engine", False),
+    ("device init", r"world_size=\d+ rank=\d+", False),
+    ("weight loading", r"Starting to load model|Loading model weights", False),
+    ("memory profiling", r"Model loading took", False),
+    (
+        "torch.compile",
+        r"Using cache directory: .* torch\.compile|Dynamo bytecode transform|Directly load (?:AOT|the compiled)",
+        False,
+    ),
+    ("torch.compile", _COMPILED, True),
+    ("memory profiling", _COMPILED, False),
+    ("KV cache", r"Available KV cache memory|GPU KV cache size", False),
+    ("CUDA graph capture", r"Capturing CUDA graph", False),
+    ("warm-up", r"Graph capturing finished", False),
+    ("server start", r"init engine \(profile, create kv cache, warmup model\) took", False),
+)
+_COMPILE_HIT = r"Directly load (?:AOT compilation|the compiled graph)"
+_COMPILE_MISS = r"Compiling a graph for|Cache the graph of|saved AOT compiled function"
+
+
+def compile_cache(log_text: str) -> str | None:
+    """ "hit" when a start loaded its compiled model from vLLM's compile cache, "miss" when it
+    compiled; None when it did neither (eager mode, a CPU)."""
+    if re.search(_COMPILE_MISS, log_text):
+        return "miss"
+    if re.search(_COMPILE_HIT, log_text):
+        return "hit"
+    return None
 
 
 def loading_step(log_text: str) -> str | None:
-    """The step an engine start is in, from its log so far (None before the first one)."""
+    """What an engine start is doing, from its log so far (None before vLLM's first line)."""
     found, where = None, -1
-    for pattern, step in _LOADING_STEPS:
+    for phase, pattern, _ in _MARKS:
         for m in re.finditer(pattern, log_text):
-            if m.start() > where:
-                found, where = step, m.start()
-    return found
+            if m.start() >= where:
+                found, where = phase, m.start()
+    if found == "torch.compile" and compile_cache(log_text) == "hit":
+        return "loading the compiled model (compile cache hit)"
+    return START_PHASES[found] if found else None
+
+
+_STAMP = re.compile(r"\b(?:DEBUG|INFO|WARNING|ERROR|CRITICAL) (\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)\b")
+
+
+def stamped_lines(log_text: str, launched: float) -> list[tuple[float, str]]:
+    """vLLM's log lines with the second each was written, counted from ``launched`` (epoch
+    seconds). vLLM stamps whole seconds of local time without the year: a line counts from the
+    middle of its second, in the year that puts it nearest the launch."""
+    from datetime import datetime
+
+    year = datetime.fromtimestamp(launched).year
+    out = []
+    for line in log_text.splitlines():
+        m = _STAMP.search(line)
+        if not m:
+            continue
+        month, day, hour, minute, second = map(int, m.groups())
+        try:
+            nearest = min(
+                (datetime(y, month, day, hour, minute, second).timestamp() for y in (year - 1, year, year + 1)),
+                key=lambda when: abs(when - launched),
+            )
+        except ValueError:  # not a date (February 29th of a year without one: the line is left out)
+            continue
+        out.append((nearest + 0.5 - launched, line))
+    return out
+
+
+def start_timeline(lines: list[tuple[float, str]], ready_s: float) -> dict[str, float]:
+    """Seconds of an engine start in each phase (:data:`START_PHASES`), from vLLM's log lines
+    stamped with the second (since launch) each was written and the second the engine was
+    ready: "process start and imports" until vLLM's first phase line, then each phase until the
+    next begins; together they are the whole start. The compile phase names the compile cache
+    ("torch.compile (cache hit)")."""
+    bounds = [(0.0, "process start and imports")]
+    for phase, pattern, backdated in _MARKS:
+        for t, line in lines:
+            m = re.search(pattern, line)
+            if m:
+                took = next((float(g) for g in m.groups() if g), 0.0) if backdated else 0.0
+                bounds.append((min(max(t - took, 0.0), ready_s), phase))
+                break
+    bounds.sort(key=lambda b: b[0])
+    cache = compile_cache("\n".join(line for _, line in lines))
+    phases: dict[str, float] = {}
+    for (t, phase), (t_next, _) in zip(bounds, [*bounds[1:], (ready_s, "")]):
+        if phase == "torch.compile" and cache:
+            phase = f"torch.compile (cache {cache})"
+        phases[phase] = phases.get(phase, 0.0) + max(0.0, t_next - t)
+    return {phase: round(s, 1) for phase, s in phases.items()}
 
 
 @contextlib.contextmanager
@@ -210,19 +284,3 @@ def vllm_info_logs(path: Path | None):
         vllm_logger = logging.getLogger("vllm")
         for obj in (vllm_logger, *vllm_logger.handlers):
             obj.setLevel(quiet)
-
-
-def start_phases(log_text: str) -> dict[str, float]:
-    """Seconds an engine start spent in each phase vLLM's log reports (those it reports), each
-    counted once: vLLM's "init engine" time contains compilation and graph capture, so its phase
-    here is what is left of it (profiling, the KV cache, the rest of the warm-up)."""
-    out = {}
-    for name, patterns in _START_PHASES.items():
-        for pattern in patterns:
-            m = re.search(pattern, log_text)
-            if m:
-                out[name] = float(m.group(1))
-                break
-    if _REST in out:
-        out[_REST] = max(0.0, out[_REST] - out.get("compile", 0.0) - out.get("capture CUDA graphs", 0.0))
-    return {name: round(s, 1) for name, s in out.items()}

@@ -50,9 +50,10 @@ def test_bench_tiny_reports_every_measure_as_json():
     assert record["batch_slots"] == min(3, record["kv_cache_tokens"] // 2800) >= 1
     share = record["batch_slots"] / 3
     assert record["clips_per_device_hour"] == pytest.approx(3600 * record["throughput_tok_s"] * share / 2650, rel=0.01)
-    # vLLM's own log splits the start (on the CPU it reports the profile/KV/warm-up step), inside the whole.
+    # Every second of the engine start is in a phase named after what vLLM did then.
     phases = record["start_phases_s"]
-    assert 0 < phases["profile, KV cache, warm-up"] <= record["engine_start_s"]
+    assert {"engine process start", "weight loading", "server start"} <= set(phases)
+    assert sum(phases.values()) == pytest.approx(record["engine_start_s"], abs=0.5)
 
 
 def test_bench_refuses_bad_options_in_one_line():
@@ -82,32 +83,75 @@ def test_decode_floor_arithmetic():
     assert round(1000 * bf16 / 2.95e12, 1) == 21.7  # ms/token at an H100's measured copy bandwidth
 
 
-def test_start_phases_count_each_second_once():
-    from stepaudio_cli.vllm_log import start_phases
+def test_start_timeline_names_every_second_of_a_start():
+    from stepaudio_cli.vllm_log import START_PHASES, compile_cache, loading_step, start_timeline
 
-    # vLLM 0.26's lines on an H200 (FP8): its "init engine" time contains compilation and capture.
+    # vLLM 0.26's lines on an H100, stamped with the second (since launch) each came; ready at 60 s.
+    lines = [
+        (6.0, "(APIServer pid=1) INFO [api_utils.py:286] non-default args: {'model': '/tmp/r1'}"),
+        (14.0, "(EngineCore pid=2) INFO [core.py:133] Initializing a V1 LLM engine (v0.26.0) with config: ..."),
+        (18.0, "(EngineCore pid=2) INFO [parallel_state.py:1] world_size=1 rank=0 local_rank=0 backend=nccl"),
+        (19.0, "(EngineCore pid=2) INFO [gpu_model_runner.py:1] Starting to load model /tmp/r1..."),
+        (19.5, "Loading safetensors checkpoint shards:  50% Completed | 7/14"),  # no phase of its own
+        (25.0, "(EngineCore pid=2) INFO [gpu_model_runner.py:2] Model loading took 61.2 GiB and 6.0 seconds"),
+        (30.0, "(EngineCore pid=2) INFO [backends.py:1] Dynamo bytecode transform time: 3.50 s"),
+        (31.0, "(EngineCore pid=2) INFO [decorators.py:1] Directly load AOT compilation from path /c/model"),
+        (33.0, "(EngineCore pid=2) INFO [monitor.py:1] torch.compile took 6.00 s in total"),  # began at 27
+        (40.0, "(EngineCore pid=2) INFO [gpu_worker.py:1] Available KV cache memory: 8.1 GiB"),
+        (41.0, "(EngineCore pid=2) INFO [gpu_model_runner.py:3] Capturing CUDA graphs (decode, FULL): 100%"),
+        (44.0, "(EngineCore pid=2) INFO [gpu_model_runner.py:4] Graph capturing finished in 3 secs, took 0.5 GiB"),
+        (46.0, "(EngineCore pid=2) INFO [core.py:2] init engine (profile, create kv cache, warmup model) took 21 s"),
+    ]
+    phases = start_timeline(lines, ready_s=60.0)
+    assert phases == {
+        "process start and imports": 6.0,
+        "config and tokenizer": 8.0,
+        "engine process start": 4.0,
+        "device init": 1.0,
+        "weight loading": 6.0,
+        "memory profiling": 2.0 + 7.0,  # 25-27 and 33-40, around the compile
+        "torch.compile (cache hit)": 6.0,
+        "KV cache": 1.0,
+        "CUDA graph capture": 3.0,
+        "warm-up": 2.0,
+        "server start": 14.0,
+    }
+    assert sum(phases.values()) == pytest.approx(60.0)
+    assert all(name.split(" (")[0] in START_PHASES for name in phases)
+    text = "\n".join(line for _, line in lines)
+    assert compile_cache(text) == "hit"
+    assert compile_cache(text + "\nINFO Compiling a graph for compile range (1, 8192) takes 30.1 s") == "miss"
+    assert compile_cache("eager mode, a CPU") is None
+    # The spinner names the phase the start is in from the lines so far.
+    assert loading_step("\n".join(line for _, line in lines[:8])) == "loading the compiled model (compile cache hit)"
+    assert loading_step("\n".join(line for _, line in lines[:9])) == "profiling memory"
+    assert loading_step("nothing from vLLM yet") is None
+    # A log without phase lines is all "process start" up to ready; times past ready count up to it.
+    assert start_timeline([], ready_s=5.0) == {"process start and imports": 5.0}
+    assert start_timeline([(9.0, "INFO non-default args")], ready_s=5.0) == {
+        "process start and imports": 5.0,
+        "config and tokenizer": 0.0,
+    }
+
+
+def test_vllms_own_stamps_give_each_lines_second():
+    import time
+
+    from stepaudio_cli.vllm_log import stamped_lines
+
+    launched = time.mktime((2026, 12, 31, 23, 59, 50, 0, 0, -1))
     log = "\n".join(
         [
-            "(EngineCore_DP0 pid=1) INFO [default_loader.py:314] Loading weights took 2.10 seconds",
-            "(EngineCore_DP0 pid=1) INFO [gpu_model_runner.py:3311] Model loading took 34.6 GiB and 41.73 seconds",
-            "(EngineCore_DP0 pid=1) INFO [monitor.py:34] torch.compile takes 35.21 s in total",
-            "(EngineCore_DP0 pid=1) INFO [gpu_model_runner.py:4133] Graph capturing finished in 13 secs, took 0.9 GiB",
-            "(EngineCore_DP0 pid=1) INFO [core.py:210] init engine (profile, create kv cache, warmup model) "
-            "took 71.40 seconds",
+            "(APIServer pid=1) INFO 12-31 23:59:56 [api_utils.py:286] non-default args: {}",
+            "Loading safetensors checkpoint shards: 100% Completed",  # no stamp: left out
+            "(EngineCore pid=2) WARNING 01-01 00:00:03 [core.py:1] past midnight, into the next year",
+            "(EngineCore pid=2) INFO 13-45 99:00:00 [x.py:1] not a date",
         ]
     )
-    phases = start_phases(log)
-    assert phases == {
-        "load weights": 41.7,
-        "compile": 35.2,
-        "capture CUDA graphs": 13.0,
-        "profile, KV cache, warm-up": 23.2,  # 71.4 less what is listed apart
-    }
-    assert sum(phases.values()) == pytest.approx(41.73 + 71.40, abs=0.2)
-    # Newer vLLM says the compilation inside the init line; a log without phases gives none.
-    newer = "init engine (profile, create kv cache, warmup model) took 60.00 s (compilation: 20.00 s)"
-    assert start_phases(newer) == {"compile": 20.0, "profile, KV cache, warm-up": 40.0}
-    assert start_phases("nothing here") == {}
+    assert stamped_lines(log, launched) == [
+        (6.5, "(APIServer pid=1) INFO 12-31 23:59:56 [api_utils.py:286] non-default args: {}"),
+        (13.5, "(EngineCore pid=2) WARNING 01-01 00:00:03 [core.py:1] past midnight, into the next year"),
+    ]
 
 
 def _result(device: str, **sizes):

@@ -287,3 +287,19 @@ def test_kv_cache_dtype_is_checked_in_one_line(tmp_path, monkeypatch):
     result = runner.invoke(app, ["ask", "--model", str(tmp_path), str(clip), "Q?"])
     assert result.exit_code == 2
     assert result.stderr.strip() == "error: --kv-cache-dtype must be one of auto, fp8, fp8_e4m3, fp8_e5m2, not 'int2'"
+
+
+def test_doctor_names_the_caches_that_make_later_starts_fast(tmp_path, monkeypatch):
+    root = tmp_path / "vllm-cache"
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(root))
+    empty = runner.invoke(app, ["doctor", "--model", "someone/not-downloaded"])
+    assert f"compile cache: {root / 'torch_compile_cache'}: empty (an engine's first start compiles" in empty.stdout
+    assert f"startup plans: {root / 'startup_plan'}: 0 (" in empty.stdout
+    compiled = root / "torch_compile_cache" / "0123abcd" / "rank_0_0"
+    compiled.mkdir(parents=True)
+    (compiled / "model").write_bytes(b"x" * 3_000_000)
+    (root / "startup_plan").mkdir()
+    (root / "startup_plan" / "startup_plan_feedbeef.json").write_text("{}")
+    full = runner.invoke(app, ["doctor", "--model", "someone/not-downloaded"])
+    assert f"compile cache: {root / 'torch_compile_cache'}: 1 configuration(s), 3 MB" in full.stdout
+    assert f"startup plans: {root / 'startup_plan'}: 1 (the KV-cache size profiled" in full.stdout

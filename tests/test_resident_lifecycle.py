@@ -194,11 +194,11 @@ def test_the_start_step_is_read_from_vllms_log():
     ]
     steps = [loading_step("\n".join(log[: i + 1])) for i in range(len(log))]
     assert steps == [
-        "reading the model's config",
+        "reading the model's config and tokenizer",
         "starting the engine process",
         "loading the weights",
-        "profiling memory",
-        "loading the compiled graphs (cache hit)",
+        "loading the weights",  # until vLLM says the model is loaded
+        "loading the compiled model (compile cache hit)",
         "warming up",
         "starting the server",
     ]
