@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import signal
 import time
 from collections import Counter
@@ -54,6 +55,28 @@ class BatchJob:
     decode_ahead: int = 8
     windowing: Windowing = field(default_factory=Windowing)  # audio longer than one request holds
     audio_bytes: int = DECODED_AUDIO_BYTES  # decoded audio held at once (long recordings wait for room)
+
+
+#: Files read (header, hash, decode) at once: one per core, each in a thread of its own. Files
+#: started all at once share the cores and all finish at the end; one per core, the first
+#: ones reach the engine after one file's decoding (~10 ms for 10 s of 44.1 kHz stereo).
+READERS = max(2, os.cpu_count() or 2)
+
+
+class _Place:
+    """A place among the :data:`READERS`, held at most once and given back at most once."""
+
+    def __init__(self, places: asyncio.Semaphore) -> None:
+        self.places, self.held = places, False
+
+    async def take(self) -> None:
+        await self.places.acquire()
+        self.held = True
+
+    def leave(self) -> None:
+        if self.held:
+            self.held = False
+            self.places.release()
 
 
 # Decoded float32 at 16 kHz per byte of a compressed file whose length neither its header nor
@@ -180,6 +203,7 @@ class BatchRunner:
     async def run(self) -> Summary:
         self._load()
         self._room = AudioRoom(self.job.audio_bytes)
+        self._reading = asyncio.Semaphore(READERS)
         queue: asyncio.Queue[Path] = asyncio.Queue()
         for p in self.files:
             queue.put_nowait(p)
@@ -220,6 +244,16 @@ class BatchRunner:
             self.on_progress(self.summary)
 
     async def _one(self, path: Path, infer: asyncio.Semaphore) -> dict | None:
+        """One file, read (header, hash, decode) while it holds one of the :data:`READERS`
+        places, so the first files reach the engine first instead of all files at the end."""
+        reading = _Place(self._reading)
+        await reading.take()
+        try:
+            return await self._read_and_answer(path, infer, reading)
+        finally:
+            reading.leave()
+
+    async def _read_and_answer(self, path: Path, infer: asyncio.Semaphore, reading: _Place) -> dict | None:
         name = str(path)
         # One request holds at most the context; a recording answered in windows may be longer.
         context = None if self.job.windowing.enabled else self.engine.max_model_len
@@ -247,6 +281,7 @@ class BatchRunner:
         if key in self._by_key:  # same audio and settings already answered under another name
             return await self._reuse(name, self._by_key[key])
         if key in self._inflight:
+            reading.leave()  # waits for another file's answer: reading is over
             source = await asyncio.shield(self._inflight[key])
             if source is not None and not source.get("error"):
                 return await self._reuse(name, source)
@@ -257,7 +292,7 @@ class BatchRunner:
         record = None
         held = Held(self._room)
         try:
-            record = await self._decode_and_answer(name, path, when, sha, key, length, infer, held)
+            record = await self._decode_and_answer(name, path, when, sha, key, length, infer, held, reading)
             return record
         finally:
             held.release()
@@ -265,7 +300,16 @@ class BatchRunner:
             self._inflight.pop(key, None)
 
     async def _decode_and_answer(
-        self, name: str, path: Path, when: tuple, sha: str, key: str, length, infer: asyncio.Semaphore, held: Held
+        self,
+        name: str,
+        path: Path,
+        when: tuple,
+        sha: str,
+        key: str,
+        length,
+        infer: asyncio.Semaphore,
+        held: Held,
+        reading: _Place,
     ) -> dict:
         context = None if self.job.windowing.enabled else self.engine.max_model_len
         try:
@@ -282,6 +326,8 @@ class BatchRunner:
             return await self._record_failure(name, sha, key, "not enough memory to decode it")
         except Exception as e:  # noqa: BLE001 - whatever a decoder raises: this file's failure
             return await self._record_failure(name, sha, key, f"cannot decode ({type(e).__name__}: {e})")
+        finally:
+            reading.leave()
         request = Request(
             audios=(audio,),
             question=self.job.prompt,

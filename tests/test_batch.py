@@ -284,3 +284,46 @@ def test_batch_in_process(scripted_ckpt, tmp_path):
     assert len(recs) == 5
     assert all(recs[n]["answer"] == ANSWER for n in ("a.wav", "b.flac", "c.wav", "copy-of-a.wav"))
     assert recs["broken.wav"]["error"]
+
+
+def test_the_first_files_reach_the_engine_before_the_last_are_decoded(tmp_path, monkeypatch):
+    import asyncio
+
+    from stepaudio_cli import batch
+    from stepaudio_cli.engines.base import Clock, Engine, Final, Usage
+    from stepaudio_cli.request import Sampling
+    from stepaudio_cli.store import Store
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    files = []
+    for i in range(24):
+        files.append(folder / f"clip{i:02d}.wav")
+        write_wav(files[-1], tone(2.0, 44100, 220 + 10 * i), 44100)
+    decoded: list[str] = []
+    load_file = batch.load_file
+
+    def counting_load_file(path, name, context=None):
+        audio = load_file(path, name, context)
+        decoded.append(name)
+        return audio
+
+    decoded_at_send: list[int] = []
+
+    class CountingEngine(Engine):
+        model, max_model_len = "m", 8192
+
+        async def stream(self, request):
+            decoded_at_send.append(len(decoded))
+            yield Final(model="m", usage=Usage(prompt_tokens=1, completion_tokens=1), timings=Clock().timings(1))
+
+    monkeypatch.setattr(batch, "load_file", counting_load_file)
+    monkeypatch.setattr(batch, "READERS", 2)
+    store = Store(tmp_path / "out.jsonl")
+    job = batch.BatchJob(prompt="What is it?", sampling=Sampling(max_tokens=4), concurrency=64)
+    summary = asyncio.run(batch.BatchRunner(job, CountingEngine(), store, files).run())
+    store.close()
+    assert summary.answered == 24 and len(decoded_at_send) == 24
+    # Two files read at a time: the first request goes out while most files are still undecoded
+    # (read all at once, every file finished decoding before the first request).
+    assert decoded_at_send[0] <= 4
