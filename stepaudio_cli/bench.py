@@ -283,7 +283,9 @@ async def run(settings: BenchSettings, on_status: Callable[[str], None] = lambda
                 with vllm_info_logs(log):
                     await engine.start()
                 started = time.perf_counter() - start
-                phases = start_timeline(stamped_lines(read_since(log, offset), launched), started)
+                imported = getattr(engine, "imported_at", None)  # in-process: the config phase's start
+                begun = {"config and tokenizer": imported - launched} if imported else None
+                phases = start_timeline(stamped_lines(read_since(log, offset), launched), started, begun)
                 kv = engine.kv_cache_tokens()
                 greedy = Sampling(temperature=0.0, top_p=1.0, max_tokens=1)
                 on_status(f"{label}: time to first token ({settings.seconds:g} s clip)")

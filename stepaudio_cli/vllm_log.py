@@ -234,13 +234,17 @@ def stamped_lines(log_text: str, launched: float) -> list[tuple[float, str]]:
     return out
 
 
-def start_timeline(lines: list[tuple[float, str]], ready_s: float) -> dict[str, float]:
+def start_timeline(
+    lines: list[tuple[float, str]], ready_s: float, begun: dict[str, float] | None = None
+) -> dict[str, float]:
     """Seconds of an engine start in each phase (:data:`START_PHASES`), from vLLM's log lines
     stamped with the second (since launch) each was written and the second the engine was
     ready: "process start and imports" until vLLM's first phase line, then each phase until the
     next begins; together they are the whole start. The compile phase names the compile cache
-    ("torch.compile (cache hit)")."""
-    bounds = [(0.0, "process start and imports")]
+    ("torch.compile (cache hit)"). ``begun``: phases whose start the caller saw itself (an
+    in-process engine knows when vLLM was imported: its config phase starts then, before vLLM
+    logs anything), in seconds since launch."""
+    bounds = [(0.0, "process start and imports"), *((t, phase) for phase, t in (begun or {}).items())]
     for phase, pattern, backdated in _MARKS:
         for t, line in lines:
             m = re.search(pattern, line)

@@ -51,6 +51,7 @@ class LocalEngine(Engine):
         self._engine = None
         self._started_children: frozenset[int] | None = None  # child processes before start() made any
         self._watchdog: Watchdog | None = None
+        self.imported_at: float | None = None  # when start() had vLLM imported (epoch seconds)
 
     async def start(self) -> None:
         from stepaudio_cli.checkpoint import check_checkpoint, resolve_model
@@ -63,6 +64,7 @@ class LocalEngine(Engine):
             os.environ.setdefault(key, value)
         with engine_output_to_log() as log:
             import_vllm()
+            self.imported_at = time.time()  # vLLM's import done; its config and tokenizer next
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM
 
