@@ -246,6 +246,9 @@ def pytest_configure(config):
     """Before any fixture or import of the code under test: the session has a home of its own, so
     nothing touches the real home, config, cache, registry or hub token; resident engines (the
     default path) register in the session's own runtime folder and are shared across tests."""
+    # Ctrl-C tests send SIGINT to the commands they start: a pytest started in the background
+    # (`cmd &` in a script) has SIGINT ignored, which its children would inherit and keep.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for name, sub in (
         ("HOME", "home"),
         ("XDG_CONFIG_HOME", "config"),

@@ -80,7 +80,7 @@ def test_two_first_asks_share_one_engine_and_the_next_reuses_it(rckpt, clip):
     (again,) = engines(rckpt)
     assert again.pid == entry.pid and "Loading" not in err
     # Its vLLM keeps the KV-cache size it profiled for later starts (vLLM's startup plans).
-    vllm = [pid for pid in marked(entry) if b"vllm" in Path(f"/proc/{pid}/cmdline").read_bytes().lower()]
+    vllm = [pid for pid in marked(entry) if b"vllm.entrypoints" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert vllm and all(processes.environ_value(pid, "VLLM_ENABLE_STARTUP_PLAN") == "1" for pid in vllm)
 
 
