@@ -161,25 +161,28 @@ _COMPILED = (
     r"torch\.compile (?:takes|took) ([\d.]+) s in total"
     r"|torch\.compile and initial profiling/warmup run together took ([\d.]+) s"
 )
-#: The lines of vLLM's log (0.26-0.32 wording) where a phase begins: (phase, pattern, backdated).
-#: A backdated line reports the phase's seconds when it ends: the phase began that long before.
+#: The lines of vLLM's log (0.26-0.32 wording) that tell where a phase begins: (phase, pattern,
+#: when). "at": the phase begins at the line; "ends": the line, written when the phase ends,
+#: reports its seconds; "after the line before": vLLM says nothing when the phase begins, so it
+#: begins where the line before left off (a new engine process logs first once it is up: its
+#: start, an interpreter importing vLLM where it is spawned, follows the server's last line).
 _MARKS = (
-    ("config and tokenizer", r"vLLM API server version|non-default args|Resolved architecture", False),
-    ("engine process start", r"Initializing a V1 LLM engine", False),
-    ("device init", r"world_size=\d+ rank=\d+", False),
-    ("weight loading", r"Starting to load model|Loading model weights", False),
-    ("memory profiling", r"Model loading took", False),
+    ("config and tokenizer", r"vLLM API server version|non-default args|Resolved architecture", "at"),
+    ("engine process start", r"Initializing a V1 LLM engine", "after the line before"),
+    ("device init", r"world_size=\d+ rank=\d+", "at"),
+    ("weight loading", r"Starting to load model|Loading model weights", "at"),
+    ("memory profiling", r"Model loading took", "at"),
     (
         "torch.compile",
         r"Using cache directory: .* torch\.compile|Dynamo bytecode transform|Directly load (?:AOT|the compiled)",
-        False,
+        "at",
     ),
-    ("torch.compile", _COMPILED, True),
-    ("memory profiling", _COMPILED, False),
-    ("KV cache", r"Available KV cache memory|GPU KV cache size", False),
-    ("CUDA graph capture", r"Capturing CUDA graph", False),
-    ("warm-up", r"Graph capturing finished", False),
-    ("server start", r"init engine \(profile, create kv cache, warmup model\) took", False),
+    ("torch.compile", _COMPILED, "ends"),
+    ("memory profiling", _COMPILED, "at"),
+    ("KV cache", r"Available KV cache memory|GPU KV cache size", "at"),
+    ("CUDA graph capture", r"Capturing CUDA graph", "at"),
+    ("warm-up", r"Graph capturing finished", "at"),
+    ("server start", r"init engine \(profile, create kv cache, warmup model\) took", "at"),
 )
 _COMPILE_HIT = r"Directly load (?:AOT compilation|the compiled graph)"
 _COMPILE_MISS = r"Compiling a graph for|Cache the graph of|saved AOT compiled function"
@@ -245,12 +248,15 @@ def start_timeline(
     in-process engine knows when vLLM was imported: its config phase starts then, before vLLM
     logs anything), in seconds since launch."""
     bounds = [(0.0, "process start and imports"), *((t, phase) for phase, t in (begun or {}).items())]
-    for phase, pattern, backdated in _MARKS:
-        for t, line in lines:
+    for phase, pattern, when in _MARKS:
+        for i, (t, line) in enumerate(lines):
             m = re.search(pattern, line)
             if m:
-                took = next((float(g) for g in m.groups() if g), 0.0) if backdated else 0.0
-                bounds.append((min(max(t - took, 0.0), ready_s), phase))
+                if when == "ends":
+                    t -= next((float(g) for g in m.groups() if g), 0.0)
+                elif when == "after the line before" and i:
+                    t = lines[i - 1][0]
+                bounds.append((min(max(t, 0.0), ready_s), phase))
                 break
     bounds.sort(key=lambda b: b[0])
     cache = compile_cache("\n".join(line for _, line in lines))

@@ -96,10 +96,15 @@ class EngineSettings:
         return redact(f"Connecting to {', '.join(self.servers)}")
 
 
-#: vLLM's environment for every engine of ours (set unless the user set them): the KV-cache
-#: size vLLM profiled is kept per card, settings and vLLM release (``VLLM_CACHE_ROOT/startup_plan``),
-#: so later starts skip the memory profiling (vLLM >= 0.26; older releases ignore the variable).
-VLLM_ENVIRONMENT = {"VLLM_ENABLE_STARTUP_PLAN": "1"}
+#: vLLM's environment for every engine of ours (set unless the user set them):
+#: - the KV-cache size vLLM profiled is kept per card, settings and vLLM release
+#:   (``VLLM_CACHE_ROOT/startup_plan``): later starts skip the memory profiling (vLLM >= 0.26;
+#:   older releases ignore the variable);
+#: - the engine process is forked from vLLM's API server, which has imported vLLM already,
+#:   instead of spawned to import it again (vLLM's server sets ``spawn`` for itself: 16 s of a
+#:   49 s start on an H100). vLLM still spawns where fork is unsafe (CUDA initialised, Ray),
+#:   and its library default, which the in-process engine uses, is fork too.
+VLLM_ENVIRONMENT = {"VLLM_ENABLE_STARTUP_PLAN": "1", "VLLM_WORKER_MULTIPROC_METHOD": "fork"}
 
 
 def vllm_cache_root() -> Path:
