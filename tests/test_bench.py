@@ -125,8 +125,8 @@ def test_start_timeline_names_every_second_of_a_start():
     assert compile_cache(text + "\nINFO Compiling a graph for compile range (1, 8192) takes 30.1 s") == "miss"
     assert compile_cache("eager mode, a CPU") is None
     # The spinner names the phase the start is in from the lines so far.
-    assert loading_step("\n".join(line for _, line in lines[:8])) == "loading the compiled model (compile cache hit)"
-    assert loading_step("\n".join(line for _, line in lines[:9])) == "profiling memory"
+    assert loading_step("\n".join(line for _, line in lines[:9])) == "loading the compiled model (compile cache hit)"
+    assert loading_step("\n".join(line for _, line in lines[:10])) == "profiling memory"
     assert loading_step("nothing from vLLM yet") is None
     # A log without phase lines is all "process start" up to ready; times past ready count up to it.
     assert start_timeline([], ready_s=5.0) == {"process start and imports": 5.0}
