@@ -1,9 +1,11 @@
-"""How much decoded audio a batch holds at once, so that long recordings answered in windows
-(up to ~0.9 GiB each) are not all decoded together."""
+"""What a batch reads at once: how much decoded audio it holds, so that long recordings
+answered in windows (up to ~0.9 GiB each) are not all decoded together, and how many files it
+reads (header, hash, decode) at the same time."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 
 
@@ -58,3 +60,25 @@ class Held:
     def release(self) -> None:
         self.room.give(self.n)
         self.n = 0
+
+
+#: Files read (header, hash, decode) at once: one per core, each in a thread of its own. Files
+#: started all at once share the cores and all finish at the end; one per core, the first
+#: ones reach the engine after one file's decoding (~10 ms for 10 s of 44.1 kHz stereo).
+READERS = max(2, os.cpu_count() or 2)
+
+
+class ReadingPlace:
+    """A place among the :data:`READERS`, held at most once and given back at most once."""
+
+    def __init__(self, places: asyncio.Semaphore) -> None:
+        self.places, self.held = places, False
+
+    async def take(self) -> None:
+        await self.places.acquire()
+        self.held = True
+
+    def leave(self) -> None:
+        if self.held:
+            self.held = False
+            self.places.release()

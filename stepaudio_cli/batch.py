@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
 import signal
 import time
 from collections import Counter
@@ -27,8 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stepaudio_cli import audio_room
 from stepaudio_cli.audio import check_length, load_file
-from stepaudio_cli.audio_room import AudioRoom, Held
+from stepaudio_cli.audio_room import AudioRoom, Held, ReadingPlace
 from stepaudio_cli.batch_inputs import content_hash, discover, header, identity, stamp
 from stepaudio_cli.defaults import DECODED_AUDIO_BYTES
 from stepaudio_cli.engines import Engine, EngineSettings, Result, open_engine
@@ -55,28 +55,6 @@ class BatchJob:
     decode_ahead: int = 8
     windowing: Windowing = field(default_factory=Windowing)  # audio longer than one request holds
     audio_bytes: int = DECODED_AUDIO_BYTES  # decoded audio held at once (long recordings wait for room)
-
-
-#: Files read (header, hash, decode) at once: one per core, each in a thread of its own. Files
-#: started all at once share the cores and all finish at the end; one per core, the first
-#: ones reach the engine after one file's decoding (~10 ms for 10 s of 44.1 kHz stereo).
-READERS = max(2, os.cpu_count() or 2)
-
-
-class _Place:
-    """A place among the :data:`READERS`, held at most once and given back at most once."""
-
-    def __init__(self, places: asyncio.Semaphore) -> None:
-        self.places, self.held = places, False
-
-    async def take(self) -> None:
-        await self.places.acquire()
-        self.held = True
-
-    def leave(self) -> None:
-        if self.held:
-            self.held = False
-            self.places.release()
 
 
 # Decoded float32 at 16 kHz per byte of a compressed file whose length neither its header nor
@@ -203,7 +181,7 @@ class BatchRunner:
     async def run(self) -> Summary:
         self._load()
         self._room = AudioRoom(self.job.audio_bytes)
-        self._reading = asyncio.Semaphore(READERS)
+        self._reading = asyncio.Semaphore(audio_room.READERS)
         queue: asyncio.Queue[Path] = asyncio.Queue()
         for p in self.files:
             queue.put_nowait(p)
@@ -244,16 +222,16 @@ class BatchRunner:
             self.on_progress(self.summary)
 
     async def _one(self, path: Path, infer: asyncio.Semaphore) -> dict | None:
-        """One file, read (header, hash, decode) while it holds one of the :data:`READERS`
+        """One file, read (header, hash, decode) while it holds one of the :data:`~stepaudio_cli.audio_room.READERS`
         places, so the first files reach the engine first instead of all files at the end."""
-        reading = _Place(self._reading)
+        reading = ReadingPlace(self._reading)
         await reading.take()
         try:
             return await self._read_and_answer(path, infer, reading)
         finally:
             reading.leave()
 
-    async def _read_and_answer(self, path: Path, infer: asyncio.Semaphore, reading: _Place) -> dict | None:
+    async def _read_and_answer(self, path: Path, infer: asyncio.Semaphore, reading: ReadingPlace) -> dict | None:
         name = str(path)
         # One request holds at most the context; a recording answered in windows may be longer.
         context = None if self.job.windowing.enabled else self.engine.max_model_len
@@ -309,7 +287,7 @@ class BatchRunner:
         length,
         infer: asyncio.Semaphore,
         held: Held,
-        reading: _Place,
+        reading: ReadingPlace,
     ) -> dict:
         context = None if self.job.windowing.enabled else self.engine.max_model_len
         try:

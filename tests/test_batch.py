@@ -289,7 +289,7 @@ def test_batch_in_process(scripted_ckpt, tmp_path):
 def test_the_first_files_reach_the_engine_before_the_last_are_decoded(tmp_path, monkeypatch):
     import asyncio
 
-    from stepaudio_cli import batch
+    from stepaudio_cli import audio_room, batch
     from stepaudio_cli.engines.base import Clock, Engine, Final, Usage
     from stepaudio_cli.request import Sampling
     from stepaudio_cli.store import Store
@@ -318,7 +318,7 @@ def test_the_first_files_reach_the_engine_before_the_last_are_decoded(tmp_path, 
             yield Final(model="m", usage=Usage(prompt_tokens=1, completion_tokens=1), timings=Clock().timings(1))
 
     monkeypatch.setattr(batch, "load_file", counting_load_file)
-    monkeypatch.setattr(batch, "READERS", 2)
+    monkeypatch.setattr(audio_room, "READERS", 2)
     store = Store(tmp_path / "out.jsonl")
     job = batch.BatchJob(prompt="What is it?", sampling=Sampling(max_tokens=4), concurrency=64)
     summary = asyncio.run(batch.BatchRunner(job, CountingEngine(), store, files).run())
