@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,6 +84,21 @@ def test_a_client_holding_the_engine_keeps_it_past_its_keep_alive(ckpt, clip, en
     finally:
         registry.unlock(held)
     assert wait_until(lambda: gone(entry)), "not stopped once the client let go"
+
+
+def test_an_engine_the_registry_no_longer_lists_stops(ckpt, clip, env, own_registry):
+    # Its last-use record gone: the keep-alive counts from the last use it saw, not from now.
+    first = ask(ckpt, clip, env, keep="2s")
+    assert first.communicate(timeout=120)[0].strip() == ANSWER
+    (entry,) = registry.read_entries()
+    registry.path_of(entry.id, ".used").unlink()
+    assert wait_until(lambda: gone(entry)), "an engine without its last-use record never stopped"
+    # Its whole folder removed (a temporary folder cleaned up): no client can find it, it stops.
+    second = ask(ckpt, clip, env, keep="10m")
+    assert second.communicate(timeout=120)[0].strip() == ANSWER
+    (entry,) = registry.read_entries()
+    shutil.rmtree(own_registry)
+    assert wait_until(lambda: gone(entry)), "an engine no client can find kept running"
 
 
 def test_a_failed_start_is_one_line_saying_why(ckpt, clip, env):

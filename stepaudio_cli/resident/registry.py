@@ -208,6 +208,16 @@ def find(entry_id: str, warn: Warn | None = None) -> Entry | None:
     return next((e for e in read_entries(warn) if e.id == entry_id), None)
 
 
+def as_written(entry_id: str) -> Entry | None:
+    """The entry file of ``entry_id`` when it is a valid entry, without proving its process (an
+    engine reading its own entry: a process is never "ours" to itself); None otherwise."""
+    try:
+        data = _read_private(path_of(entry_id, ".json"), ENTRY_MAX_BYTES, strict=True)
+        return Entry.parse(json.loads(data), f"{entry_id}.json")
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        return None
+
+
 def _read_private(path: Path, limit: int, strict: bool = False) -> bytes | None:
     """The bytes of ``path`` when it is a regular file of this user, not a symlink, of at most
     ``limit`` bytes; else None (``strict``: ValueError saying why)."""

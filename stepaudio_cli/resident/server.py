@@ -87,21 +87,30 @@ class Idle:
     """What an unused engine does. Once no client holds it and none used it (nor sent it a request)
     for the keep-alive its last client asked for, it sleeps (``control``: where it can) or stops;
     asleep, it notices a client's wake-up and is ready again, or stops once asleep ``sleep_for``.
-    Returning True (stop) keeps the exclusive lock, so no client takes the engine while it stops;
-    :meth:`release` lets it go once the server is down."""
+    An engine the registry no longer lists (its folder removed, its entry replaced) stops: no
+    client can find it again. Returning True (stop) keeps the exclusive lock, so no client takes
+    the engine while it stops; :meth:`release` lets it go once the server is down."""
 
     def __init__(self, spec: Spec, entry: registry.Entry, control=None) -> None:
+        import time
+
         self.spec = spec
         self.entry = entry
         self.control = control  # an EngineControl where the engine can sleep, else None
         self._fd: int | None = None
         registry.touch(spec.id, spec.keep_alive)  # the idle clock starts when the engine is ready
+        # The last use seen: what counts if the record of it is gone (never "used just now").
+        self._use = registry.LastUse(time.time(), spec.keep_alive)
 
     def __call__(self, running) -> bool:
         import time
 
         from stepaudio_cli.errors import EngineError
 
+        listed = registry.as_written(self.spec.id)
+        if listed is None or listed.pid != self.entry.pid or listed.token != self.entry.token:
+            print("the registry no longer lists this engine (its folder or entry was removed): stopping", flush=True)
+            return True
         fd = registry.lock(self.spec.id, ".lock", fcntl.LOCK_EX | fcntl.LOCK_NB)
         if fd is None:
             return False  # a client holds it
@@ -113,7 +122,7 @@ class Idle:
                 if self.spec.sleep_for is not None and time.time() - self.entry.since >= self.spec.sleep_for:
                     return self._stop(fd)
                 return False
-            use = registry.last_use(self.spec.id, registry.LastUse(time.time(), self.spec.keep_alive))
+            use = self._use = registry.last_use(self.spec.id, self._use)
             quiet_for = min(running.activity.idle_for(), time.time() - use.when)
             if use.keep_alive is None or quiet_for < use.keep_alive:
                 return False
