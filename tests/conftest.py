@@ -293,6 +293,10 @@ def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.delenv("STEPAUDIO_SERVER", raising=False)
     monkeypatch.delenv("STEPAUDIO_API_KEY", raising=False)
     monkeypatch.delenv("STEPAUDIO_MODEL", raising=False)
+    # vLLM's CPU platform sets VLLM_WORKER_MULTIPROC_METHOD=spawn in the process that imports it
+    # (this one, for the in-process engine tests): a command a later test starts would inherit it
+    # as if the user had set it, and our servers keep a user's value.
+    monkeypatch.delenv("VLLM_WORKER_MULTIPROC_METHOD", raising=False)
 
 
 @pytest.fixture
