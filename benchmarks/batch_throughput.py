@@ -118,7 +118,8 @@ class SendTimes:
 
 async def bench_stepaudio(ckpt: Path, paths: list[Path], args, out_dir: Path) -> dict[str, tuple[float, int]]:
     from stepaudio_cli.audio import load_audio
-    from stepaudio_cli.batch import BatchJob, BatchRunner
+    from stepaudio_cli.batch import BatchRunner
+    from stepaudio_cli.batch_job import BatchJob
     from stepaudio_cli.engines import EngineSettings, collect, open_engine
     from stepaudio_cli.request import Request, Sampling
     from stepaudio_cli.store import Store

@@ -38,8 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from stepaudio_cli.audio import SAMPLE_RATE, Audio, format_duration
+from stepaudio_cli.audio import Audio
+from stepaudio_cli.audio_tokens import SAMPLE_RATE
 from stepaudio_cli.defaults import ASK_MAX_NUM_SEQS
+from stepaudio_cli.durations import format_duration
 from stepaudio_cli.request import Request, Sampling
 
 

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from stepaudio_cli.audio import CHUNK_SAMPLES, chunk_tokens, mel_frames
+from stepaudio_cli.audio_tokens import CHUNK_SAMPLES, chunk_tokens, mel_frames
 from stepaudio_cli.vllm_plugin.tower import Adapter, AudioEncoder, encode_chunks
 
 

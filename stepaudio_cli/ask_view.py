@@ -3,7 +3,7 @@ JSON record; then warnings and a stats line."""
 
 from __future__ import annotations
 
-from stepaudio_cli.audio import format_duration
+from stepaudio_cli.durations import format_duration
 from stepaudio_cli.engines import Result
 from stepaudio_cli.records import ask_record
 from stepaudio_cli.request import Request

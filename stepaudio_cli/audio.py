@@ -1,4 +1,5 @@
-"""Audio input: decode anything, resample to 16 kHz mono float32, chunk, count tokens.
+"""Audio input: decode anything, resample to 16 kHz mono float32 (what it costs in tokens:
+``audio_tokens``; its length before decoding: ``audio_length``).
 
 Decoding goes through libsndfile (wav, flac, ogg, mp3, ...) first and falls back to
 ffmpeg through pydub for containers libsndfile cannot read (m4a, aac, webm, mp4 video).
@@ -21,100 +22,28 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
-import math
 import os
 import re
 import shutil
 import stat
-import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from stepaudio_cli.errors import AudioError, UserError
+from stepaudio_cli.audio_length import AudioLength, container_length, too_long
+from stepaudio_cli.audio_tokens import SAMPLE_RATE, audio_limit_seconds, prompt_tokens_for_samples, split_chunks
+from stepaudio_cli.durations import format_duration
+from stepaudio_cli.errors import AudioError
 
-SAMPLE_RATE = 16_000
-HOP_LENGTH = 160
-N_FFT = 400
-MEL_PADDING = 479
-# The encoder has learned positions for 1500 frames (30 s); the official client uses 25 s.
-CHUNK_SECONDS = 25
-CHUNK_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE
 STDIN_NAME = "<stdin>"
-# The longest recording decoded (answered in windows; 16 kHz float32: 0.9 GiB). Longer ones are
-# refused from the header, before they are read.
-MAX_RECORDING_SECONDS = 4 * 3600
 # Containers libsndfile cannot read are handed to ffmpeg in one piece: a bound on what is read.
 MAX_FFMPEG_INPUT_BYTES = 1 << 30
-# Bytes the ffmpeg path holds at its peak per source sample (frames x channels): its 16-bit
-# output, pydub's copies, the float32 conversion (measured: an hour of 48 kHz stereo Opus).
-FFMPEG_BYTES_PER_SAMPLE = 12
-
 # Extensions offered to directory scans (batch). Decoding itself never trusts the suffix.
 AUDIO_EXTENSIONS = frozenset(
     ".wav .wave .flac .ogg .oga .opus .mp3 .m4a .aac .mp4 .m4b .webm .mka .mkv .wma .aif .aiff .au .caf".split()
 )
-
-
-def mel_frames(n_samples: int) -> int:
-    """Number of log-mel frames the front end produces for ``n_samples`` at 16 kHz."""
-    return (n_samples + MEL_PADDING) // HOP_LENGTH
-
-
-def encoder_frames(n_mel_frames: int) -> int:
-    """Frames after the encoder's stride-2 conv and 2x average pool (25 Hz)."""
-    return (n_mel_frames + 1) // 2 // 2
-
-
-def adapter_frames(n_encoder_frames: int) -> int:
-    """Frames after the adapter's Conv1d(k=3, s=2, p=1) (12.5 Hz)."""
-    return (n_encoder_frames - 1) // 2 + 1
-
-
-def chunk_tokens(n_samples: int) -> int:
-    """``<audio_patch>`` embeddings the model produces for one chunk (10 s -> 125)."""
-    return adapter_frames(encoder_frames(mel_frames(n_samples)))
-
-
-def split_chunks(samples: np.ndarray, chunk_samples: int = CHUNK_SAMPLES) -> list[np.ndarray]:
-    """Consecutive chunks of at most ``chunk_samples``; an empty input gives one empty chunk."""
-    if len(samples) == 0:
-        return [samples]
-    return [samples[i : i + chunk_samples] for i in range(0, len(samples), chunk_samples)]
-
-
-def item_embeddings(n_samples: int) -> int:
-    """``<audio_patch>`` embeddings of one audio item of ``n_samples`` (all its chunks)."""
-    full, rest = divmod(n_samples, CHUNK_SAMPLES)
-    return full * chunk_tokens(CHUNK_SAMPLES) + (chunk_tokens(rest) if rest else 0)
-
-
-def max_audio_samples(context_tokens: int) -> int:
-    """The longest audio (whole chunks, at least one) whose prompt tokens fit ``context_tokens``."""
-    per_chunk = chunk_tokens(CHUNK_SAMPLES) + 2
-    return max(context_tokens // per_chunk, 1) * CHUNK_SAMPLES
-
-
-def audio_limit_seconds(context_tokens: int | None = None) -> float:
-    """The most audio worth decoding for one request in a context of ``context_tokens``; None:
-    for a recording answered in windows (``MAX_RECORDING_SECONDS``)."""
-    if context_tokens is None:
-        return MAX_RECORDING_SECONDS
-    return max_audio_samples(context_tokens) / SAMPLE_RATE
-
-
-def prompt_tokens_for_chunks(chunk_lengths: list[int]) -> int:
-    """Prompt tokens for audio: ``<audio_start>`` + N x ``<audio_patch>`` + ``<audio_end>`` per chunk."""
-    return sum(chunk_tokens(n) + 2 for n in chunk_lengths)
-
-
-def prompt_tokens_for_samples(n_samples: int) -> int:
-    """Prompt tokens for ``n_samples`` of audio at 16 kHz, cut in chunks as ``split_chunks`` does."""
-    full, rest = divmod(n_samples, CHUNK_SAMPLES)
-    return prompt_tokens_for_chunks([CHUNK_SAMPLES] * full + ([rest] if rest or not full else []))
 
 
 @dataclass(frozen=True)
@@ -140,30 +69,6 @@ class Audio:
         return prompt_tokens_for_samples(len(self.samples))
 
 
-@dataclass(frozen=True)
-class AudioLength:
-    """How long an audio file is, from its header, before it is decoded: what
-    ``request.generation_room`` needs to refuse it early."""
-
-    name: str
-    n_samples: int  # at 16 kHz
-    source_samples: int = 0  # frames x channels as stored: read as float32 before resampling
-    bytes_per_source_sample: int = 4  # at the decoder's peak (libsndfile: float32)
-
-    @property
-    def duration(self) -> float:
-        return self.n_samples / SAMPLE_RATE
-
-    @property
-    def decode_bytes(self) -> int:
-        """Memory decoding it takes at its peak: the source as the decoder holds it, and the result."""
-        return self.bytes_per_source_sample * self.source_samples + 4 * self.n_samples
-
-    @property
-    def prompt_tokens(self) -> int:
-        return prompt_tokens_for_samples(self.n_samples)
-
-
 def header_length(path: str | os.PathLike, name: str) -> AudioLength | None:
     """The length a file states before it is decoded: its header (formats libsndfile reads),
     else its container's metadata (PyAV or ffprobe: m4a, opus, webm...); None when neither says."""
@@ -173,67 +78,10 @@ def header_length(path: str | os.PathLike, name: str) -> AudioLength | None:
         with _quiet_decoder(path):
             info = sf.info(os.fspath(path))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError):
-        return _container_length(path, name)
+        return container_length(path, name)
     if info.samplerate <= 0 or info.frames < 0:
         return None
     return AudioLength(name, round(info.frames * SAMPLE_RATE / info.samplerate), info.frames * info.channels)
-
-
-def _container_length(path: str | os.PathLike, name: str) -> AudioLength | None:
-    """Duration, rate and channels of the first audio stream, from the container."""
-    found = _probe_av(path) or _probe_ffprobe(path)
-    if found is None:
-        return None
-    seconds, rate, channels = found
-    if not (math.isfinite(seconds) and seconds >= 0 and rate > 0 and channels > 0):
-        return None
-    frames = round(seconds * rate)
-    return AudioLength(name, round(seconds * SAMPLE_RATE), frames * channels, FFMPEG_BYTES_PER_SAMPLE)
-
-
-def _probe_av(path) -> tuple[float, int, int] | None:
-    try:
-        import av
-    except ImportError:
-        return None
-    try:
-        with av.open(os.fspath(path)) as container:
-            stream = container.streams.audio[0]
-            ctx = stream.codec_context
-            if stream.duration is not None and stream.time_base:
-                seconds = float(stream.duration * stream.time_base)
-            elif container.duration is not None:
-                seconds = container.duration / av.time_base
-            else:
-                return None
-            return seconds, int(ctx.sample_rate or 0), int(ctx.channels or 0)
-    except Exception:  # noqa: BLE001 - whatever PyAV raises for a file it cannot read: no length
-        return None
-
-
-def _probe_ffprobe(path) -> tuple[float, int, int] | None:
-    if shutil.which("ffprobe") is None:
-        return None
-    command = [
-        "ffprobe", "-v", "error", "-select_streams", "a:0", "-of", "json",
-        "-show_entries", "stream=sample_rate,channels,duration:format=duration", os.fspath(path),
-    ]  # fmt: skip
-    try:
-        done = subprocess.run(command, capture_output=True, timeout=30, check=False)
-        info = json.loads(done.stdout)
-        stream = info["streams"][0]
-        seconds = float(stream.get("duration") or info["format"]["duration"])
-        return seconds, int(stream["sample_rate"]), int(stream["channels"])
-    except (OSError, subprocess.SubprocessError, ValueError, KeyError, IndexError, TypeError):
-        return None
-
-
-def check_length(length: AudioLength, context_tokens: int | None) -> None:
-    """Refuse, from the length a file states, audio longer than ``context_tokens`` hold (or,
-    None, than a recording answered in windows may be): the message decoding would give."""
-    limit = audio_limit_seconds(context_tokens)
-    if length.n_samples > limit * SAMPLE_RATE:
-        raise _too_long(length.name, length.duration, context_tokens)
 
 
 def wav_bytes(samples: np.ndarray) -> bytes:
@@ -321,20 +169,6 @@ def _decode(f, size: int, name: str, context_tokens: int | None) -> Audio:
     return Audio(name=name, samples=resample(mono, rate), source_rate=rate, source_channels=channels, warnings=warnings)
 
 
-def _too_long(name: str, seconds: float | None, context_tokens: int | None) -> AudioError:
-    limit = audio_limit_seconds(context_tokens)
-    length = f"{format_duration(seconds)} of audio" if seconds else f"over {format_duration(limit)} of audio"
-    if context_tokens:
-        return AudioError(
-            f"{name}: {length} does not fit max model length {context_tokens} (about {format_duration(limit)} "
-            "at most); use shorter audio or raise --max-model-len"
-        )
-    return AudioError(
-        f"{name}: {length} is more than the {format_duration(limit)} stepaudio answers in windows "
-        f"({limit * SAMPLE_RATE * 4 / 2**30:.1f} GiB decoded); split it into parts under {format_duration(limit)}"
-    )
-
-
 def _downmix(samples: np.ndarray) -> np.ndarray:
     """Average the channels. A matrix-vector product: ``mean(axis=1)`` on interleaved frames
     is a strided reduction, ~20x slower, and batch decodes on the engine's CPU budget."""
@@ -376,14 +210,14 @@ def _decode_soundfile(
             rate, channels = int(sound.samplerate), int(sound.channels)
             most = int(limit * rate) + 1  # one frame past the limit tells that there is more
             if sound.frames >= most:  # the header says so: refused before anything is read
-                raise _too_long(name, sound.frames / rate, context_tokens)
+                raise too_long(name, sound.frames / rate, context_tokens)
             try:
                 samples = sound.read(frames=most, dtype="float32", always_2d=True)
             except errors as e:  # a damaged stream (a FLAC cut short): ffmpeg reads what is there
                 raise _NotSoundfile(_short(str(e)), sound.frames / rate) from None
             stated = sound.frames
     if len(samples) >= most:
-        raise _too_long(name, None, context_tokens)
+        raise too_long(name, None, context_tokens)
     stated = max(stated, _riff_frames(f, len(samples)))
     return samples, rate, channels, _short_of(name, stated, len(samples), rate)
 
@@ -499,7 +333,7 @@ def _decode_ffmpeg(
     if seg.frame_count() == 0:
         raise AudioError(f"{name}: contains no audio samples")
     if seg.duration_seconds > limit:
-        raise _too_long(name, None, context_tokens)
+        raise too_long(name, None, context_tokens)
     channels, width, rate = seg.channels, seg.sample_width, int(seg.frame_rate)
     raw = np.frombuffer(seg.raw_data, dtype={1: np.int8, 2: np.int16, 4: np.int32}[width])
     del seg
@@ -522,41 +356,3 @@ def _ffmpeg_reason(e: Exception) -> str:
 def _short(text: str, limit: int = 160) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, sec = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes}m{sec:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
-MAX_DURATION_SECONDS = 100 * 365 * 86400  # a duration past this is a typo (or 400 nines)
-_NUMBER = r"(\d+(?:\.\d+)?)"
-#: Units in the order they are written (1d2h30m, 1h30m, 90s, 90, 500ms): a bare number is seconds.
-_UNITS = (("d", 86400.0), ("h", 3600.0), ("m(?!s)", 60.0), ("s?", 1.0), ("ms", 0.001))
-_DURATION = re.compile("".join(rf"(?:{_NUMBER}(?![\d.])\s*{unit}\s*)?" for unit, _ in _UNITS))
-
-
-def parse_duration(text: str | float, flag: str, examples: str) -> float:
-    """Seconds in ``90``, ``90s``, ``20m``, ``1h30m``, ``1.5h``, ``2d``, ``500ms``, ``1:30`` or
-    ``1:30:00`` (a leading ``-``: negative); else one error line naming ``flag`` and ``examples``."""
-    t = str(text).strip().lower()
-    sign, body = (-1.0, t[1:].strip()) if t.startswith("-") else (1.0, t)
-    seconds = None
-    if ":" in body:
-        parts = body.split(":")
-        if len(parts) <= 3 and all(re.fullmatch(_NUMBER, p) for p in parts):
-            seconds = sign * sum(float(p) * 60**i for i, p in enumerate(reversed(parts)))
-    elif (m := _DURATION.fullmatch(body)) and any(m.groups()):
-        seconds = sign * sum(float(g) * scale for g, (_, scale) in zip(m.groups(), _UNITS) if g)
-    if seconds is None:
-        raise UserError(f"{flag} {text!r}: not a duration (e.g. {examples})")
-    if not abs(seconds) <= MAX_DURATION_SECONDS:
-        shown = str(text) if len(str(text)) <= 24 else str(text)[:20] + "..."
-        raise UserError(f"{flag} {shown!r}: out of range (at most {MAX_DURATION_SECONDS // (365 * 86400)} years)")
-    return seconds

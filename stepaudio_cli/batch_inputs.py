@@ -14,7 +14,8 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-from stepaudio_cli.audio import AUDIO_EXTENSIONS, AudioLength, header_length, sha256_file
+from stepaudio_cli.audio import AUDIO_EXTENSIONS, header_length, sha256_file
+from stepaudio_cli.audio_length import AudioLength
 from stepaudio_cli.errors import UserError
 from stepaudio_cli.url_audio import UrlFetching, fetch, is_url
 

@@ -8,8 +8,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from stepaudio_cli.batch import BatchJob, BatchRunner, NeedsEngine, Summary
+from stepaudio_cli.batch import BatchRunner
 from stepaudio_cli.batch_inputs import identity
+from stepaudio_cli.batch_job import BatchJob, NeedsEngine, Summary
 from stepaudio_cli.checkpoint import same_model
 from stepaudio_cli.engines import Engine, EngineSettings
 from stepaudio_cli.errors import UserError

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from stepaudio_cli.audio import format_duration
-from stepaudio_cli.batch import Summary
+from stepaudio_cli.batch_job import Summary
+from stepaudio_cli.durations import format_duration
 from stepaudio_cli.terminal import Terminal
 
 PLAIN_EVERY_S = 10.0

@@ -39,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stepaudio_cli.audio import SAMPLE_RATE, Audio
+from stepaudio_cli.audio import Audio
+from stepaudio_cli.audio_tokens import SAMPLE_RATE
 from stepaudio_cli.checkpoint import checkpoint_quantization, make_config, resolve_model, text_config, weight_bytes
 from stepaudio_cli.defaults import DEFAULT_MAX_NUM_SEQS, TYPICAL_ANSWER_TOKENS, TYPICAL_REQUEST_TOKENS
 from stepaudio_cli.engines.settings import EngineSettings

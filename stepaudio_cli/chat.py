@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stepaudio_cli.ask import Plan, answer, log_turn
-from stepaudio_cli.audio import Audio, format_duration, load_audio
+from stepaudio_cli.audio import Audio, load_audio
 from stepaudio_cli.conversation import Conversation
+from stepaudio_cli.durations import format_duration
 from stepaudio_cli.engines import Engine, EngineSettings, Result, open_engine
 from stepaudio_cli.errors import UserError
 from stepaudio_cli.logbook import Logbook

@@ -1,6 +1,7 @@
 """What a Step-Audio checkpoint is and where it lives: architecture and token names, the config
 schema (required keys, nested and flat layouts), token ids looked up from the tokenizer,
-resolving a path or hub repo id, the up-front check of a model folder, and weight arithmetic."""
+resolving a path or hub repo id, the up-front check of a model folder (its weight files:
+``weight_files``), its quantization and weight arithmetic."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stepaudio_cli.errors import UserError
+from stepaudio_cli.weight_files import read_weights
 
 ARCHITECTURE = "StepAudio2ForCausalLM"
 #: Every architecture name the model's configs use for the same network: R1's config.json and
@@ -88,7 +90,7 @@ R1_TEXT_SIZES = {
 R1_AUDIO_SIZES = {"n_mels": 128, "n_audio_ctx": 1500, "n_audio_state": 1280, "n_audio_head": 20, "n_audio_layer": 32}
 EOT_ID_GUESS = 151665  # <|EOT|>; only to write test/bench configs. Running code looks ids up.
 #: The longest context of the family (R1.1's 65,536 positions, about 85 min of audio): audio
-#: longer than it holds is refused before it is decoded whole (audio.audio_limit_seconds).
+#: longer than it holds is refused before it is decoded whole (audio_tokens.audio_limit_seconds).
 LONGEST_CONTEXT = 65536
 
 
@@ -235,7 +237,7 @@ def check_checkpoint(path: Path, *, weights: bool = True) -> dict:
     except ConfigError as e:
         raise UserError(str(e)) from None
     if weights:
-        problems, names = _read_weights(path)
+        problems, names = read_weights(path)
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise UserError(
@@ -266,77 +268,6 @@ def missing_text_layers(config: dict, names: set[str]) -> list[str]:
         layers.append("lm_head")
     present = {name.rsplit(".", 1)[0] for name in names}
     return [layer for layer in layers if layer not in present]
-
-
-WEIGHTS_INDEX = "model.safetensors.index.json"
-
-
-def weight_problems(path: Path) -> list[str]:
-    """What is missing or incomplete among a folder's weights: every shard that
-    ``model.safetensors.index.json`` names (else every ``*.safetensors``) must exist, with a
-    header that parses and data as long as the header says."""
-    return _read_weights(path)[0]
-
-
-def _read_weights(path: Path) -> tuple[list[str], set[str]]:
-    """:func:`weight_problems`, and the names of the tensors the shards' headers list (each
-    header read once)."""
-    shards = _shards(path)
-    if isinstance(shards, str):
-        return [shards], set()
-    problems, names = [], set()
-    for shard in shards:
-        tensors, issue = _safetensors_header(path / shard)
-        names.update(tensors)
-        if issue:
-            problems.append(f"{shard}: {issue}")
-    return problems, names
-
-
-def _shards(path: Path) -> list[str] | str:
-    """The shard files of a folder's weights, or what is wrong with their list."""
-    index = path / WEIGHTS_INDEX
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_bytes()).get("weight_map")
-            shards = sorted(set(weight_map.values()))
-            if not shards or not all(isinstance(s, str) for s in shards):
-                raise ValueError("no shard names")
-        except (OSError, ValueError, AttributeError) as e:
-            return f"{WEIGHTS_INDEX}: unreadable ({e})"
-        return shards
-    return sorted(p.name for p in path.glob("*.safetensors")) or "no weights (*.safetensors)"
-
-
-def safetensors_problem(path: Path) -> str | None:
-    """Why a safetensors file is incomplete or broken, or None. Reads its 8-byte header length
-    and JSON header only."""
-    return _safetensors_header(path)[1]
-
-
-def _safetensors_header(path: Path) -> tuple[dict, str | None]:
-    """A safetensors file's tensors (name -> dtype, shape, offsets) from its header, and why the
-    file is incomplete or broken (None: whole)."""
-    import struct
-
-    if not path.is_file():
-        return {}, "missing"
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > size - 8:
-                return {}, "truncated header"
-            header = json.loads(f.read(n))
-        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-        end = max((v["data_offsets"][1] for v in tensors.values()), default=0)
-        if not isinstance(end, int):
-            raise TypeError(end)
-    except (OSError, ValueError, struct.error, AttributeError, KeyError, IndexError, TypeError):
-        return {}, "not a safetensors file"
-    if size != 8 + n + end:
-        return tensors, f"size {size} bytes, expected {8 + n + end} (incomplete download?)"
-    return tensors, None
 
 
 class TokenIds:

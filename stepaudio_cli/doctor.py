@@ -146,7 +146,7 @@ def run(model: str, max_model_len: int, util: float, quantization: str | None = 
         r.add("model", e.message, False)
         return r
     if path is not None and os.environ.get("STEPAUDIO_LOAD_FORMAT") != "dummy":
-        from stepaudio_cli.checkpoint import weight_problems
+        from stepaudio_cli.weight_files import weight_problems
 
         problems = weight_problems(path)
         r.add(

@@ -1,6 +1,6 @@
 """`stepaudio download --check`: a local copy against the hub's file list (sizes, LFS sha256,
 git blob ids), or offline: against the list recorded when it was downloaded
-(:data:`~stepaudio_cli.download.MANIFEST`: the same sizes and hashes) when there is one, and
+(:data:`~stepaudio_cli.download_files.MANIFEST`: the same sizes and hashes) when there is one, and
 always that the config is Step-Audio's and every safetensors shard the index names is complete.
 When the hub cannot be reached, the check is the offline one, and says so.
 """
@@ -11,16 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from stepaudio_cli.download import (
-    CACHE_MANIFESTS,
-    MANIFEST,
-    Downloader,
-    HubUnreachable,
-    RemoteFile,
-    git_blob_id,
-    remote_file,
-    shown,
-)
+from stepaudio_cli.download import Downloader, HubUnreachable, shown
+from stepaudio_cli.download_files import CACHE_MANIFESTS, MANIFEST, RemoteFile, git_blob_id, remote_file
 from stepaudio_cli.errors import UserError
 
 
@@ -81,7 +73,8 @@ class Check:
 def check_offline(local: Path) -> Check:
     """Without the hub: every file the download recorded has its size and hash (when a list was
     recorded), the config is Step-Audio, every shard named by the index is complete."""
-    from stepaudio_cli.checkpoint import check_checkpoint, weight_problems
+    from stepaudio_cli.checkpoint import check_checkpoint
+    from stepaudio_cli.weight_files import weight_problems
 
     problems: list[str] = []
     manifest = manifest_for(local)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stepaudio_cli.audio import format_duration
+from stepaudio_cli.durations import format_duration
 from stepaudio_cli.resident.status import EngineStatus, settings_summary
 from stepaudio_cli.terminal import Terminal
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from stepaudio_cli.audio import SAMPLE_RATE, Audio, AudioLength, format_duration, max_audio_samples
+from stepaudio_cli.audio import Audio
+from stepaudio_cli.audio_length import AudioLength
+from stepaudio_cli.audio_tokens import SAMPLE_RATE, max_audio_samples
 from stepaudio_cli.checkpoint import ASSISTANT_PREFIX, NO_THINK_PREFIX
 from stepaudio_cli.defaults import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+from stepaudio_cli.durations import format_duration
 from stepaudio_cli.errors import AudioError, UserError
 
 # Below this many tokens of room for generation a request is refused up front.

@@ -198,7 +198,7 @@ class VllmServerProcess:
     ) -> None:
         self.cmd = cmd
         self.log_path = log_path
-        env = vllm_environment(dict(os.environ))
+        env = vllm_environment(os.environ)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env["PYTHONSAFEPATH"] = "1"  # vLLM's own Python children keep the caller's folder off their path too
         if api_key:
@@ -305,7 +305,7 @@ def served_context(url: str, api_key: str | None, uds: str | None = None) -> str
     """The context length the server chose, as /v1/models reports it."""
     import httpx
 
-    from stepaudio_cli.engines.remote import parse_model_list
+    from stepaudio_cli.engines.replies import parse_model_list
     from stepaudio_cli.errors import EngineError
 
     try:

@@ -12,9 +12,9 @@ it arrives), bounded redirects, connect and silence timeouts. The folder holds
   the URL with its credentials redacted (the full URL is kept nowhere);
 - ``lock``: held while fetching, so two commands fetching one URL take turns.
 
-What arrives is judged by its first bytes, never by its name or Content-Type: a known media
-container goes on, HTML is a page, other text or a known non-media format (PDF, PNG, ...) is
-refused; anything else is left to the audio decoder. A page (a video or podcast site) goes
+What arrives is judged by its first bytes, never by its name or Content-Type (``media_sniff``):
+a known media container goes on, HTML is a page, other text or a known non-media format (PDF,
+PNG, ...) is refused; anything else is left to the audio decoder. A page (a video or podcast site) goes
 through yt-dlp when the ``url`` extra is installed (audio only), else one line says to install
 it. Every failure is one :class:`AudioError` naming the URL, credentials redacted (``redact``).
 
@@ -40,13 +40,13 @@ from urllib.parse import unquote
 
 from stepaudio_cli.audio import Audio, load_audio, load_file
 from stepaudio_cli.errors import AudioError
+from stepaudio_cli.media_sniff import SNIFF_BYTES, body_kind
 
 MAX_URL_BYTES = 2 << 30  # the largest body fetched (a 4-hour podcast at 128 kbit/s is 230 MB)
 MAX_REDIRECTS = 5
 CONNECT_TIMEOUT = 15.0  # seconds to connect
 READ_TIMEOUT = 60.0  # seconds a server may stay silent before the fetch fails
 RESUME_TRIES = 3  # connections cut mid-body that are resumed (Range) before giving up
-SNIFF_BYTES = 1024  # the first bytes that say what a body is
 STATUS_EVERY = 8 << 20  # on_status hears of a download every this many bytes
 URL_EXTRA = "pip install 'stepaudio[url]'"
 
@@ -329,7 +329,7 @@ class _Download:
         """Refuse text and known non-media formats; hand a page to yt-dlp (raises :class:`_Page`)."""
         with open(self.cache.part, "rb") as f:
             head = f.read(SNIFF_BYTES)
-        kind = _kind(head)
+        kind = body_kind(head)
         if kind == "page":
             self.cache.part.unlink(missing_ok=True)
             self.cache.save(etag=None, last_modified=None)
@@ -370,68 +370,6 @@ def _size(n: int | None) -> str:
     return f"{n} bytes"
 
 
-# --- what a body is, from its first bytes ------------------------------------------------------
-
-_MEDIA = (
-    (0, b"RIFF"),  # WAV, AVI
-    (0, b"RF64"),
-    (0, b"fLaC"),
-    (0, b"OggS"),  # Vorbis, Opus, FLAC in Ogg
-    (0, b"ID3"),  # MP3 with tags
-    (0, b"FORM"),  # AIFF
-    (0, b"caff"),
-    (0, b"\x1aE\xdf\xa3"),  # Matroska, WebM
-    (0, b"0&\xb2u\x8ef\xcf\x11"),  # ASF: WMA, WMV
-    (0, b"#!AMR"),
-    (0, b".snd"),
-    (0, b"FLV"),
-    (0, b"wvpk"),
-    (0, b"MAC "),
-    (0, b"ADIF"),
-    (4, b"ftyp"),  # MP4, M4A, MOV, 3GP
-)
-_NOT_MEDIA = (
-    (b"%PDF", "a PDF document"),
-    (b"\x89PNG", "a PNG image"),
-    (b"\xff\xd8\xff", "a JPEG image"),
-    (b"GIF8", "a GIF image"),
-    (b"PK\x03\x04", "a ZIP archive"),
-    (b"\x1f\x8b", "a gzip archive"),
-    (b"\x7fELF", "a program"),
-)
-
-
-def _kind(head: bytes) -> str | None:
-    """``"media"``, ``"page"`` (HTML), a description of what else it is, or None (unknown
-    binary: the decoder decides)."""
-    if any(head[at : at + len(magic)] == magic for at, magic in _MEDIA):
-        return "media"
-    for magic, what in _NOT_MEDIA:
-        if head.startswith(magic):
-            return what
-    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:  # MPEG audio or ADTS AAC frame sync
-        return "media"
-    if len(head) >= 189 and head[0] == 0x47 and head[188] == 0x47:  # MPEG transport stream
-        return "media"
-    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if text.startswith((b"<!doctype html", b"<html")) or (
-        text.startswith(b"<") and any(t in head.lower() for t in (b"<html", b"<head", b"<body"))
-    ):
-        return "page"
-    if any(b < 0x09 or 0x0E <= b < 0x20 for b in head):  # control bytes: binary, not text
-        return None
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if e.start < len(head) - 3:  # not just a character cut at the end of the head
-            return None
-    if text.startswith(b"<?xml"):
-        return "an XML document (a podcast feed? give the URL of one episode)"
-    if text.startswith((b"{", b"[")):
-        return "JSON"
-    return "text"
-
-
 # --- pages: yt-dlp ----------------------------------------------------------------------------
 
 
@@ -470,7 +408,7 @@ def _from_page(url: str, name: str, cache: _Cache, fetching: UrlFetching) -> Non
         shutil.rmtree(work, ignore_errors=True)
         raise AudioError(f"{name}: yt-dlp found no audio on the page under the {_size(fetching.max_bytes)} limit")
     with open(files[0], "rb") as f:
-        kind = _kind(f.read(SNIFF_BYTES))
+        kind = body_kind(f.read(SNIFF_BYTES))
     if kind is not None and kind != "media":
         shutil.rmtree(work, ignore_errors=True)
         raise AudioError(f"{name}: not audio: the page's media is {kind}")

@@ -20,15 +20,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from stepaudio_cli.audio import (
-    CHUNK_SAMPLES,
-    SAMPLE_RATE,
-    Audio,
-    format_duration,
-    parse_duration,
-    prompt_tokens_for_chunks,
-)
+from stepaudio_cli.audio import Audio
+from stepaudio_cli.audio_tokens import CHUNK_SAMPLES, SAMPLE_RATE, prompt_tokens_for_chunks
 from stepaudio_cli.defaults import MAX_AUDIO_ITEMS
+from stepaudio_cli.durations import format_duration, parse_duration
 from stepaudio_cli.engines.base import Result, Timings, Usage
 from stepaudio_cli.errors import AudioError, NoServerError, UserError
 from stepaudio_cli.request import MIN_GENERATION_TOKENS, Request, Sampling, generation_room

@@ -10,15 +10,8 @@ import pytest
 import soundfile as sf
 from conftest import ffmpeg, noise, tone, write_wav
 
-from stepaudio_cli.audio import (
-    CHUNK_SAMPLES,
-    SAMPLE_RATE,
-    chunk_tokens,
-    decode_bytes,
-    load_audio,
-    prompt_tokens_for_chunks,
-    split_chunks,
-)
+from stepaudio_cli.audio import decode_bytes, load_audio
+from stepaudio_cli.audio_tokens import CHUNK_SAMPLES, SAMPLE_RATE, chunk_tokens, prompt_tokens_for_chunks, split_chunks
 from stepaudio_cli.errors import AudioError
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
@@ -229,24 +222,25 @@ def test_a_container_s_length_is_known_before_decoding(tmp_path, monkeypatch):
     """The memory a decode takes comes from the stream's duration (container metadata), not
     the file's size: an hour of Opus is 2 MB on disk and ~0.7 GB while ffmpeg decodes it."""
     import stepaudio_cli.audio as audio
+    import stepaudio_cli.audio_length as audio_length
 
     path = tmp_path / "a.mka"
     ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:duration=30:sample_rate=48000", "-ac", "2", "-c:a", "libopus",
            str(path))  # fmt: skip
     for probe in ("av", "ffprobe"):
         if probe == "ffprobe":
-            monkeypatch.setattr(audio, "_probe_av", lambda p: None)
+            monkeypatch.setattr(audio_length, "_probe_av", lambda p: None)
         length = audio.header_length(path, "a.mka")
         assert length.duration == pytest.approx(30.0, abs=0.1)
         assert length.source_samples == pytest.approx(30 * 48000 * 2, rel=0.01)
         assert length.decode_bytes >= 12 * length.source_samples > 20 * path.stat().st_size
-    long = audio.AudioLength("x", 5 * 3600 * SAMPLE_RATE)
+    long = audio_length.AudioLength("x", 5 * 3600 * SAMPLE_RATE)
     with pytest.raises(AudioError, match="x: 5h00m of audio is more than the 4h00m"):
-        audio.check_length(long, None)
+        audio_length.check_length(long, None)
 
 
 def test_durations_out_of_range_are_refused():
-    from stepaudio_cli.audio import parse_duration
+    from stepaudio_cli.durations import parse_duration
     from stepaudio_cli.errors import UserError
 
     for text in ("9" * 400, "1e999", "99999999999h"):

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from stepaudio_cli.checkpoint import make_config, safetensors_problem
+from stepaudio_cli.checkpoint import make_config
 from stepaudio_cli.cli import app
+from stepaudio_cli.weight_files import safetensors_problem
 
 REPO = "stepfun-ai/Step-Audio-R1"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -347,7 +348,7 @@ def test_the_token_saved_by_hf_auth_login_is_sent_with_every_request(hub, tmp_pa
 
 
 def test_hub_names_and_hashes_of_the_wrong_form_are_refused():
-    from stepaudio_cli.download import remote_file, safe_name
+    from stepaudio_cli.download_files import remote_file, safe_name
     from stepaudio_cli.errors import UserError
 
     assert safe_name("a/b.safetensors") and safe_name("config.json")

@@ -16,7 +16,8 @@ from conftest import SCRIPT, LoopThread, noise, tone, write_wav
 from reference import next_token_logprobs
 from typer.testing import CliRunner
 
-from stepaudio_cli.audio import Audio, chunk_tokens, load_audio
+from stepaudio_cli.audio import Audio, load_audio
+from stepaudio_cli.audio_tokens import chunk_tokens
 from stepaudio_cli.cli import app
 from stepaudio_cli.engines import EngineSettings, collect, make_engine
 from stepaudio_cli.prompt import build_prompt

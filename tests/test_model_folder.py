@@ -14,12 +14,13 @@ from conftest import tone, write_wav
 from typer.testing import CliRunner
 
 from stepaudio_cli import serve
-from stepaudio_cli.checkpoint import check_checkpoint, safetensors_problem, weight_problems
+from stepaudio_cli.checkpoint import check_checkpoint
 from stepaudio_cli.cli import app
 from stepaudio_cli.engines.settings import EngineSettings
 from stepaudio_cli.errors import UserError
 from stepaudio_cli.tiny_checkpoint import build_checkpoint
 from stepaudio_cli.vllm_log import explain, root_cause
+from stepaudio_cli.weight_files import safetensors_problem, weight_problems
 
 runner = CliRunner()
 

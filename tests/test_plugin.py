@@ -11,7 +11,7 @@ import torch
 from conftest import noise, tone
 from reference import whisper_mel
 
-from stepaudio_cli.audio import adapter_frames, chunk_tokens, encoder_frames, mel_frames
+from stepaudio_cli.audio_tokens import adapter_frames, chunk_tokens, encoder_frames, mel_frames
 from stepaudio_cli.vllm_plugin.mel import log_mel
 
 

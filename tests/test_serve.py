@@ -155,7 +155,8 @@ def test_chat_template_renders_what_build_prompt_writes(vllm_server, scripted_ck
     import numpy as np
     from tokenizers import Tokenizer
 
-    from stepaudio_cli.audio import Audio, chunk_tokens
+    from stepaudio_cli.audio import Audio
+    from stepaudio_cli.audio_tokens import chunk_tokens
     from stepaudio_cli.prompt import build_messages, build_prompt
     from stepaudio_cli.tiny_checkpoint import SPECIAL_TOKENS
 

@@ -25,8 +25,9 @@ from conftest import SCRIPT, SR, reply_json, reply_stream, write_wav
 from test_reasoning_length import Scripted as ScriptedBase
 from typer.testing import CliRunner
 
-from stepaudio_cli.audio import Audio, parse_duration
+from stepaudio_cli.audio import Audio
 from stepaudio_cli.cli import app
+from stepaudio_cli.durations import parse_duration
 from stepaudio_cli.errors import AudioError, UserError
 from stepaudio_cli.request import Request, Sampling, generation_room
 from stepaudio_cli.windows import (
@@ -347,7 +348,8 @@ def test_a_batch_holds_no_more_decoded_audio_than_its_room(scripted, tmp_path):
     import asyncio
 
     from stepaudio_cli.audio import header_length
-    from stepaudio_cli.batch import BatchJob, execute
+    from stepaudio_cli.batch import execute
+    from stepaudio_cli.batch_job import BatchJob
     from stepaudio_cli.defaults import DECODED_AUDIO_BYTES
     from stepaudio_cli.engines import EngineSettings
     from stepaudio_cli.store import Store

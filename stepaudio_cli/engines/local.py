@@ -12,10 +12,10 @@ import uuid
 from collections.abc import AsyncIterator
 
 from stepaudio_cli import gpus
-from stepaudio_cli.audio import SAMPLE_RATE
+from stepaudio_cli.audio_tokens import SAMPLE_RATE
 from stepaudio_cli.checkpoint import TokenIds, find_sequence
 from stepaudio_cli.engines.base import Clock, Engine, Final, Usage
-from stepaudio_cli.engines.settings import VLLM_ENVIRONMENT, EngineSettings, vllm_args
+from stepaudio_cli.engines.settings import EngineSettings, vllm_args, vllm_environment
 from stepaudio_cli.errors import EngineError, UserError
 from stepaudio_cli.prompt import build_prompt
 from stepaudio_cli.request import Request, max_tokens_to_send
@@ -60,8 +60,7 @@ class LocalEngine(Engine):
         path = resolve_model(s.model)
         config = check_checkpoint(path, weights=s.load_format != "dummy")  # dummy: random weights
         self._started_children = frozenset(p.pid for p in multiprocessing.active_children())
-        for key, value in VLLM_ENVIRONMENT.items():  # read by vLLM's engine processes, which inherit it
-            os.environ.setdefault(key, value)
+        os.environ.update(vllm_environment(os.environ))  # read by vLLM's engine processes, which inherit it
         with engine_output_to_log() as log:
             import_vllm()
             self.imported_at = time.time()  # vLLM's import done; its config and tokenizer next

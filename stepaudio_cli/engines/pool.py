@@ -10,7 +10,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
-from stepaudio_cli.audio import format_duration
+from stepaudio_cli.durations import format_duration
 from stepaudio_cli.engines.base import Engine, Final
 from stepaudio_cli.engines.remote import RemoteEngine
 from stepaudio_cli.errors import EngineError, NoServerError

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import time
@@ -16,6 +15,7 @@ from stepaudio_cli.checkpoint import EOT
 from stepaudio_cli.defaults import DEFAULT_TIMEOUT, UDS_SCHEME
 from stepaudio_cli.engines.base import Engine, Final
 from stepaudio_cli.engines.reasoning_length import PhaseEnd, Run, Text, phased
+from stepaudio_cli.engines.replies import parse_chunk, parse_model_list, parse_tokens, reply_json, server_message
 from stepaudio_cli.errors import EngineError, UserError
 from stepaudio_cli.prompt import build_messages
 from stepaudio_cli.request import Request, max_tokens_to_send
@@ -57,109 +57,6 @@ def api_base(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UserError(f"--server {redact(given)}: not a valid URL (want http://HOST:PORT)")
     return url if url.endswith("/v1") else url + "/v1"
-
-
-def _server_message(response: httpx.Response, text: str | None = None) -> str:
-    """The human part of an error body: OpenAI ``{"error": {"message"}}``, FastAPI ``detail``..."""
-    text = response.text if text is None else text
-    try:
-        body = json.loads(text)
-    except (ValueError, RecursionError):
-        body = None
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict):
-            msg = err.get("message") or err.get("detail") or err.get("msg")
-            if msg:
-                return " ".join(str(msg).split())
-        elif isinstance(err, str):
-            return err
-        if "detail" in body:
-            return " ".join(str(body["detail"]).split())
-    text = " ".join(text.split())
-    return text[:300] or response.reason_phrase
-
-
-# --- what a server sends, checked where it is parsed ---------------------------------------------
-# Anything of the wrong shape is an EngineError naming the URL (one line for `ask`, the file's
-# failure for `batch`), never a Python exception from deep inside.
-
-
-def _reply_json(response: httpx.Response, where: str):
-    try:
-        return json.loads(response.content)
-    except (ValueError, RecursionError):  # UnicodeDecodeError included; nesting too deep
-        raise EngineError(f"{where}: not an OpenAI-compatible server (reply is not JSON)") from None
-
-
-def _shape_error(where: str, what: str, value) -> EngineError:
-    shown = json.dumps(value, ensure_ascii=True, default=str)
-    return EngineError(f"{where}: unexpected reply from the server: {what} is {shown[:80]}")
-
-
-def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def parse_model_list(body, where: str) -> list[dict]:
-    """The models of a /v1/models reply, each an object with a string ``id`` and an optional
-    positive integer ``max_model_len``."""
-    if not isinstance(body, dict):
-        raise _shape_error(where, "the reply", body)
-    models = body.get("data")
-    if models is None:
-        models = []
-    if not isinstance(models, list):
-        raise _shape_error(where, "'data'", models)
-    for m in models:
-        if not isinstance(m, dict) or not isinstance(m.get("id"), str):
-            raise _shape_error(where, "a model entry", m)
-        n = m.get("max_model_len")
-        if n is not None and not (_is_count(n) and n > 0):
-            raise _shape_error(where, "'max_model_len'", n)
-    return models
-
-
-def parse_chunk(data: str, where: str) -> dict:
-    """One ``data:`` line of a chat-completions stream, checked field by field: an object whose
-    ``choices`` is a list of objects with an object ``delta`` of string texts, a string
-    ``finish_reason`` and ``usage`` of non-negative integer counts (each may be absent or null)."""
-    try:
-        chunk = json.loads(data)
-    except (ValueError, RecursionError):
-        raise EngineError(f"{where}: malformed stream chunk: {data[:120]!r}") from None
-    if not isinstance(chunk, dict):
-        raise _shape_error(where, "a stream chunk", chunk)
-    if chunk.get("error") is not None:
-        return chunk
-    choices = chunk.get("choices")
-    if choices is not None and not isinstance(choices, list):
-        raise _shape_error(where, "'choices'", choices)
-    for choice in choices or []:
-        if not isinstance(choice, dict):
-            raise _shape_error(where, "a choice", choice)
-        delta = choice.get("delta")
-        if delta is not None and not isinstance(delta, dict):
-            raise _shape_error(where, "'delta'", delta)
-        for name in ("reasoning", "reasoning_content", "content"):
-            text = (delta or {}).get(name)
-            if text is not None and not isinstance(text, str):
-                raise _shape_error(where, f"'{name}'", text)
-        reason = choice.get("finish_reason")
-        if reason is not None and not isinstance(reason, str):
-            raise _shape_error(where, "'finish_reason'", reason)
-    usage = chunk.get("usage")
-    if usage is not None:
-        if not isinstance(usage, dict):
-            raise _shape_error(where, "'usage'", usage)
-        for name in ("prompt_tokens", "completion_tokens"):
-            n = usage.get(name)
-            if n is not None and not _is_count(n):
-                raise _shape_error(where, f"'usage.{name}'", n)
-    model = chunk.get("model")
-    if model is not None and not isinstance(model, str):
-        raise _shape_error(where, "'model'", model)
-    return chunk
 
 
 class RemoteEngine(Engine):
@@ -204,7 +101,7 @@ class RemoteEngine(Engine):
         if response.status_code >= 400:
             raise self._http_error(response)
         where = f"{self.shown_base}/models"
-        models = parse_model_list(_reply_json(response, where), where)
+        models = parse_model_list(reply_json(response, where), where)
         if not models:
             raise EngineError(f"{self.url}: the server lists no models")
         wanted = self.wanted_model
@@ -282,13 +179,11 @@ class RemoteEngine(Engine):
         url = redact(url)
         if response.status_code == 200:
             with contextlib.suppress(EngineError):
-                body = _reply_json(response, url)
+                body = reply_json(response, url)
                 tokens = body.get("tokens") if isinstance(body, dict) else None
         if not tokens:
             raise EngineError(f"{self.url}: --min-think needs a vLLM server that can tokenize {text} (POST /tokenize)")
-        if not isinstance(tokens, list) or not all(_is_count(t) for t in tokens):
-            raise _shape_error(url, "'tokens'", tokens)
-        self._tokenized[text] = tokens
+        self._tokenized[text] = parse_tokens(tokens, url)
         return self._tokenized[text]
 
     async def phase(self, payload: dict) -> AsyncIterator[Text | PhaseEnd]:
@@ -371,7 +266,7 @@ class RemoteEngine(Engine):
 
     def _http_error(self, response: httpx.Response, text: str | None = None) -> EngineError:
         code = response.status_code
-        msg = _server_message(response, text)
+        msg = server_message(response, text)
         if code == 401:
             return EngineError(f"{self.url}: unauthorized (401): {msg}; pass --api-key or set STEPAUDIO_API_KEY")
         if code == 404 and response.request.url.path.endswith("/models"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,8 +117,9 @@ def vllm_cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "vllm"
 
 
-def vllm_environment(env: dict[str, str]) -> dict[str, str]:
-    """``env`` with :data:`VLLM_ENVIRONMENT` added where ``env`` does not set them."""
+def vllm_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with :data:`VLLM_ENVIRONMENT` added where ``env`` does not set them (the user's
+    value wins)."""
     return {**VLLM_ENVIRONMENT, **env}
 
 

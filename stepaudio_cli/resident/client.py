@@ -290,9 +290,9 @@ def select(target: str | None, warn: registry.Warn | None = None) -> list[Entry]
 
 # --- keep-alive ---------------------------------------------------------------------------------
 def parse_keep_alive(text: str | float | int, flag: str = "--keep-alive") -> float | None:
-    """``5m``, ``90s``, ``1h``, ``300`` (seconds), ``0`` (any form of :func:`audio.parse_duration`)
+    """``5m``, ``90s``, ``1h``, ``300`` (seconds), ``0`` (any form of :func:`durations.parse_duration`)
     -> seconds; ``forever`` (or a negative duration, as ollama takes) -> None."""
-    from stepaudio_cli.audio import parse_duration
+    from stepaudio_cli.durations import parse_duration
 
     if str(text).strip().lower() in ("forever", "inf", "infinite"):
         return None
@@ -301,6 +301,6 @@ def parse_keep_alive(text: str | float | int, flag: str = "--keep-alive") -> flo
 
 
 def describe_keep_alive(seconds: float | None) -> str:
-    from stepaudio_cli.audio import format_duration
+    from stepaudio_cli.durations import format_duration
 
     return "forever" if seconds is None else format_duration(seconds)

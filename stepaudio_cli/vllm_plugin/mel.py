@@ -9,7 +9,7 @@ import functools
 import numpy as np
 import torch
 
-from stepaudio_cli.audio import HOP_LENGTH, MEL_PADDING, N_FFT, SAMPLE_RATE
+from stepaudio_cli.audio_tokens import HOP_LENGTH, MEL_PADDING, N_FFT, SAMPLE_RATE
 
 
 def _hz_to_mel(f: np.ndarray) -> np.ndarray:

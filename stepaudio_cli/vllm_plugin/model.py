@@ -10,7 +10,7 @@ blocks.N.{attn.{query,key,value,out}, attn_ln, mlp.{0,2}, mlp_ln}, after_norm),
 Inputs: each audio item is cut into chunks of at most 25 s (a client that already sends
 25 s items gets one chunk per item); each chunk becomes
 ``<audio_start>`` + N x ``<audio_patch>`` + ``<audio_end>`` with N from
-:func:`stepaudio_cli.audio.chunk_tokens`.
+:func:`stepaudio_cli.audio_tokens.chunk_tokens`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from vllm.multimodal.processing import (
 )
 from vllm.sequence import IntermediateTensors
 
-from stepaudio_cli.audio import (
+from stepaudio_cli.audio_tokens import (
     SAMPLE_RATE,
     adapter_frames,
     encoder_frames,

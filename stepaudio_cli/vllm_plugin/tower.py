@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stepaudio_cli.audio import adapter_frames
+from stepaudio_cli.audio_tokens import adapter_frames
 
 
 class EncoderAttention(nn.Module):
