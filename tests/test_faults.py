@@ -1,6 +1,8 @@
-"""Faults, with real parts: `stepaudio serve` processes on loopback killed with SIGKILL and
-restarted mid-batch, a hung server, a parent of `serve` killed, results that cannot be
-written (/dev/full, a removed folder)."""
+"""Faults, with real parts: `stepaudio serve` processes on loopback (its watchdog and the
+stand-in for vLLM's server, tests/fake_vllm: the client's side is under test, not the engine's)
+killed with SIGKILL and restarted mid-batch, a hung server, a parent of `serve` killed, results
+that cannot be written (/dev/full, a removed folder); an engine start without room for its KV
+cache, on the real engine."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import SCRIPT, ServerProcess, free_port, serve_command, tone, write_wav
+from conftest import ROOT, SCRIPT, ServerProcess, free_port, serve_command, tone, write_wav
 from typer.testing import CliRunner
 
 from stepaudio_cli.cli import app
@@ -75,16 +77,23 @@ def alive(procs: list[psutil.Process]) -> list[int]:
     return [p.pid for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
+FAKE_VLLM = Path(__file__).resolve().parent / "fake_vllm"
+
+
 class Servers:
-    """`stepaudio serve` processes of the scripted checkpoint, by port, that tests kill and restart."""
+    """`stepaudio serve` processes of the scripted checkpoint, by port, that tests kill and restart.
+    Their vLLM is the stand-in, answering in 0.4 s (two chunks 0.2 s apart): a batch of 30 files
+    at concurrency 2 takes several seconds, long enough to kill a server in the middle."""
 
     def __init__(self, ckpt: Path, tmp: Path) -> None:
         self.ckpt, self.tmp = ckpt, tmp
         self.procs: dict[int, ServerProcess] = {}
+        self.env = {"PYTHONPATH": f"{FAKE_VLLM}{os.pathsep}{ROOT}", "FAKE_VLLM_CHUNK_S": "0.2"}
 
     def start(self, port: int | None = None) -> ServerProcess:
         port = port or free_port()
-        server = ServerProcess(serve_command(self.ckpt, port), port, self.tmp / f"serve-{port}-{len(self.procs)}.log")
+        log = self.tmp / f"serve-{port}-{len(self.procs)}.log"
+        server = ServerProcess(serve_command(self.ckpt, port), port, log, env=self.env)
         self.procs[port] = server
         return server
 
@@ -166,10 +175,11 @@ def test_the_only_server_dying_pauses_the_batch_until_it_is_back_or_stops_it(ser
     wait_for(lambda: lines(out) >= 4, 120, "the first results")
     crash(a)
     done_before = lines(out)
-    servers.start(a.port).wait_healthy()  # back ~30 s later, on the same port
+    # The progress says the batch waits; the server comes back on the same port.
+    wait_for(lambda: b"waiting up to 10m" in log.read_bytes(), 60, "the batch to wait for the server")
+    assert b"no answer from the server" in log.read_bytes()
+    servers.start(a.port).wait_healthy()
     assert proc.wait(180) == 0, log.read_text()
-    text = log.read_text()
-    assert "no answer from the server" in text and "waiting up to 10m" in text  # the progress said so
     recs = records(out)
     assert done_before < 40 and len(recs) == 40
     assert all((r["answer"], r["error"]) == (ANSWER, None) for r in recs), [r["error"] for r in recs if r["error"]]

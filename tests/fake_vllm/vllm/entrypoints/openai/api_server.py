@@ -2,7 +2,9 @@
 `serve --keep-alive`): no model, a scripted stream, vLLM's routes and counters that stepaudio reads.
 
 FAKE_VLLM_DELAY: seconds before it listens; FAKE_VLLM_FAIL: a message to fail the start with;
-FAKE_VLLM_CHUNK_S: seconds between streamed chunks. Every start appends a line to FAKE_VLLM_STARTS,
+FAKE_VLLM_CHUNK_S: seconds between streamed chunks. A request that bans a token with ``logit_bias``
+(-100: what `--min-think` sends a stock server to hold ``</think>`` back) reasons on as vLLM would,
+a chunk every 0.05 s, until its ``max_tokens`` (a long stream to cut). Every start appends a line to FAKE_VLLM_STARTS,
 every sleep and wake-up a line to FAKE_VLLM_SLEEPS. With VLLM_SERVER_DEV_MODE=1 and
 --enable-sleep-mode it has vLLM's /sleep, /wake_up and /is_sleeping, and refuses requests asleep.
 """
@@ -89,7 +91,11 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         if not self._keyed():
             return
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            body = {}
         if self.path == "/tokenize":
             self._reply(200, {"tokens": [7], "count": 1})
             return
@@ -111,8 +117,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            for delta, finish in (({"reasoning": "I hear a steady tone"}, None), ({"content": "A beep."}, "stop")):
-                time.sleep(float(os.environ.get("FAKE_VLLM_CHUNK_S", "0")))
+            for delta, finish, pause in _deltas(body):
+                time.sleep(pause)
                 choice = {"index": 0, "delta": delta, "finish_reason": finish}
                 self._chunk({"model": args.served_model_name, "choices": [choice]})
             usage = {"prompt_tokens": 40, "completion_tokens": 2, "total_tokens": 42}
@@ -130,6 +136,20 @@ class Handler(BaseHTTPRequestHandler):
     def _write(self, data):
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
+
+
+def _deltas(body):
+    """(delta, finish_reason, seconds before it) of the reply to ``body``."""
+    pause = float(os.environ.get("FAKE_VLLM_CHUNK_S", "0"))
+    bias = body.get("logit_bias") if isinstance(body, dict) else None
+    if isinstance(bias, dict) and any(isinstance(v, (int, float)) and v <= -100 for v in bias.values()):
+        n = int(body.get("max_tokens") or 100)
+        yield {"reasoning": "I hear a steady tone"}, None, pause
+        for i in range(1, n):
+            yield {"reasoning": " on"}, "length" if i == n - 1 else None, 0.05
+        return
+    yield {"reasoning": "I hear a steady tone"}, None, pause
+    yield {"content": "A beep."}, "stop", pause
 
 
 class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
