@@ -50,6 +50,21 @@ class ServeOptions:
     uds: str | None = None  # listen on this Unix socket instead of host:port
     sleep_mode: bool = False  # vLLM's sleep mode and its routes (/sleep, /wake_up: resident engines on a GPU)
 
+    @property
+    def server_key(self) -> str | None:
+        """The key the server asks for: ours (``--api-key``, ``STEPAUDIO_API_KEY``,
+        ``--api-key-file``), else the first ``--api-key`` given to vLLM after ``--``, else
+        ``VLLM_API_KEY`` (vLLM reads both itself). Our own requests to it (its context, whether it
+        is in use) and the registry's copy for local clients use this one."""
+        if self.api_key:
+            return self.api_key
+        for i, arg in enumerate(self.extra):
+            if arg.startswith("--api-key="):
+                return arg.split("=", 1)[1] or None
+            if arg == "--api-key" and i + 1 < len(self.extra) and not self.extra[i + 1].startswith("-"):
+                return self.extra[i + 1]
+        return os.environ.get("VLLM_API_KEY") or None
+
 
 @dataclass(frozen=True)
 class Running:
@@ -179,8 +194,7 @@ def dummy_weights(extra: list[str]) -> bool:
 
 def check_exposure(opts: ServeOptions) -> None:
     """A server reachable from other machines needs a key, unless the user says otherwise."""
-    keyed = opts.api_key or os.environ.get("VLLM_API_KEY") or any(a.split("=")[0] == "--api-key" for a in opts.extra)
-    if is_loopback(opts.host) or keyed or opts.insecure_no_key:
+    if is_loopback(opts.host) or opts.server_key or opts.insecure_no_key:
         return
     raise UserError(
         f"--host {opts.host} serves beyond this machine: set a key (STEPAUDIO_API_KEY or --api-key-file), "
@@ -342,9 +356,9 @@ def run(opts: ServeOptions, hooks: ServeHooks, *, log_path: Path, passthrough: b
         running = Running(
             url=url,
             uds=opts.uds,
-            api_key=opts.api_key,
-            context=served_context(url, opts.api_key, opts.uds),
-            activity=RequestActivity(url, opts.api_key, opts.uds),
+            api_key=opts.server_key,
+            context=served_context(url, opts.server_key, opts.uds),
+            activity=RequestActivity(url, opts.server_key, opts.uds),
         )
         hooks.on_ready(running)
         code = _wait(server, hooks, running)

@@ -151,6 +151,23 @@ def test_serve_keep_alive_counts_requests_from_any_client(ckpt, env):
             serve.wait(30)
 
 
+def test_serve_keyed_through_vllm_api_key_stops_when_idle_and_lends_its_key(ckpt, env):
+    """A key vLLM reads itself (VLLM_API_KEY here; or --api-key after --) is the one serve's own
+    requests use: it stops after its keep-alive (it asked /metrics without the key, was refused,
+    and never stopped), and the registry holds the key for local clients."""
+    port = free_port()
+    serve = stepaudio(["serve", str(ckpt), "--port", str(port), "--keep-alive", "4s"], env, VLLM_API_KEY="k-env")
+    try:
+        assert wait_until(lambda: len(registry.read_entries()) == 1, 60), "the serve was not listed"
+        (entry,) = registry.read_entries()
+        assert entry.keyed and entry.api_key() == "k-env"
+        assert serve.wait(30) == 0, "not stopped after its keep-alive"
+    finally:
+        if serve.poll() is None:
+            serve.terminate()
+            serve.wait(30)
+
+
 def _healthy(url: str) -> bool:
     try:
         return httpx.get(url + "/health", timeout=1).status_code == 200

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from stepaudio_cli import serve as core
 from stepaudio_cli.cli import app
 from stepaudio_cli.engines.settings import EngineSettings
+from stepaudio_cli.errors import UserError
 
 runner = CliRunner()
 
@@ -59,6 +60,21 @@ def test_a_key_or_insecure_no_key_allows_any_host(monkeypatch):
     monkeypatch.delenv("VLLM_API_KEY", raising=False)
     core.check_exposure(core.ServeOptions(engine=EngineSettings(model="m"), host="0.0.0.0", api_key="k"))
     core.check_exposure(core.ServeOptions(engine=EngineSettings(model="m"), host="0.0.0.0", insecure_no_key=True))
+
+
+def test_the_server_key_is_ours_else_vllm_s_after_dashes_else_its_environment(monkeypatch):
+    def key(extra=(), api_key=None):
+        return core.ServeOptions(engine=EngineSettings(model="m"), api_key=api_key, extra=list(extra)).server_key
+
+    monkeypatch.setenv("VLLM_API_KEY", "env")
+    assert key(["--api-key", "a1", "a2"], api_key="ours") == "ours"
+    assert key(["--port-x", "1", "--api-key", "a1", "a2"]) == key(["--api-key=a1"]) == "a1"
+    assert key(["--api-key"]) == key(["--api-key", "--other"]) == key() == "env"
+    monkeypatch.delenv("VLLM_API_KEY")
+    assert key() is None
+    with pytest.raises(UserError, match="serves beyond this machine"):
+        core.check_exposure(core.ServeOptions(engine=EngineSettings(model="m"), host="0.0.0.0"))
+    core.check_exposure(core.ServeOptions(engine=EngineSettings(model="m"), host="0.0.0.0", extra=["--api-key", "k"]))
 
 
 def test_key_file(tmp_path, monkeypatch):

@@ -59,12 +59,12 @@ def _register(opts: ServeOptions, entry_id: str, keep_alive: float | None, runni
         model=engine.model,
         settings=settings,
         port=opts.port,
-        keyed=bool(opts.api_key),
+        keyed=bool(opts.server_key),
         started=time.time(),
     )
     try:
-        if opts.api_key:
-            registry.write_key(entry_id, opts.api_key)
+        if opts.server_key:
+            registry.write_key(entry_id, opts.server_key)
         registry.save(entry)
     except (UserError, OSError):
         pass  # it serves on, found by `ask` or not
