@@ -12,6 +12,10 @@ it arrives), bounded redirects, connect and silence timeouts. The folder holds
   the URL with its credentials redacted (the full URL is kept nowhere);
 - ``lock``: held while fetching, so two commands fetching one URL take turns.
 
+The cache keeps to ``url_cache.MAX_CACHE_BYTES``: the least recently used URLs' files go first,
+never those of a URL used in the last day or being fetched (``url_cache.trim``, after a fetch,
+at most every few seconds).
+
 What arrives is judged by its first bytes, never by its name or Content-Type (``media_sniff``):
 a known media container goes on, HTML is a page, other text or a known non-media format (PDF,
 PNG, ...) is refused; anything else is left to the audio decoder. A page (a video or podcast site) goes
@@ -26,14 +30,10 @@ content's sha256, and a batch rerun resumes. :func:`load_source` decodes a path,
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
-import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
@@ -41,6 +41,7 @@ from urllib.parse import unquote
 from stepaudio_cli.audio import Audio, load_audio, load_file
 from stepaudio_cli.errors import AudioError
 from stepaudio_cli.media_sniff import SNIFF_BYTES, body_kind
+from stepaudio_cli.url_cache import Cache, cache_dir, folder_name, locked, trim_now_and_then
 
 MAX_URL_BYTES = 2 << 30  # the largest body fetched (a 4-hour podcast at 128 kbit/s is 230 MB)
 MAX_REDIRECTS = 5
@@ -132,73 +133,29 @@ def load_source(source: str, fetching: UrlFetching = UrlFetching(), *, stdin=Non
     return load_file(path, str(path))
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "stepaudio" / "urls"
-
-
 def fetch(
     url: str, fetching: UrlFetching = UrlFetching(), on_status: Callable[[str], None] | None = None
 ) -> FetchedPath:
     """The cached file of ``url``: fetched, resumed or revalidated as needed; a page's audio
     through yt-dlp. ``on_status`` hears how far the download is."""
     name = redact(url)
-    folder = cache_dir() / hashlib.sha256(url.encode()).hexdigest()[:32]
+    folder = cache_dir() / folder_name(url)
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as e:
         raise AudioError(f"{name}: cannot create the cache folder {folder} ({e.strerror or e})") from None
-    with _locked(folder / "lock"):
-        cache = _Cache(folder, name)
+    with locked(folder / "lock"):
+        cache = Cache(folder, name)
         if not fetching.use_cache:
             cache.clear()
-        if cache.meta.get("page") and cache.media.is_file():  # a page's audio: pages are not revalidated
-            return _fetched(cache.media, url)
-        try:
-            _Download(url, name, cache, fetching, on_status or (lambda _: None)).run()
-        except _Page:
-            _from_page(url, name, cache, fetching)
-        return _fetched(cache.media, url)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-class _Cache:
-    """One URL's folder in the cache (see the module docstring)."""
-
-    def __init__(self, folder: Path, name: str) -> None:
-        self.folder, self.name = folder, name
-        self.media, self.part, self._meta = folder / "media", folder / "media.part", folder / "meta.json"
-        self.meta = self._read_meta()
-
-    def _read_meta(self) -> dict:
-        try:
-            meta = json.loads(self._meta.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return meta if isinstance(meta, dict) else {}
-
-    def save(self, **fields) -> None:
-        self.meta = {**self.meta, "url": self.name, **fields}
-        tmp = self._meta.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.meta), encoding="utf-8")
-        os.replace(tmp, self._meta)
-
-    def validators(self) -> dict[str, str]:
-        return {k: v for k in ("etag", "last_modified") if isinstance(v := self.meta.get(k), str)}
-
-    def clear(self) -> None:
-        for p in (self.media, self.part, self._meta):
-            p.unlink(missing_ok=True)
-        self.meta = {}
+        if not (cache.meta.get("page") and cache.media.is_file()):  # a page's audio is not revalidated
+            try:
+                _Download(url, name, cache, fetching, on_status or (lambda _: None)).run()
+            except _Page:
+                _from_page(url, name, cache, fetching)
+        cache.touch()
+    trim_now_and_then(folder)
+    return _fetched(cache.media, url)
 
 
 class _Page(Exception):
@@ -212,7 +169,7 @@ class _CutShort(Exception):
 class _Download:
     """One URL's body into the cache: conditional, resumed, bounded, checked by its first bytes."""
 
-    def __init__(self, url: str, name: str, cache: _Cache, fetching: UrlFetching, on_status) -> None:
+    def __init__(self, url: str, name: str, cache: Cache, fetching: UrlFetching, on_status) -> None:
         self.url, self.name, self.cache, self.fetching, self.on_status = url, name, cache, fetching, on_status
 
     def run(self) -> None:
@@ -373,7 +330,7 @@ def _size(n: int | None) -> str:
 # --- pages: yt-dlp ----------------------------------------------------------------------------
 
 
-def _from_page(url: str, name: str, cache: _Cache, fetching: UrlFetching) -> None:
+def _from_page(url: str, name: str, cache: Cache, fetching: UrlFetching) -> None:
     """The audio of the page ``url`` into ``cache.media``, through yt-dlp (audio only)."""
     try:
         import yt_dlp

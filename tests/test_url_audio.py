@@ -230,6 +230,46 @@ def test_revalidation_with_etag_costs_no_body_and_picks_up_a_change(media):
     assert "If-None-Match" not in seen[-1][1] and len(seen) == 4
 
 
+def test_the_cache_keeps_to_its_size_least_recently_used_first(media, monkeypatch):
+    """Past the cap, a fetch removes the files of the URLs used longest ago, but not those of a
+    URL used within the last day, being fetched now (its lock held), or the one just fetched."""
+    import fcntl
+    import os
+
+    from stepaudio_cli import url_cache
+
+    monkeypatch.setattr(url_cache, "TRIM_EVERY_S", 0.0)  # every fetch trims
+    base, _ = media({f"/{n}.wav": (200, {}, WAV) for n in "abcde"})
+    folders = {}
+    for n in "abcde":
+        folders[n] = Path(fetch(f"{base}/{n}.wav")).parent
+    day = url_cache.KEEP_RECENT_S
+    for age, n in zip((5 * day, 4 * day, 3 * day, 2 * day), "abcd"):  # e: used now
+        stamp = time.time() - age
+        os.utime(folders[n] / "meta.json", (stamp, stamp))
+    foreign = url_cache.cache_dir() / "notes"  # not a folder we name: never counted or touched
+    foreign.mkdir()
+    (foreign / "media").write_bytes(WAV * 4)
+    os.utime(foreign / "media", (0, 0))
+    held = os.open(folders["a"] / "lock", os.O_RDWR)  # a fetch of `a` is under way
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        # Room for three of the five: `a` (oldest, but held) stays, `b` and `c` go, `d` is enough.
+        monkeypatch.setattr(url_cache, "MAX_CACHE_BYTES", int(3.5 * len(WAV)))
+        refetched = Path(fetch(f"{base}/e.wav"))
+    finally:
+        os.close(held)
+    assert refetched.read_bytes() == WAV
+    kept = {n for n, folder in folders.items() if (folder / "media").exists()}
+    assert kept == {"a", "d", "e"}
+    assert all((folders[n] / "lock").exists() and not (folders[n] / "meta.json").exists() for n in "bc")
+    # A URL used within the last day keeps its files, whatever the size; an emptied one fetches again.
+    monkeypatch.setattr(url_cache, "MAX_CACHE_BYTES", 0)
+    assert Path(fetch(f"{base}/b.wav")).read_bytes() == WAV
+    assert {n for n, folder in folders.items() if (folder / "media").exists()} == {"b", "e"}
+    assert (foreign / "media").read_bytes() == WAV * 4
+
+
 def test_credentials_in_a_url_are_never_shown(media):
     assert redact("https://bob:hunter2@example.org/a.mp3?X-Amz-Signature=abc&v=1&access_token=zz#t=1") == (
         "https://***@example.org/a.mp3?X-Amz-Signature=***&v=1&access_token=***#t=1"
