@@ -30,6 +30,7 @@ content's sha256, and a batch rerun resumes. :func:`load_source` decodes a path,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -144,7 +145,11 @@ def fetch(
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as e:
         raise AudioError(f"{name}: cannot create the cache folder {folder} ({e.strerror or e})") from None
-    with locked(folder / "lock"):
+    with contextlib.ExitStack() as hold:
+        try:
+            hold.enter_context(locked(folder / "lock"))
+        except OSError as e:
+            raise AudioError(f"{name}: cannot lock the cache folder {folder} ({e.strerror or e})") from None
         cache = Cache(folder, name)
         if not fetching.use_cache:
             cache.clear()

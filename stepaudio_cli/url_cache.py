@@ -40,12 +40,18 @@ def cache_dir() -> Path:
 
 
 @contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold the lock file ``path`` (exclusive) for the block: fetches of one URL take turns."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+def locked(path: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold the lock file ``path`` (exclusive, never through a symlink) for the block, so fetches
+    of one URL and the trim take turns; with ``wait`` False the block gets False at once when
+    another holds it. OSError when the file cannot be opened."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
     finally:
         os.close(fd)
 
@@ -138,19 +144,15 @@ def _usage(folder: Path) -> tuple[int, float]:
 def _empty(folder: Path) -> bool:
     """Remove a URL's files unless a fetch holds its lock; True when removed."""
     try:
-        fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    except OSError:
+        with locked(folder / "lock", wait=False) as held:
+            if not held:
+                return False
+            for name in _FILES:
+                with contextlib.suppress(FileNotFoundError):
+                    path = folder / name
+                    if stat.S_ISREG(os.lstat(path).st_mode):
+                        path.unlink()
+            shutil.rmtree(folder / "page", ignore_errors=True)
+            return True
+    except OSError:  # its lock cannot be opened, or a file not removed
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        for name in _FILES:
-            with contextlib.suppress(FileNotFoundError):
-                path = folder / name
-                if stat.S_ISREG(os.lstat(path).st_mode):
-                    path.unlink()
-        shutil.rmtree(folder / "page", ignore_errors=True)
-        return True
-    except OSError:  # held by a fetch (BlockingIOError), or not removable
-        return False
-    finally:
-        os.close(fd)

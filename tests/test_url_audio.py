@@ -270,6 +270,18 @@ def test_the_cache_keeps_to_its_size_least_recently_used_first(media, monkeypatc
     assert (foreign / "media").read_bytes() == WAV * 4
 
 
+def test_a_cache_lock_that_is_a_link_is_one_error_never_followed(media, tmp_path):
+    from stepaudio_cli import url_cache
+
+    base, _ = media({"/a.wav": (200, {}, WAV)})
+    folder = url_cache.cache_dir() / url_cache.folder_name(base + "/a.wav")
+    folder.mkdir(parents=True)
+    (folder / "lock").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(AudioError, match=r"/a\.wav: cannot lock the cache folder .*"):
+        fetch(base + "/a.wav")
+    assert not (tmp_path / "elsewhere").exists()
+
+
 def test_credentials_in_a_url_are_never_shown(media):
     assert redact("https://bob:hunter2@example.org/a.mp3?X-Amz-Signature=abc&v=1&access_token=zz#t=1") == (
         "https://***@example.org/a.mp3?X-Amz-Signature=***&v=1&access_token=***#t=1"
