@@ -191,8 +191,7 @@ def read_entries(warn: Warn | None = None, clean: bool = True) -> list[Entry]:
         if not name.endswith(".json") or name.startswith("."):
             continue  # a temp file being written, or another kind of file of ours
         try:
-            data = _read_private(path, ENTRY_MAX_BYTES, strict=True)
-            entry = Entry.parse(json.loads(data), name)
+            entry = _entry_at(path)
         except (ValueError, RecursionError, UnicodeDecodeError) as e:
             if warn:
                 warn(f"{path}: skipped, not a valid engine entry ({e})")
@@ -212,10 +211,15 @@ def as_written(entry_id: str) -> Entry | None:
     """The entry file of ``entry_id`` when it is a valid entry, without proving its process (an
     engine reading its own entry: a process is never "ours" to itself); None otherwise."""
     try:
-        data = _read_private(path_of(entry_id, ".json"), ENTRY_MAX_BYTES, strict=True)
-        return Entry.parse(json.loads(data), f"{entry_id}.json")
+        return _entry_at(path_of(entry_id, ".json"))
     except (ValueError, RecursionError, UnicodeDecodeError):
         return None
+
+
+def _entry_at(path: Path) -> Entry:
+    """The entry the file ``path`` holds; ValueError (RecursionError, UnicodeDecodeError) when it
+    is not a valid one, or not a private regular file of this user."""
+    return Entry.parse(json.loads(_read_private(path, ENTRY_MAX_BYTES, strict=True)), path.name)
 
 
 def _read_private(path: Path, limit: int, strict: bool = False) -> bytes | None:
